@@ -1,0 +1,3 @@
+"""splitray: simulate split learning with heterogeneous clients on Ray."""
+
+__version__ = "0.1.0"

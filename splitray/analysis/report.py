@@ -1,0 +1,73 @@
+"""One call that loads results and writes the summary table and the four figures."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from splitray.analysis.plots import (
+    plot_accuracy_vs_bytes,
+    plot_accuracy_vs_epoch,
+    plot_bytes_vs_sim_time,
+    plot_samples_vs_sim_time,
+)
+from splitray.analysis.results import load
+from splitray.analysis.summary import summary_table
+from splitray.metrics import join_path
+
+PLOTS = {
+    "accuracy_vs_bytes": plot_accuracy_vs_bytes,
+    "bytes_vs_sim_time": plot_bytes_vs_sim_time,
+    "samples_vs_sim_time": plot_samples_vs_sim_time,
+    "accuracy_vs_epoch": plot_accuracy_vs_epoch,
+}
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.6g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub Markdown table (through tabulate when it is installed)."""
+    if importlib.util.find_spec("tabulate") is not None:
+        return df.to_markdown(index=False)
+    header = [_cell(c) for c in df.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def analyze(path: str, out_dir: str | None = None,
+            target_accuracy: float | None = None) -> dict[str, str]:
+    """Load results at `path`, write summary.csv, summary.md and the figures; return {name: path}.
+
+    Outputs go to `out_dir` (default `<path>/analysis`), which must be a local directory.
+    """
+    path = str(path)
+    if out_dir is None:
+        if "://" in path:
+            raise ValueError(f"results at {path!r} are not local; pass a local out_dir")
+        out_dir = join_path(path, "analysis")
+    if "://" in str(out_dir):
+        raise ValueError(f"out_dir={out_dir!r} must be a local directory")
+    results = load(path)
+    summary = summary_table(results, target_accuracy)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"summary_csv": str(out / "summary.csv"), "summary_md": str(out / "summary.md")}
+    summary.to_csv(written["summary_csv"], index=False)
+    title = f"# splitray results: {path}\n\n"
+    if target_accuracy is not None:
+        title += f"Target test accuracy: {target_accuracy:g}.\n\n"
+    Path(written["summary_md"]).write_text(title + markdown_table(summary) + "\n")
+    for name, plot in PLOTS.items():
+        written[name] = plot(results, str(out / f"{name}.png"))
+    return written

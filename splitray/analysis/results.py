@@ -1,0 +1,119 @@
+"""Load a run directory, a directory of runs or a sweep directory into one pair of tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, join_path, read_table
+
+PARAM_PREFIX = "param."
+EVALS_FILE = "evals.parquet"
+STEPS_FILE = "steps.parquet"
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass
+class Results:
+    """Step and eval rows of one or more runs; `key` names the column that identifies a run."""
+
+    steps: pd.DataFrame
+    evals: pd.DataFrame
+    key: str
+    params: list[str] = field(default_factory=list)
+
+    def runs(self) -> list:
+        """Run identifiers in the order they first appear in the eval table."""
+        return list(pd.unique(self.evals[self.key]))
+
+
+def _fs(path: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+
+
+def _file_type(path: str) -> pafs.FileType:
+    fs, p = _fs(path)
+    return fs.get_file_info(p).type
+
+
+def _is_file(path: str) -> bool:
+    return _file_type(path) == pafs.FileType.File
+
+
+def _subdir_names(path: str) -> list[str]:
+    fs, p = _fs(path)
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def _read_checked(path: str, columns: dict, key: str) -> pd.DataFrame:
+    """Read one table and check it holds the splitray schema and at least one row."""
+    if not _is_file(path):
+        raise FileNotFoundError(f"missing results table: {path}")
+    df = read_table(path)
+    missing = [c for c in [*columns, key] if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing} of the splitray schema")
+    if df.empty:
+        raise ValueError(f"{path} has no rows")
+    return df
+
+
+def _load_tables(base: str, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    steps = _read_checked(join_path(base, STEPS_FILE), STEP_COLUMNS, key)
+    evals = _read_checked(join_path(base, EVALS_FILE), EVAL_COLUMNS, key)
+    return steps, evals
+
+
+def _column_names(path: str) -> list[str]:
+    fs, p = _fs(path)
+    return pq.read_schema(p, filesystem=fs).names
+
+
+def _param_columns(evals: pd.DataFrame) -> list[str]:
+    return [c for c in evals.columns if c.startswith(PARAM_PREFIX)]
+
+
+def _load_sweep(path: str) -> Results:
+    steps, evals = _load_tables(path, "trial_id")
+    return Results(steps=steps, evals=evals, key="trial_id", params=_param_columns(evals))
+
+
+def _load_runs(path: str, run_dirs: list[str]) -> Results:
+    steps, evals, seen = [], [], {}
+    for run_dir in run_dirs:
+        s, e = _load_tables(run_dir, "run_id")
+        for run_id in pd.unique(e["run_id"]):
+            if run_id in seen:
+                raise ValueError(f"run_id {run_id!r} appears in both {seen[run_id]} and {run_dir}; "
+                                 "each run directory must hold a distinct run")
+            seen[run_id] = run_dir
+        steps.append(s)
+        evals.append(e)
+    return Results(steps=pd.concat(steps, ignore_index=True),
+                   evals=pd.concat(evals, ignore_index=True), key="run_id", params=[])
+
+
+def load(path: str) -> Results:
+    """Load results from a run dir, a dir of run dirs or a sweep dir (local path or URI)."""
+    path = str(path)
+    if _file_type(path) != pafs.FileType.Directory:
+        raise FileNotFoundError(f"results directory not found: {path}")
+    evals_path = join_path(path, EVALS_FILE)
+    if _is_file(join_path(path, SWEEP_FILE)):
+        return _load_sweep(path)
+    if _is_file(evals_path) or _is_file(join_path(path, STEPS_FILE)):
+        # A sweep's tables carry trial_id even if its sweep.json is missing.
+        if _is_file(evals_path) and "trial_id" in _column_names(evals_path):
+            return _load_sweep(path)
+        return _load_runs(path, [path])
+    run_dirs = [join_path(path, name) for name in _subdir_names(path)]
+    run_dirs = [d for d in run_dirs
+                if _is_file(join_path(d, EVALS_FILE)) or _is_file(join_path(d, STEPS_FILE))]
+    if not run_dirs:
+        raise FileNotFoundError(f"no splitray results in {path}: expected {EVALS_FILE} and "
+                                f"{STEPS_FILE} there or in its subdirectories")
+    return _load_runs(path, run_dirs)

@@ -1,0 +1,153 @@
+"""The `splitray` command: run, tune, analyze, split-points."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from splitray.config import ConfigError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from splitray.config import load_config
+    from splitray.runtime import run_experiment
+
+    cfg = load_config(args.config, args.set)
+    result = run_experiment(cfg, out_dir=args.out, engine=args.engine, progress=not args.quiet)
+    last = result.evals.iloc[-1] if len(result.evals) else None
+    if last is not None:
+        print(f"done: accuracy {last['test_accuracy']:.4f}, "
+              f"{(last['cum_bytes_up'] + last['cum_bytes_down']) / 1e6:.2f} MB, "
+              f"simulated {last['sim_time_s']:.1f} s; results in {result.run_dir}")
+    return 0
+
+
+def _cmd_split_points(args: argparse.Namespace) -> int:
+    from splitray.models import MODEL_NAMES, build_model, format_split_points_table, split_points
+
+    if args.model not in MODEL_NAMES:
+        raise ConfigError(f"MODEL: {args.model!r} is not allowed; choose one of "
+                          f"{', '.join(MODEL_NAMES)}")
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--input-shape: {args.input_shape!r} is not allowed; expected C,H,W "
+                          "such as 3,32,32")
+    model = build_model(args.model, num_classes=args.num_classes, input_shape=shape)
+    points = split_points(model, shape)
+    if args.format == "json":
+        print(json.dumps([p.to_dict() for p in points], indent=2))
+    else:
+        print(f"{args.model} on {'x'.join(map(str, shape))}, {args.num_classes} classes "
+              "(FLOPs per sample; conv and matmul only)")
+        print(format_split_points_table(points))
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from splitray.tune import format_summary, load_space, run_sweep
+
+    space = load_space(args.space)
+    out = args.out or str(Path("runs") / "sweeps" /
+                          f"{Path(args.space).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    result = run_sweep(space, out, num_samples=args.num_samples, scheduler=args.scheduler,
+                       max_concurrent=args.max_concurrent)
+    print(format_summary(result))
+    return 1 if result.trials and all(t.status == "failed" for t in result.trials) else 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splitray.analysis import analyze
+
+    if args.target_accuracy is not None and not 0.0 <= args.target_accuracy <= 1.0:
+        raise ConfigError(f"--target-accuracy: {args.target_accuracy!r} is not allowed; "
+                          "give a fraction in [0, 1]")
+    try:
+        written = analyze(args.path, out_dir=args.out, target_accuracy=args.target_accuracy)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    print(Path(written["summary_md"]).read_text())  # the title and the summary's Markdown table
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="splitray", description="Simulate split learning with heterogeneous clients on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one experiment from a YAML config",
+                         description="Run one experiment and write its run directory "
+                                     "(config.yaml, manifest.json, steps.parquet, evals.parquet).")
+    run.add_argument("config", help="experiment YAML file, e.g. experiments/quickstart.yaml")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set train.lr=0.05 (repeatable)")
+    run.add_argument("--out", default="runs",
+                     help="parent directory (local path or URI) of the run directory [runs]")
+    run.add_argument("--engine", choices=("ray", "local"), default="ray",
+                     help="ray: actors and ObjectRefs; local: the fused single-process "
+                          "reference trainer [ray]")
+    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.set_defaults(func=_cmd_run)
+
+    tn = sub.add_parser("tune", help="sweep config values with Ray Tune",
+                        description="Run a search space (tune_spaces/*.yaml) with Ray Tune: one "
+                                    "full simulation per trial, its actors in the trial's "
+                                    "placement group; writes DIR/evals.parquet, DIR/steps.parquet "
+                                    "(all trials, with trial_id and param.* columns), "
+                                    "DIR/sweep.json, DIR/trials/<trial_id>/ and DIR/tune/.")
+    tn.add_argument("space", help="search-space YAML, e.g. tune_spaces/deprune_small.yaml")
+    tn.add_argument("--out", default=None,
+                    help="sweep directory, a new local path [runs/sweeps/<space>-<time>]")
+    tn.add_argument("--num-samples", type=int, default=None,
+                    help="samples drawn from the space, each grid point repeated this often "
+                         "[the file's num_samples, else 1]")
+    tn.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
+                    help="fifo: run every trial to the end; asha: stop weak trials early "
+                         "(grace period 1 epoch, on the file's metric) [fifo]")
+    tn.add_argument("--max-concurrent", type=int, default=None, metavar="K",
+                    help="at most K trials at once [as many as the cluster fits]")
+    tn.set_defaults(func=_cmd_tune)
+
+    an = sub.add_parser("analyze", help="summarise and plot results",
+                        description="Summarise a run directory, a directory of runs or a sweep "
+                                    "directory: writes summary.csv, summary.md and the figures.")
+    an.add_argument("path", help="results directory (local path or URI)")
+    an.add_argument("--target-accuracy", type=float, default=None, metavar="X",
+                    help="also report bytes and simulated time to reach test accuracy X (0..1)")
+    an.add_argument("--out", default=None, help="output directory [<path>/analysis]")
+    an.set_defaults(func=_cmd_analyze)
+
+    sp = sub.add_parser("split-points", help="list a model's split points",
+                        description="List a model's split points with the activation shape, bytes "
+                                    "per sample and client/server FLOPs.")
+    sp.add_argument("model", help="model name, e.g. vgg11")
+    sp.add_argument("--input-shape", default="3,32,32", help="C,H,W [3,32,32]")
+    sp.add_argument("--num-classes", type=int, default=10, help="classes [10]")
+    sp.add_argument("--format", choices=("table", "json"), default="table")
+    sp.set_defaults(func=_cmd_split_points)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"splitray: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The typed experiment config: YAML files and `--set a.b=c` overrides resolve to one validated object."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is not allowed; the message is one line naming the field, the value and the rule."""
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> dict:
+    return {"lo": lo, "hi": hi, "lo_open": lo_open}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vgg11"
+    split_layer: int = field(default=5, metadata=_range(0))
+    head: str = field(default="auto", metadata=_choices("auto", "cifar", "imagenet"))
+
+
+@dataclass
+class DataConfig:
+    name: str = field(default="synthetic", metadata=_choices(
+        "synthetic", "cifar10", "cifar100", "stl10", "imagefolder"))
+    root: str | None = None  # None: $SPLITRAY_DATA
+    download: bool = False
+    num_classes: int = field(default=10, metadata=_range(2))  # synthetic only; real sets fix it
+    image_size: int | None = field(default=None, metadata=_range(8))  # None: the set's own size
+    channels: int = field(default=3, metadata=_range(1))  # synthetic only
+    train_samples: int | None = field(default=None, metadata=_range(1))  # subsample (None: all)
+    test_samples: int | None = field(default=None, metadata=_range(1))
+    partition: str = field(default="iid", metadata=_choices("iid", "dirichlet", "shards"))
+    dirichlet_alpha: float = field(default=0.5, metadata=_range(0, lo_open=True))
+    shards_per_client: int = field(default=2, metadata=_range(1))
+    augment: bool = False
+
+
+@dataclass
+class CompressionConfig:
+    enabled: bool = True
+    resolution_factor: int = field(default=1, metadata=_range(1, 4))  # r
+    channels: int | None = field(default=None, metadata=_range(1))  # phi; None: keep phi~
+    mask: str = field(default="sigmoid", metadata=_choices("sigmoid", "sigmoid_squared"))
+    encoder_sigmoid: bool = False
+    filter_init: str = field(default="zeros", metadata=_choices("zeros", "authors"))
+    epsilon: float = field(default=1.0, metadata=_range(0))
+    delta: float = field(default=0.001, metadata=_range(0, lo_open=True))
+    lam: float = field(default=1.0, metadata=_range(0, 1))  # lambda of the prune loss
+    codec_up: str = field(default="fp32", metadata=_choices(
+        "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8"))
+    codec_down: str = field(default="fp32", metadata=_choices(
+        "fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "int8"))
+
+
+@dataclass
+class Phase:
+    budget: int | None = field(default=None, metadata=_range(1))  # None: all channels
+    epochs: int = field(default=1, metadata=_range(1))
+
+
+@dataclass
+class ScheduleConfig:
+    phases: list[Phase] = field(default_factory=lambda: [Phase()])
+    gamma: float = field(default=1.0, metadata=_range(0, lo_open=True))  # selectLr boost factor
+    boost_epochs: int = field(default=0, metadata=_range(0))  # l_k
+    reset_filter: bool = True  # the paper's filter reset between phases
+
+
+@dataclass
+class TrainConfig:
+    algorithm: str = "parallel_sl"
+    batch_size: int = field(default=16, metadata=_range(1))
+    lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
+    momentum: float = field(default=0.9, metadata=_range(0, 1))
+    weight_decay: float = field(default=5e-4, metadata=_range(0))
+    steps_per_epoch: int | None = field(default=None, metadata=_range(1))  # cap; None: whole shard
+    eval_batch_size: int = field(default=256, metadata=_range(1))
+
+
+@dataclass
+class ClientsConfig:
+    count: int = field(default=1, metadata=_range(1))
+    num_cpus: float = field(default=1.0, metadata=_range(0, lo_open=True))  # logical CPUs per client
+    devices: list[Any] = field(default_factory=lambda: ["laptop_cpu"])  # cycled over clients
+    cpu_share: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))  # e.g. 0.4 core
+
+
+@dataclass
+class NetworkConfig:
+    shared: Any = None  # a link profile or spec all clients share (processor sharing); None: own links
+    links: list[Any] = field(default_factory=lambda: ["lte"])  # own links, cycled over clients
+    traces_root: str | None = None  # None: $SPLITRAY_DATA/net-traces/cellular
+
+
+@dataclass
+class ServerConfig:
+    device: Any = "server_cpu"
+    num_cpus: float = field(default=1.0, metadata=_range(0, lo_open=True))
+    num_gpus: str = field(default="auto", metadata=_choices("auto", "0", "1"))
+
+
+@dataclass
+class EngineConfig:
+    time_mode: str = field(default="simulated", metadata=_choices("simulated", "realtime"))
+    compute_time: str = field(default="flops", metadata=_choices("flops", "measured"))
+    measured_scale: float = field(default=1.0, metadata=_range(0, lo_open=True))
+    ray_address: str | None = None  # None: connect to a running cluster if any, else start one
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    clients: ClientsConfig = field(default_factory=ClientsConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.schedule.phases)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _describe(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check value against a type hint (dataclasses, lists, optionals, scalars) and build the object."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{path}: {value!r} is not allowed; expected {_describe(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: {value!r} is not allowed; expected a list")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: {value!r} is not allowed; expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: {value!r} is not allowed; expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: {value!r} is not allowed; expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise ConfigError(f"{path}: {value!r} is not allowed; expected a string")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp!r} at {path}")
+
+
+def _check_field(f: dataclasses.Field, value: Any, path: str) -> None:
+    meta = f.metadata
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(meta["choices"])
+        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {allowed}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        bound = f"> {lo}" if meta.get("lo_open") else f">= {lo}"
+        rule = f"must be {bound}" + (f" and <= {hi}" if hi is not None else "")
+        raise ConfigError(f"{path}: {value!r} is not allowed; {rule}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{path}: {value!r} is not allowed; must be <= {hi}")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: {data!r} is not allowed; expected a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"{where}: unknown key; allowed keys are {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        sub = f"{path}.{name}" if path else name
+        value = _convert(data[name], hints[name], sub)
+        _check_field(f, value, sub)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_semantics(cfg: ExperimentConfig) -> None:
+    """Cross-field rules that a single field's type cannot express."""
+    from splitray.algorithms import ALGORITHMS
+    from splitray.models import MODEL_NAMES
+    from splitray.network import DEVICE_PROFILES, LINK_PROFILES
+
+    if cfg.model.name not in MODEL_NAMES:
+        raise ConfigError(f"model.name: {cfg.model.name!r} is not allowed; choose one of "
+                          f"{', '.join(MODEL_NAMES)}")
+    if cfg.train.algorithm not in ALGORITHMS:
+        raise ConfigError(f"train.algorithm: {cfg.train.algorithm!r} is not allowed; choose one of "
+                          f"{', '.join(ALGORITHMS)}")
+    if not cfg.schedule.phases:
+        raise ConfigError("schedule.phases: [] is not allowed; give at least one {budget, epochs}")
+    if not cfg.compression.enabled:
+        for i, p in enumerate(cfg.schedule.phases):
+            if p.budget is not None:
+                raise ConfigError(f"schedule.phases[{i}].budget: {p.budget!r} is not allowed when "
+                                  "compression.enabled is false; use null (all channels)")
+    if not cfg.clients.devices:
+        raise ConfigError("clients.devices: [] is not allowed; name at least one device profile")
+    for i, d in enumerate(cfg.clients.devices):
+        if isinstance(d, str) and d not in DEVICE_PROFILES:
+            raise ConfigError(f"clients.devices[{i}]: {d!r} is not allowed; choose one of "
+                              f"{', '.join(DEVICE_PROFILES)} or give {{name, flops_per_s}}")
+    links = [("network.shared", cfg.network.shared)] if cfg.network.shared is not None else [
+        (f"network.links[{i}]", s) for i, s in enumerate(cfg.network.links)]
+    if not links:
+        raise ConfigError("network.links: [] is not allowed; name a link profile or set network.shared")
+    for where, spec in links:
+        if isinstance(spec, str) and spec not in LINK_PROFILES:
+            raise ConfigError(f"{where}: {spec!r} is not allowed; choose one of "
+                              f"{', '.join(LINK_PROFILES)} or give a link spec mapping")
+    if isinstance(cfg.server.device, str) and cfg.server.device not in DEVICE_PROFILES:
+        raise ConfigError(f"server.device: {cfg.server.device!r} is not allowed; choose one of "
+                          f"{', '.join(DEVICE_PROFILES)}")
+
+
+def config_from_dict(data: dict) -> ExperimentConfig:
+    """Build and validate a config from plain data; raises ConfigError on the first bad value."""
+    cfg = _build(ExperimentConfig, data, "")
+    _check_semantics(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `a.b=value`; the value is read as YAML so numbers, lists and null work."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set: {text!r} is not allowed; expected key=value, e.g. train.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: {raw!r} is not valid YAML ({e.problem})") from None
+    return key.strip(), value
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    """Set data[a][b] = value for key 'a.b', creating mappings on the way."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: cannot set inside {part!r}, which is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> ExperimentConfig:
+    """Read a YAML config (or start from `base`), apply `a.b=c` overrides, validate."""
+    data: dict = copy.deepcopy(base) if base else {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: {str(p)!r} is not a file")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: {str(p)!r} is not valid YAML ({e})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config: {str(p)!r} must hold a mapping at the top level")
+        data.update(loaded or {})
+    for text in overrides or []:
+        set_dotted(data, *parse_override(text))
+    return config_from_dict(data)

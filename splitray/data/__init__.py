@@ -1,0 +1,14 @@
+"""Datasets held in memory as uint8 tensors, and partitioners that split them among clients."""
+
+from .dataset import ArrayDataset
+from .loaders import DATASET_NAMES, load_dataset, resolve_data_root
+from .partition import PARTITION_SCHEMES, partition
+
+__all__ = [
+    "DATASET_NAMES",
+    "PARTITION_SCHEMES",
+    "ArrayDataset",
+    "load_dataset",
+    "partition",
+    "resolve_data_root",
+]

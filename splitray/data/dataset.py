@@ -1,0 +1,96 @@
+"""In-memory image dataset with cheap batch indexing and on-the-fly augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CROP_PADDING_PX = 4
+
+
+@dataclass(eq=False)
+class ArrayDataset:
+    """A whole dataset in memory: uint8 images (N, C, H, W), int64 labels; cheap batch indexing."""
+
+    images: Tensor
+    labels: Tensor
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(
+                f"images must be a uint8 tensor (N, C, H, W), got {self.images.dtype} "
+                f"with shape {tuple(self.images.shape)}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise ValueError(
+                f"labels must be an int64 tensor (N,), got {self.labels.dtype} "
+                f"with shape {tuple(self.labels.shape)}"
+            )
+        if len(self.images) != len(self.labels):
+            raise ValueError(
+                f"images and labels differ in length: {len(self.images)} vs {len(self.labels)}"
+            )
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if len(self.labels) and (
+            int(self.labels.min()) < 0 or int(self.labels.max()) >= self.num_classes
+        ):
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes - 1}], got range "
+                f"[{int(self.labels.min())}, {int(self.labels.max())}]"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(
+        self,
+        indices: np.ndarray | Tensor,
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Float32 images in [0, 1] (N, C, H, W) and int64 labels for `indices`.
+
+        With `augment`, each image gets a random crop from its 4-px zero-padded version and a
+        random horizontal flip, drawn from `generator` (so the result is deterministic given it).
+        """
+        idx = _as_index(indices)
+        images = self.images[idx]
+        if augment and len(idx):
+            images = _crop_and_flip(images, generator)
+        return images.to(torch.float32).div_(255.0), self.labels[idx]
+
+    def subset(self, indices: np.ndarray | Tensor) -> ArrayDataset:
+        """A new dataset holding copies of the samples at `indices`, in that order."""
+        idx = _as_index(indices)
+        return ArrayDataset(self.images[idx].clone(), self.labels[idx].clone(), self.num_classes)
+
+
+def _as_index(indices: np.ndarray | Tensor) -> Tensor:
+    idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, Tensor) else indices)
+    if idx.dim() != 1 or idx.dtype == torch.bool or (idx.numel() and idx.dtype.is_floating_point):
+        raise ValueError(f"indices must be a 1-D integer array, got shape {tuple(idx.shape)}")
+    return idx.to(torch.long)
+
+
+def _crop_and_flip(images: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Random crop from the zero-padded images plus random horizontal flip, as one gather."""
+    n, c, h, w = images.shape
+    pad = CROP_PADDING_PX
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    off_y = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    off_x = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    flip = torch.rand(n, 1, generator=generator) < 0.5
+    rows = off_y + torch.arange(h)
+    cols = off_x + torch.arange(w)
+    cols = torch.where(flip, cols.flip(1), cols)
+    return padded[
+        torch.arange(n)[:, None, None, None],
+        torch.arange(c)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]

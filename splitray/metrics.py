@@ -1,0 +1,166 @@
+"""Run directories: the versioned Parquet schema, atomic table writes and the run manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+# Column -> (arrow type, meaning with unit). One row per client step.
+STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "run_id": (pa.string(), "id of the run"),
+    "algorithm": (pa.string(), "training scheme, e.g. parallel_sl"),
+    "client_id": (pa.int32(), "client index, 0-based"),
+    "device": (pa.string(), "device profile name of the client"),
+    "epoch": (pa.int32(), "epoch index, 0-based"),
+    "step": (pa.int32(), "client step within the epoch, 0-based"),
+    "round": (pa.int64(), "global round index; one round = one step of every active client"),
+    "phase": (pa.int32(), "index of the budget phase in the schedule"),
+    "budget": (pa.int32(), "channels sent (B); equals all channels when uncompressed"),
+    "split_layer": (pa.int32(), "split point n of the client"),
+    "batch_size": (pa.int32(), "samples in the step"),
+    "lr": (pa.float64(), "learning rate used in the step"),
+    "bytes_up": (pa.int64(), "payload bytes client -> server (activations, indices, labels, scale)"),
+    "bytes_down": (pa.int64(), "payload bytes server -> client (gradient, scale)"),
+    "loss": (pa.float64(), "task loss (cross-entropy) of the step"),
+    "prune_loss": (pa.float64(), "prune loss of the step (0 when uncompressed)"),
+    "sim_start_s": (pa.float64(), "simulated time the step started, s"),
+    "sim_time_s": (pa.float64(), "simulated time the step finished (gradient applied), s"),
+    "sim_client_compute_s": (pa.float64(), "simulated client compute, forward + backward, s"),
+    "sim_uplink_s": (pa.float64(), "simulated uplink transfer incl. latency and sharing, s"),
+    "sim_server_wait_s": (pa.float64(), "simulated wait for the busy server, s"),
+    "sim_server_compute_s": (pa.float64(), "simulated server compute, s"),
+    "sim_downlink_s": (pa.float64(), "simulated downlink transfer incl. latency and sharing, s"),
+    "wall_time_s": (pa.float64(), "host wall-clock seconds since the run started"),
+}
+
+# One row per evaluation (end of each epoch).
+EVAL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "run_id": (pa.string(), "id of the run"),
+    "algorithm": (pa.string(), "training scheme"),
+    "epoch": (pa.int32(), "epoch index, 0-based; evaluated after it"),
+    "phase": (pa.int32(), "index of the budget phase in the schedule"),
+    "budget": (pa.int32(), "channels sent (B) during the epoch"),
+    "test_accuracy": (pa.float64(), "top-1 accuracy on the test set, fraction in [0, 1]"),
+    "test_loss": (pa.float64(), "mean cross-entropy on the test set"),
+    "train_loss": (pa.float64(), "mean task loss of the epoch's steps"),
+    "samples_seen": (pa.int64(), "training samples processed so far, all clients"),
+    "cum_bytes_up": (pa.int64(), "payload bytes client -> server so far, all clients"),
+    "cum_bytes_down": (pa.int64(), "payload bytes server -> client so far, all clients"),
+    "sim_time_s": (pa.float64(), "simulated time at the end of the epoch (slowest client), s"),
+    "wall_time_s": (pa.float64(), "host wall-clock seconds since the run started"),
+}
+
+
+def arrow_schema(columns: Mapping[str, tuple[pa.DataType, str]]) -> pa.Schema:
+    """Arrow schema of a table, with each column's meaning as field metadata."""
+    fields = [pa.field(name, typ, metadata={"doc": doc}) for name, (typ, doc) in columns.items()]
+    return pa.schema(fields, metadata={"splitray_schema_version": str(SCHEMA_VERSION)})
+
+
+def schema_markdown() -> str:
+    """The schema as Markdown tables, for the docs."""
+    out = []
+    for title, cols in (("steps.parquet", STEP_COLUMNS), ("evals.parquet", EVAL_COLUMNS)):
+        out += [f"### {title}", "", "| column | type | meaning |", "|---|---|---|"]
+        out += [f"| `{n}` | {t} | {d} |" for n, (t, d) in cols.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+
+
+def write_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]],
+                path: str) -> None:
+    """Write rows as Parquet atomically: a local file is written beside and renamed into place."""
+    schema = arrow_schema(columns)
+    extra = [k for k in (rows[0] if rows else {}) if k not in columns]
+    table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+    for name in extra:  # e.g. trial parameters added by a sweep
+        table = table.append_column(name, pa.array([r.get(name) for r in rows]))
+    if "://" in path:  # object stores replace whole objects on close: already atomic
+        fs, p = _filesystem(path)
+        with fs.open_output_stream(p) as f:
+            pq.write_table(table, f)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(text: str, path: str) -> None:
+    """Write a small text file atomically (local) or as one object (URI)."""
+    if "://" in path:
+        fs, p = _filesystem(path)
+        with fs.open_output_stream(p) as f:
+            f.write(text.encode())
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(text)
+    os.replace(tmp, path)
+
+
+def read_table(path: str) -> pd.DataFrame:
+    """Read a Parquet table from a local path or URI into pandas."""
+    fs, p = _filesystem(path)
+    return pq.read_table(p, filesystem=fs).to_pandas()
+
+
+def join_path(base: str, name: str) -> str:
+    """Join a run directory (local path or URI) and a file name."""
+    return f"{base.rstrip('/')}/{name}" if "://" in base else str(Path(base) / name)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def manifest(run_id: str, seed: int, started: str, ended: str | None, status: str,
+             extra: Mapping | None = None) -> dict:
+    """Facts a reader needs to trust a run: versions, seed, host, times and the table schema."""
+    import numpy
+    import ray
+    import torch
+
+    from splitray import __version__
+
+    return {
+        "run_id": run_id,
+        "status": status,
+        "seed": seed,
+        "started": started,
+        "ended": ended,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {"splitray": __version__, "torch": torch.__version__, "ray": ray.__version__,
+                     "numpy": numpy.__version__, "pandas": pd.__version__, "pyarrow": pa.__version__},
+        "schema_version": SCHEMA_VERSION,
+        "tables": {"steps": "steps.parquet", "evals": "evals.parquet"},
+        **(dict(extra) if extra else {}),
+    }
+
+
+def write_manifest(data: dict, run_dir: str) -> None:
+    write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", join_path(run_dir, "manifest.json"))

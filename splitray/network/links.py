@@ -1,0 +1,323 @@
+"""Link types of the network model: constant-rate links, mahimahi trace links, shared media.
+
+A link turns payload bytes into drain times on the simulated clock; `NetworkModel` decides
+which transfers share which link. Rates are in bit/s, times in seconds, trace timestamps in ms.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MAHIMAHI_PACKET_BYTES = 1500
+
+# A start time within this many ms of a whole millisecond counts as that millisecond, so float
+# round-off in start_s (e.g. 0.007 s) never skips the opportunity at that ms.
+_START_TOLERANCE_MS = 1e-6
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One payload a client sends (uplink) or receives (downlink) on the simulated clock."""
+
+    client_id: int
+    start_s: float  # simulated time the first byte may leave
+    nbytes: int
+
+
+def _check_rate(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} must be a positive finite rate in bit/s")
+    return value
+
+
+def _check_delay(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}={value!r} must be a finite number of seconds >= 0")
+    return value
+
+
+def _mbit(bps: float) -> str:
+    return f"{bps / 1e6:.1f}"
+
+
+def _delays_text(latency_s: float, jitter_s: float) -> str:
+    text = f"{latency_s * 1e3:g} ms"
+    if jitter_s > 0:
+        text += f", jitter {jitter_s * 1e3:g} ms"
+    return text
+
+
+class ConstantLink:
+    """A client's own link with fixed up/down rates: drain time = 8 * nbytes / rate."""
+
+    def __init__(
+        self, up_bps: float, down_bps: float, latency_s: float = 0.0, jitter_s: float = 0.0
+    ) -> None:
+        self.up_bps = _check_rate("up_bps", up_bps)
+        self.down_bps = _check_rate("down_bps", down_bps)
+        self.latency_s = _check_delay("latency_s", latency_s)
+        self.jitter_s = _check_delay("jitter_s", jitter_s)
+
+    def rate_bps(self, direction: str) -> float:
+        """The link's rate in `direction` ("up" or "down")."""
+        return self.up_bps if direction == "up" else self.down_bps
+
+    def drain(self, direction: str, requests: list[tuple[float, int]]) -> list[float]:
+        """Drain finish times of (start_s, nbytes) requests served FIFO in the given order."""
+        rate_bps = self.rate_bps(direction)
+        busy_until_s = -math.inf
+        finishes = []
+        for start_s, nbytes in requests:
+            if nbytes == 0:
+                finishes.append(start_s)
+                continue
+            begin_s = max(start_s, busy_until_s)
+            busy_until_s = begin_s + 8.0 * nbytes / rate_bps
+            finishes.append(busy_until_s)
+        return finishes
+
+    def describe(self) -> str:
+        """Short human-readable summary."""
+        return (
+            f"constant up/down {_mbit(self.up_bps)}/{_mbit(self.down_bps)} Mbit/s, "
+            f"{_delays_text(self.latency_s, self.jitter_s)}"
+        )
+
+
+class SharedMedium:
+    """An access point whose up and down capacities are shared by its clients (processor sharing).
+
+    Up and down are separate capacities; a real Wi-Fi channel is half-duplex, so this is
+    optimistic when both directions are busy at once.
+    """
+
+    def __init__(
+        self, up_bps: float, down_bps: float, latency_s: float = 0.0, jitter_s: float = 0.0
+    ) -> None:
+        self.up_bps = _check_rate("up_bps", up_bps)
+        self.down_bps = _check_rate("down_bps", down_bps)
+        self.latency_s = _check_delay("latency_s", latency_s)
+        self.jitter_s = _check_delay("jitter_s", jitter_s)
+
+    def rate_bps(self, direction: str) -> float:
+        """The medium's total capacity in `direction` ("up" or "down")."""
+        return self.up_bps if direction == "up" else self.down_bps
+
+    def drain(self, direction: str, requests: list[tuple[int, float, int]]) -> list[float]:
+        """Drain finish times of (client_id, start_s, nbytes) requests under processor sharing.
+
+        The capacity is split equally among the clients with a transfer in progress; one
+        client's transfers are served FIFO in the given order. Computed exactly with an event
+        loop in "virtual time" V (bytes served so far to every active client, which all grow
+        at the same rate C / n_active), so each finish is the moment V reaches its target.
+        """
+        capacity_bytes_per_s = self.rate_bps(direction) / 8.0
+        finishes = [0.0] * len(requests)
+        arrivals = sorted(
+            (start_s, i) for i, (_, start_s, nbytes) in enumerate(requests) if nbytes > 0
+        )
+        for i, (_, start_s, nbytes) in enumerate(requests):
+            if nbytes == 0:
+                finishes[i] = start_s
+        waiting: dict[int, list[int]] = {}  # client -> arrived requests behind its active one
+        busy: set[int] = set()
+        active: list[tuple[float, int]] = []  # heap of (target virtual bytes, request index)
+        virtual_bytes = 0.0
+        now_s = arrivals[0][0] if arrivals else 0.0
+        next_arrival = 0
+
+        def activate(i: int) -> None:
+            heapq.heappush(active, (virtual_bytes + requests[i][2], i))
+            busy.add(requests[i][0])
+
+        while next_arrival < len(arrivals) or active:
+            arrival_s = arrivals[next_arrival][0] if next_arrival < len(arrivals) else math.inf
+            if active:
+                per_client_bytes_per_s = capacity_bytes_per_s / len(active)
+                left_bytes = max(active[0][0] - virtual_bytes, 0.0)
+                finish_s = now_s + left_bytes / per_client_bytes_per_s
+            else:
+                per_client_bytes_per_s = 0.0
+                finish_s = math.inf
+            if finish_s <= arrival_s:
+                virtual_bytes = active[0][0]
+                now_s = finish_s
+                _, i = heapq.heappop(active)
+                finishes[i] = now_s
+                client_id = requests[i][0]
+                busy.discard(client_id)
+                queue = waiting.get(client_id)
+                if queue:
+                    activate(queue.pop(0))
+            else:
+                virtual_bytes += (arrival_s - now_s) * per_client_bytes_per_s
+                now_s = arrival_s
+                i = arrivals[next_arrival][1]
+                next_arrival += 1
+                client_id = requests[i][0]
+                if client_id in busy:
+                    waiting.setdefault(client_id, []).append(i)
+                else:
+                    activate(i)
+        return finishes
+
+    def describe(self) -> str:
+        """Short human-readable summary."""
+        return (
+            f"shared up/down {_mbit(self.up_bps)}/{_mbit(self.down_bps)} Mbit/s, "
+            f"{_delays_text(self.latency_s, self.jitter_s)}"
+        )
+
+
+@functools.lru_cache(maxsize=32)
+def _load_trace_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    text = Path(path).read_text()
+    try:
+        timestamps_ms = np.array(text.split(), dtype=np.int64)
+    except ValueError as err:
+        raise ValueError(f"mahimahi trace {path}: not a list of integer ms timestamps") from err
+    _check_timestamps(timestamps_ms, f"mahimahi trace {path}")
+    timestamps_ms.setflags(write=False)
+    return timestamps_ms
+
+
+def _check_timestamps(timestamps_ms: np.ndarray, what: str) -> None:
+    if timestamps_ms.ndim != 1 or timestamps_ms.size == 0:
+        raise ValueError(f"{what}: needs at least one timestamp (got shape {timestamps_ms.shape})")
+    if timestamps_ms[0] < 0:
+        raise ValueError(f"{what}: timestamps must be >= 0 ms (first is {timestamps_ms[0]})")
+    if np.any(np.diff(timestamps_ms) < 0):
+        raise ValueError(f"{what}: timestamps must be nondecreasing")
+    if timestamps_ms[-1] <= 0:
+        raise ValueError(f"{what}: the last timestamp (the period) must be > 0 ms")
+
+
+def load_mahimahi_trace(path: str | Path) -> np.ndarray:
+    """Read a mahimahi trace: one ms timestamp per line, one 1500-byte packet opportunity each.
+
+    Returns a read-only sorted int64 array (cached per file). Raises ValueError for an empty or
+    malformed trace, FileNotFoundError for a missing file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mahimahi trace {path} not found")
+    stat = os.stat(path)
+    return _load_trace_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+def trace_mean_bps(timestamps_ms: np.ndarray) -> float:
+    """Mean rate of a trace in bit/s: one packet per timestamp over one period (its last one)."""
+    timestamps_ms = np.asarray(timestamps_ms)
+    _check_timestamps(timestamps_ms, "trace")
+    return MAHIMAHI_PACKET_BYTES * 8 * len(timestamps_ms) / (int(timestamps_ms[-1]) / 1e3)
+
+
+class _PacketSchedule:
+    """The infinite sequence of delivery opportunities of a trace repeated every period.
+
+    Opportunity g (0, 1, 2, ...) is at timestamps[g % n] + (g // n) * period ms, as mm-link
+    replays a trace. All lookups are O(log n), whatever the payload size or start time.
+    """
+
+    def __init__(self, timestamps_ms: np.ndarray, name: str) -> None:
+        timestamps_ms = np.asarray(timestamps_ms)
+        if timestamps_ms.dtype.kind == "f":
+            if not np.all(np.isfinite(timestamps_ms)) or np.any(
+                timestamps_ms != np.round(timestamps_ms)
+            ):
+                raise ValueError(f"trace {name}: timestamps must be whole milliseconds")
+        elif timestamps_ms.dtype.kind not in "iu":
+            raise ValueError(
+                f"trace {name}: timestamps must be integers, got dtype {timestamps_ms.dtype}"
+            )
+        timestamps_ms = timestamps_ms.astype(np.int64)
+        _check_timestamps(timestamps_ms, f"trace {name}")
+        self.timestamps_ms = timestamps_ms
+        self.name = name
+        self.count = len(timestamps_ms)
+        self.period_ms = int(timestamps_ms[-1])
+        self.mean_bps = trace_mean_bps(timestamps_ms)
+
+    def first_at_or_after(self, t_ms: int) -> int:
+        """Index of the first opportunity at time >= t_ms."""
+        if t_ms <= 0:
+            return int(np.searchsorted(self.timestamps_ms, t_ms, side="left"))
+        # The first period whose last opportunity (at its end) is >= t_ms.
+        period = (t_ms - 1) // self.period_ms
+        offset_ms = t_ms - period * self.period_ms  # in (0, period_ms]
+        return period * self.count + int(
+            np.searchsorted(self.timestamps_ms, offset_ms, side="left")
+        )
+
+    def time_ms(self, index: int) -> int:
+        """Time of opportunity `index` in ms."""
+        period, within = divmod(index, self.count)
+        return int(self.timestamps_ms[within]) + period * self.period_ms
+
+
+class TraceLink:
+    """A client's own link replaying mahimahi up/down traces from simulated time 0.
+
+    A payload needs ceil(nbytes / 1500) opportunities at or after its start (an opportunity in
+    the start's millisecond counts); it drains at the last one. A client's transfers queue FIFO.
+    """
+
+    def __init__(
+        self,
+        up_trace: str | Path | np.ndarray,
+        down_trace: str | Path | np.ndarray,
+        latency_s: float = 0.0,
+        jitter_s: float = 0.0,
+    ) -> None:
+        self.up = self._schedule(up_trace, "up_trace")
+        self.down = self._schedule(down_trace, "down_trace")
+        self.latency_s = _check_delay("latency_s", latency_s)
+        self.jitter_s = _check_delay("jitter_s", jitter_s)
+
+    @staticmethod
+    def _schedule(trace: str | Path | np.ndarray, arg: str) -> _PacketSchedule:
+        if isinstance(trace, (str, Path)):
+            return _PacketSchedule(load_mahimahi_trace(trace), Path(trace).name)
+        if isinstance(trace, np.ndarray):
+            return _PacketSchedule(trace, f"<array of {trace.size}>")
+        raise ValueError(f"{arg} must be a trace path or an array of ms timestamps, got {trace!r}")
+
+    def rate_bps(self, direction: str) -> float:
+        """Mean rate of the trace in `direction` ("up" or "down")."""
+        return (self.up if direction == "up" else self.down).mean_bps
+
+    def drain(self, direction: str, requests: list[tuple[float, int]]) -> list[float]:
+        """Drain finish times of (start_s, nbytes) requests served FIFO in the given order."""
+        schedule = self.up if direction == "up" else self.down
+        next_free = 0  # first opportunity not used by an earlier request
+        finishes = []
+        for start_s, nbytes in requests:
+            if nbytes == 0:
+                finishes.append(start_s)
+                continue
+            start_ms = math.ceil(start_s * 1e3 - _START_TOLERANCE_MS)
+            first = max(schedule.first_at_or_after(start_ms), next_free)
+            last = first + -(-nbytes // MAHIMAHI_PACKET_BYTES) - 1
+            next_free = last + 1
+            finishes.append(schedule.time_ms(last) / 1e3)
+        return finishes
+
+    def describe(self) -> str:
+        """Short human-readable summary."""
+        return (
+            f"trace {self.up.name}/{self.down.name} mean up/down "
+            f"{self.up.mean_bps / 1e6:.3g}/{self.down.mean_bps / 1e6:.3g} Mbit/s, "
+            f"{_delays_text(self.latency_s, self.jitter_s)}"
+        )
+
+
+Link = ConstantLink | TraceLink | SharedMedium

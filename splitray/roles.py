@@ -1,0 +1,307 @@
+"""The client step and the server step of split learning, written once.
+
+The fused trainer calls these objects directly; the Ray engine wraps the same objects in actors.
+Neither side imports Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from splitray.compression import Compressor, Decompressor, Payload, encoded_shape, prune_loss
+from splitray.config import ExperimentConfig
+from splitray.data import ArrayDataset
+from splitray.models import build_model, split
+
+
+@dataclass
+class ForwardInfo:
+    """What the client reports about one forward pass: wire size and the work it did."""
+
+    client_id: int
+    bytes_up: int
+    batch_size: int
+    flops: float          # forward FLOPs of client part + compressor for this batch
+    compute_s: float      # host wall seconds of the forward
+
+
+@dataclass
+class ServerInfo:
+    """What the server reports about one step."""
+
+    client_id: int
+    bytes_down: int
+    loss: float
+    correct: int
+    flops: float          # forward + backward FLOPs of decompressor + server part
+    compute_s: float
+
+
+@dataclass
+class BackwardInfo:
+    client_id: int
+    prune_loss: float
+    flops: float          # backward FLOPs of the client side
+    compute_s: float
+
+
+def model_for(cfg: ExperimentConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The full model, initialised from the run seed so every party builds identical weights."""
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model.name, num_classes=num_classes, input_shape=input_shape,
+                       head=cfg.model.head)
+
+
+def activation_shape(client_part: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, ...]:
+    with torch.no_grad():
+        was_training = client_part.training
+        client_part.eval()
+        shape = tuple(client_part(torch.zeros(1, *input_shape)).shape[1:])
+        client_part.train(was_training)
+    return shape
+
+
+def make_compressor(cfg: ExperimentConfig, act_shape: tuple[int, ...]) -> Compressor | None:
+    """The client-side compressor for this split, or None when compression is off."""
+    c = cfg.compression
+    if not c.enabled:
+        return None
+    torch.manual_seed(cfg.seed + 1)
+    return Compressor(act_shape[0], resolution_factor=c.resolution_factor, out_channels=c.channels,
+                      mask=c.mask, encoder_sigmoid=c.encoder_sigmoid, filter_init=c.filter_init)
+
+
+def make_decompressor(cfg: ExperimentConfig, act_shape: tuple[int, ...]) -> Decompressor | None:
+    c = cfg.compression
+    if not c.enabled:
+        return None
+    torch.manual_seed(cfg.seed + 2)
+    return Decompressor(tuple(act_shape), c.channels or act_shape[0],
+                        resolution_factor=c.resolution_factor)
+
+
+def _sgd(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    t = cfg.train
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def _measure_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+class ClientRole:
+    """A client device: its data shard, client part, compressor and optimizer."""
+
+    def __init__(self, client_id: int, cfg: ExperimentConfig, shard: ArrayDataset,
+                 test_shard: ArrayDataset, num_classes: int) -> None:
+        self.client_id = client_id
+        self.cfg = cfg
+        self.shard = shard
+        self.test_shard = test_shard
+        input_shape = tuple(shard.images.shape[1:])
+        client_part, _ = split(model_for(cfg, input_shape, num_classes), cfg.model.split_layer)
+        self.client_part = client_part
+        self.act_shape = activation_shape(client_part, input_shape)
+        self.compressor = make_compressor(cfg, self.act_shape)
+        params = list(client_part.parameters())
+        if self.compressor is not None:
+            params += list(self.compressor.parameters())
+        # A client part with no parameters (split 0 or 1) has nothing to train.
+        self.optimizer = _sgd(params, cfg) if params else None
+        self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + client_id)
+        self.budget = self.num_channels
+        self._order: np.ndarray = np.arange(0)
+        self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.fwd_flops_per_sample, self.bwd_flops_per_sample = self._flops_per_sample(input_shape)
+
+    @property
+    def num_channels(self) -> int:
+        return self.compressor.num_channels if self.compressor is not None else self.act_shape[0]
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        act = self.client_part(x)
+        if self.compressor is None:
+            return act, None
+        return self.compressor(act, self.budget)
+
+    def _flops_per_sample(self, input_shape) -> tuple[int, int]:
+        """Forward and backward FLOPs of one sample, measured in eval mode so BN stats stay put."""
+        modules = [m for m in (self.client_part, self.compressor) if m is not None]
+        for m in modules:
+            m.eval()
+        x = torch.zeros(1, *input_shape)
+        fwd = _measure_flops(lambda: self._encode(x))
+        out, _ = self._encode(x)
+        bwd = _measure_flops(lambda: out.sum().backward()) if out.requires_grad else 0
+        for m in modules:
+            m.train()
+            m.zero_grad(set_to_none=True)
+        return fwd, bwd
+
+    def num_steps(self, batch_size: int, cap: int | None) -> int:
+        steps = max(1, len(self.shard) // batch_size)
+        return min(steps, cap) if cap else steps
+
+    def begin_epoch(self, epoch: int, lr: float, budget: int | None) -> int:
+        """Shuffle the shard for the epoch, set lr and budget; returns the number of steps."""
+        self._order = torch.randperm(len(self.shard), generator=self.generator).numpy()
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        self.budget = budget if budget is not None else self.num_channels
+        return self.num_steps(self.cfg.train.batch_size, self.cfg.train.steps_per_epoch)
+
+    def reset_filter(self, kind: str, previous_budget: int) -> None:
+        if self.compressor is not None:
+            self.compressor.reset_filter(kind, previous_budget, generator=self.generator)
+
+    def forward(self, step: int) -> tuple[Payload, ForwardInfo]:
+        """Run the client part on the step's batch and encode what goes on the wire."""
+        t0 = time.perf_counter()
+        bs = self.cfg.train.batch_size
+        idx = self._order[(step * bs) % len(self._order):][:bs]
+        x, y = self.shard.batch(idx, augment=self.cfg.data.augment, generator=self.generator)
+        self.client_part.train()
+        sent, channels = self._encode(x)
+        self._pending = (sent, channels)
+        payload = Payload.from_tensor(sent, self.cfg.compression.codec_up,
+                                      channel_indices=channels, labels=y)
+        n = len(idx)
+        info = ForwardInfo(self.client_id, payload.nbytes, n, self.fwd_flops_per_sample * n,
+                           time.perf_counter() - t0)
+        return payload, info
+
+    def backward(self, grad: Payload) -> BackwardInfo:
+        """Backpropagate the server's gradient (plus ε·pruneLoss on the local filter), then step."""
+        t0 = time.perf_counter()
+        if self._pending is None:
+            raise RuntimeError("backward() called without a pending forward()")
+        sent, _ = self._pending
+        self._pending = None
+        g = grad.to_tensor()
+        c = self.cfg.compression
+        p_loss = 0.0
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.compressor is not None:
+            # totalLoss = Loss + ε·pruneLoss: the server holds Loss, the filter f lives here.
+            pl = prune_loss(self.compressor.filter_values(), self.budget, c.delta, c.lam)
+            torch.autograd.backward([sent, c.epsilon * pl], [g, None])
+            p_loss = float(pl.detach())
+        elif sent.requires_grad:
+            sent.backward(g)
+        if self.optimizer is not None:
+            self.optimizer.step()
+        n = sent.shape[0]
+        return BackwardInfo(self.client_id, p_loss, self.bwd_flops_per_sample * n,
+                            time.perf_counter() - t0)
+
+    def num_eval_batches(self) -> int:
+        return -(-len(self.test_shard) // self.cfg.train.eval_batch_size)
+
+    @torch.no_grad()
+    def encode_eval(self, batch: int) -> Payload:
+        """Encode test batch `batch` of this client's test slice, in eval mode, labels attached."""
+        for m in (self.client_part, self.compressor):
+            if m is not None:
+                m.eval()
+        bs = self.cfg.train.eval_batch_size
+        x, y = self.test_shard.batch(np.arange(batch * bs, min((batch + 1) * bs, len(self.test_shard))))
+        sent, channels = self._encode(x)
+        return Payload.from_tensor(sent, self.cfg.compression.codec_up,
+                                   channel_indices=channels, labels=y)
+
+
+class ServerRole:
+    """The server: decompressor + server part and its optimizer; computes the task loss."""
+
+    def __init__(self, cfg: ExperimentConfig, input_shape: tuple[int, int, int],
+                 num_classes: int, device: str = "cpu") -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        model = model_for(cfg, input_shape, num_classes)
+        client_part, server_part = split(model, cfg.model.split_layer)
+        act_shape = activation_shape(client_part, input_shape)
+        self.server_part = server_part.to(self.device)
+        self.decompressor = make_decompressor(cfg, act_shape)
+        params = list(server_part.parameters())
+        if self.decompressor is not None:
+            self.decompressor.to(self.device)
+            params += list(self.decompressor.parameters())
+        self.optimizer = _sgd(params, cfg)
+        self.flops_per_sample = self._flops_per_sample(act_shape)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _decode(self, payload: Payload) -> tuple[torch.Tensor, torch.Tensor]:
+        """The received tensor (a leaf, so its gradient is what goes back) and the server input."""
+        received = payload.to_tensor().to(self.device).requires_grad_(True)
+        if self.decompressor is None:
+            return received, received
+        channels = payload.indices_tensor().to(self.device)
+        return received, self.decompressor(received, channels)
+
+    def _flops_per_sample(self, act_shape) -> int:
+        modules = [m for m in (self.server_part, self.decompressor) if m is not None]
+        for m in modules:
+            m.eval()
+        if self.decompressor is not None:
+            c = self.cfg.compression
+            shape = encoded_shape(tuple(act_shape), c.resolution_factor, c.channels)
+            channels = torch.arange(shape[0])
+        else:
+            shape, channels = act_shape, None
+        x = torch.zeros(1, *shape, device=self.device, requires_grad=True)
+
+        def step():
+            h = self.decompressor(x, channels.to(self.device)) if channels is not None else x
+            self.server_part(h).sum().backward()
+
+        flops = _measure_flops(step)
+        for m in modules:
+            m.train()
+            m.zero_grad(set_to_none=True)
+        return flops
+
+    def step(self, payload: Payload, client_id: int) -> tuple[Payload, ServerInfo]:
+        """Forward the received activations, compute the loss, update, return the gradient."""
+        t0 = time.perf_counter()
+        labels = payload.labels_tensor().to(self.device)
+        self.server_part.train()
+        if self.decompressor is not None:
+            self.decompressor.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        received, h = self._decode(payload)
+        logits = self.server_part(h)
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
+        self.optimizer.step()
+        grad = Payload.from_tensor(received.grad.cpu(), self.cfg.compression.codec_down)
+        n = labels.shape[0]
+        correct = int((logits.argmax(1) == labels).sum())
+        info = ServerInfo(client_id, grad.nbytes, float(loss.detach()), correct,
+                          self.flops_per_sample * n, time.perf_counter() - t0)
+        return grad, info
+
+    @torch.no_grad()
+    def evaluate(self, payload: Payload) -> tuple[int, float, int]:
+        """Correct predictions, summed loss and sample count for one encoded test batch."""
+        self.server_part.eval()
+        if self.decompressor is not None:
+            self.decompressor.eval()
+        _, h = self._decode(payload)
+        logits = self.server_part(h)
+        labels = payload.labels_tensor().to(self.device)
+        loss_sum = float(F.cross_entropy(logits, labels, reduction="sum"))
+        return int((logits.argmax(1) == labels).sum()), loss_sum, int(labels.shape[0])

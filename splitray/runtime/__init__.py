@@ -1,0 +1,16 @@
+"""The simulation engine: actors, peers, the virtual clock and the orchestrator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ENGINES", "RunResult", "prepare", "run_experiment"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so the pure parts (clock, peers) import without loading torch and the model zoo.
+    if name in __all__:
+        from splitray.runtime import orchestrator
+
+        return getattr(orchestrator, name)
+    raise AttributeError(name)

@@ -1,0 +1,228 @@
+"""Build a run from its config (data, clients, server, network, clock) and drive the algorithm."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from splitray.algorithms import ALGORITHMS
+from splitray.config import ConfigError, ExperimentConfig
+from splitray.data import ArrayDataset, load_dataset, partition
+from splitray.metrics import join_path, manifest, now_iso, write_manifest, write_text
+from splitray.models import build_model
+from splitray.network import (
+    DeviceProfile,
+    NetworkModel,
+    build_link,
+    get_device_profile,
+)
+from splitray.roles import ClientRole, ServerRole
+from splitray.runtime.clock import VirtualClock
+from splitray.runtime.context import RunContext
+from splitray.runtime.peers import LocalPeer, RayPeer, get_local, get_ray
+
+ENGINES = ("ray", "local")
+
+
+@dataclass
+class RunResult:
+    """A finished run: where it was written and its two tables."""
+
+    run_id: str
+    run_dir: str | None
+    steps: pd.DataFrame
+    evals: pd.DataFrame
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked before any training or writing starts."""
+
+    cfg: ExperimentConfig
+    train_shards: list[ArrayDataset]
+    test_shards: list[ArrayDataset]
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    num_channels: int
+    devices: list[DeviceProfile]
+    server_device: DeviceProfile
+    network: NetworkModel
+
+
+def _split_channels(cfg: ExperimentConfig, input_shape: tuple[int, int, int],
+                    num_classes: int) -> int:
+    """Channels the compressor chooses from at the split; checks split_layer and budgets."""
+    model = build_model(cfg.model.name, num_classes=num_classes, input_shape=input_shape,
+                        head=cfg.model.head)
+    n_units = len(model.units)
+    if cfg.model.split_layer > n_units - 1:
+        raise ConfigError(f"model.split_layer: {cfg.model.split_layer} is not allowed; "
+                          f"{cfg.model.name} has split points 0..{n_units - 1}")
+    with torch.no_grad():
+        model.eval()
+        x = torch.zeros(1, *input_shape)
+        for unit in list(model.units)[:cfg.model.split_layer]:
+            x = unit(x)
+    if x.dim() != 4:
+        raise ConfigError(f"model.split_layer: {cfg.model.split_layer} is not allowed; the "
+                          f"activation there has shape {tuple(x.shape[1:])}, not C x H x W")
+    channels = x.shape[1]
+    if cfg.compression.enabled and cfg.compression.channels:
+        channels = cfg.compression.channels
+    for i, p in enumerate(cfg.schedule.phases):
+        if p.budget is not None and p.budget > channels:
+            raise ConfigError(f"schedule.phases[{i}].budget: {p.budget} is not allowed; must be "
+                              f"<= {channels}, the channels at split {cfg.model.split_layer} "
+                              f"of {cfg.model.name}")
+    return int(channels)
+
+
+def _load(cfg: ExperimentConfig, split: str) -> ArrayDataset:
+    d = cfg.data
+    try:
+        return load_dataset(
+            d.name, split, d.root, download=d.download,
+            num_samples=d.train_samples if split == "train" else d.test_samples,
+            image_size=d.image_size, num_classes=d.num_classes, channels=d.channels,
+            seed=cfg.seed)
+    except FileNotFoundError as e:
+        raise ConfigError(f"data.root: {d.root!r} is not allowed; {e}") from None
+
+
+def prepare(cfg: ExperimentConfig) -> Prepared:
+    """Load data, partition it, build the network and devices; every check before any work."""
+    train = _load(cfg, "train")
+    test = _load(cfg, "test")
+    input_shape = tuple(train.images.shape[1:])
+    num_channels = _split_channels(cfg, input_shape, train.num_classes)
+    n = cfg.clients.count
+    parts = partition(train.labels.numpy(), n, cfg.data.partition, alpha=cfg.data.dirichlet_alpha,
+                      shards_per_client=cfg.data.shards_per_client, seed=cfg.seed)
+    if any(len(p) < 1 for p in parts):
+        raise ConfigError(f"clients.count: {n} is not allowed; some clients get no training data")
+    test_parts = np.array_split(np.arange(len(test)), n)
+    try:
+        devices = [get_device_profile(cfg.clients.devices[i % len(cfg.clients.devices)])
+                   for i in range(n)]
+        server_device = get_device_profile(cfg.server.device)
+    except ValueError as e:
+        raise ConfigError(f"clients.devices: {e}") from None
+    net = cfg.network
+    try:
+        if net.shared is not None:
+            medium = build_link(net.shared, net.traces_root)
+            links = dict.fromkeys(range(n), medium)
+        else:
+            links = {i: build_link(net.links[i % len(net.links)], net.traces_root)
+                     for i in range(n)}
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"network: {e}") from None
+    return Prepared(cfg, [train.subset(p) for p in parts], [test.subset(p) for p in test_parts],
+                    train.num_classes, input_shape, num_channels, devices, server_device,
+                    NetworkModel(links, seed=cfg.seed))
+
+
+def run_id_for(cfg: ExperimentConfig) -> str:
+    digest = hashlib.sha1(cfg.to_yaml().encode()).hexdigest()[:8]
+    return f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{digest}"
+
+
+def _ray_peers(p: Prepared) -> tuple[list[RayPeer], RayPeer]:
+    import ray
+
+    from splitray.runtime.actors import ClientActor, ServerActor
+
+    cfg = p.cfg
+    if not ray.is_initialized():
+        ray.init(address=cfg.engine.ray_address, log_to_driver=True)
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    num_gpus = {"auto": 1 if gpus >= 1 else 0, "0": 0, "1": 1}[cfg.server.num_gpus]
+    if num_gpus > gpus:
+        raise ConfigError(f"server.num_gpus: {cfg.server.num_gpus!r} is not allowed; the Ray "
+                          "cluster has no GPU")
+    need = cfg.clients.count * cfg.clients.num_cpus + cfg.server.num_cpus
+    if need > resources.get("CPU", 0) + 1e-9:
+        raise ConfigError(
+            f"clients.num_cpus: {cfg.clients.num_cpus} is not allowed; {cfg.clients.count} clients "
+            f"x {cfg.clients.num_cpus} + server {cfg.server.num_cpus} = {need} CPUs exceed the "
+            f"cluster's {resources.get('CPU', 0):g} (Ray resources are logical: lower them)")
+    client_threads = max(1, math.floor(cfg.clients.num_cpus))
+    server = ServerActor.options(num_cpus=cfg.server.num_cpus, num_gpus=num_gpus).remote(
+        max(1, math.floor(cfg.server.num_cpus)), cfg, p.input_shape, p.num_classes,
+        "cuda" if num_gpus else "cpu")
+    clients = [
+        ClientActor.options(num_cpus=cfg.clients.num_cpus).remote(
+            client_threads, i, cfg, p.train_shards[i], p.test_shards[i], p.num_classes)
+        for i in range(cfg.clients.count)]
+    return [RayPeer(c) for c in clients], RayPeer(server)
+
+
+def _local_peers(p: Prepared) -> tuple[list[LocalPeer], LocalPeer]:
+    cfg = p.cfg
+    server = ServerRole(cfg, p.input_shape, p.num_classes, "cpu")
+    clients = [ClientRole(i, cfg, p.train_shards[i], p.test_shards[i], p.num_classes)
+               for i in range(cfg.clients.count)]
+    return [LocalPeer(c) for c in clients], LocalPeer(server)
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: str = "ray",
+                   on_epoch: Callable[[dict], None] | None = None, progress: bool = True,
+                   run_dir: str | None = None) -> RunResult:
+    """Run one simulation and write its run directory under `out_dir` (or exactly at `run_dir`).
+
+    engine "ray": client and server actors exchanging ObjectRefs; engine "local": the fused
+    single-process reference trainer, the same step code called directly. With both `out_dir`
+    and `run_dir` None nothing is written.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine: {engine!r} is not allowed; choose one of {', '.join(ENGINES)}")
+    prepared = prepare(cfg)
+    run_id = run_id_for(cfg)
+    if run_dir is None and out_dir is not None:
+        run_dir = join_path(out_dir, run_id)
+    clients, server = _ray_peers(prepared) if engine == "ray" else _local_peers(prepared)
+    get = get_ray if engine == "ray" else get_local
+    measured = cfg.engine.compute_time == "measured" or cfg.engine.time_mode == "realtime"
+    clock = VirtualClock(prepared.network, prepared.devices, prepared.server_device,
+                         cpu_share=cfg.clients.cpu_share,
+                         compute_time="measured" if measured else "flops",
+                         measured_scale=cfg.engine.measured_scale)
+    ctx = RunContext(cfg, run_id, run_dir, clients, server, get, clock,
+                     [d.name for d in prepared.devices], prepared.num_channels, on_epoch, progress)
+    started = now_iso()
+    extra = {"engine": engine, "config": "config.yaml", "clients": [
+        {"client_id": i, "device": d.name, "link": prepared.network.describe(i),
+         "train_samples": len(prepared.train_shards[i])} for i, d in enumerate(prepared.devices)]}
+    if run_dir is not None:
+        if "://" not in run_dir:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+        write_text(cfg.to_yaml(), join_path(run_dir, "config.yaml"))
+        write_manifest(manifest(run_id, cfg.seed, started, None, "running", extra), run_dir)
+        if progress:
+            print(f"run {run_id} -> {run_dir}", flush=True)
+    status = "failed"
+    t0 = time.perf_counter()
+    try:
+        ALGORITHMS[cfg.train.algorithm](ctx)
+        status = "finished"
+    finally:
+        ctx.flush()
+        if run_dir is not None:
+            extra["wall_time_s"] = time.perf_counter() - t0
+            write_manifest(manifest(run_id, cfg.seed, started, now_iso(), status, extra), run_dir)
+        if engine == "ray":
+            import ray
+
+            for peer in [*clients, server]:
+                ray.kill(peer.handle)
+    return RunResult(run_id, run_dir, pd.DataFrame(ctx.step_rows), pd.DataFrame(ctx.eval_rows))

@@ -1,0 +1,45 @@
+"""How the driver talks to clients and the server: direct calls in-process, or Ray actor calls.
+
+An algorithm is written once against `Peer.call` and `Peers.get`; with local peers it is the fused
+single-process reference trainer, with Ray peers the distributed engine. Futures returned by one
+call may be passed as arguments to another (Ray resolves ObjectRefs inside the receiving actor, so
+payloads travel client -> server -> client without passing through the driver).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Peer(Protocol):
+    def call(self, method: str, *args: Any, num_returns: int = 1) -> Any: ...
+
+
+class LocalPeer:
+    """Calls a method on a local object now; the 'future' is the value itself."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def call(self, method: str, *args: Any, num_returns: int = 1) -> Any:
+        return getattr(self.obj, method)(*args)
+
+
+class RayPeer:
+    """Calls a method on a Ray actor; the future is an ObjectRef (or a tuple of them)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def call(self, method: str, *args: Any, num_returns: int = 1) -> Any:
+        return getattr(self.handle, method).options(num_returns=num_returns).remote(*args)
+
+
+def get_local(futures: Any) -> Any:
+    return futures
+
+
+def get_ray(futures: Any) -> Any:
+    import ray
+
+    return ray.get(futures)

@@ -1,0 +1,549 @@
+"""Ray Tune integration: the search-space file format, one trial per simulation, combined results.
+
+A space file (YAML) names a base experiment, fixed overrides and the keys to sweep:
+
+    base: ../experiments/quickstart.yaml     # relative to the space file; optional
+    set: {data.train_samples: 256}           # fixed overrides for every trial; optional
+    metric: test_accuracy                    # an evals.parquet column, reported every epoch
+    mode: max                                # optional: max for test_accuracy, else min
+    num_samples: 2                           # optional: samples (x the grid), default 1
+    space:
+      compression.epsilon: {loguniform: [0.1, 10]}
+      compression.delta: {grid: [0.001, 0.01]}
+      schedule.phases[0].budget: {choice: [2, 4, 8]}
+      model.split_layer: {randint: [3, 6]}   # Tune's randint: upper bound excluded
+
+Keys are dotted config paths; `[i]` indexes a list that the base config holds. The kinds map onto
+Tune's own domains: grid -> tune.grid_search, choice -> tune.choice, uniform -> tune.uniform,
+loguniform -> tune.loguniform, randint -> tune.randint.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from splitray.config import ConfigError, ExperimentConfig, config_from_dict, set_dotted
+from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, read_table, write_table, write_text
+
+SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+SPACE_FILE_KEYS = ("base", "set", "metric", "mode", "num_samples", "space")
+SCHEDULERS = ("fifo", "asha")
+PARAM_PREFIX = "param."
+# Logical CPUs reserved for the trial driver (the orchestrator): it mostly waits on the actors.
+TRIAL_DRIVER_CPUS = 0.25
+_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
+
+
+@dataclass
+class SearchSpace:
+    """A validated space file: the base experiment (with `set` applied) and the swept keys."""
+
+    path: str
+    base: dict
+    params: dict[str, tuple[str, list]]  # key -> (kind, values or bounds)
+    metric: str = "test_accuracy"
+    mode: str = "max"
+    num_samples: int = 1
+
+
+@dataclass
+class TrialRecord:
+    """One trial's outcome: `status` is finished, stopped (by the scheduler) or failed."""
+
+    trial_id: str
+    status: str
+    error: str | None
+    params: dict
+    epochs: int
+    final_metric: float | None
+
+
+@dataclass
+class SweepResult:
+    """A finished sweep: where it was written, its trials and the combined tables."""
+
+    out_dir: str
+    trials: list[TrialRecord]
+    evals: pd.DataFrame
+    steps: pd.DataFrame
+    metric: str
+    mode: str
+    best_trial_id: str | None
+    wall_time_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def _parse_key(key: str) -> list[str | int]:
+    """`schedule.phases[0].budget` -> ['schedule', 'phases', 0, 'budget']."""
+    parts: list[str | int] = []
+    for segment in key.split("."):
+        m = _SEGMENT.fullmatch(segment)
+        if m is None:
+            raise ConfigError(f"{key}: not a config key; expected dotted names such as "
+                              "compression.epsilon or schedule.phases[0].budget")
+        parts.append(m.group(1))
+        parts += [int(i) for i in re.findall(r"\[(\d+)\]", m.group(2))]
+    return parts
+
+
+def set_path(data: dict, key: str, value: Any) -> None:
+    """Set a value at a dotted key with optional list indices, e.g. `schedule.phases[0].budget`."""
+    parts = _parse_key(key)
+    if all(isinstance(p, str) for p in parts):
+        set_dotted(data, key, copy.deepcopy(value))
+        return
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        nxt = parts[depth + 1]
+        if isinstance(part, int):
+            child = node[part]
+        else:
+            child = node.get(part)
+            if child is None and isinstance(nxt, str):
+                child = node[part] = {}
+        where = ".".join(str(p) for p in parts[:depth + 1])
+        if isinstance(nxt, int):
+            if not isinstance(child, list):
+                raise ConfigError(f"{key}: {where} is not a list in the base config")
+            if nxt >= len(child):
+                raise ConfigError(f"{key}: index {nxt} is out of range; {where} has "
+                                  f"{len(child)} items in the base config")
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{key}: cannot set inside {where}, which is not a mapping")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _apply(base: dict, params: dict[str, Any]) -> dict:
+    data = copy.deepcopy(base)
+    # Parents before children, so `schedule.phases` and `schedule.phases[0].budget` compose.
+    for key in sorted(params, key=lambda k: len(_parse_key(k))):
+        set_path(data, key, params[key])
+    return data
+
+
+def trial_config(base: dict, params: dict[str, Any]) -> ExperimentConfig:
+    """The experiment config of one trial: the base with the trial's sampled values applied."""
+    return config_from_dict(_apply(base, params))
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        hint = " (YAML reads 1e-3 as text; write 1.0e-3)" if isinstance(value, str) else ""
+        raise ConfigError(f"{what}: {value!r} is not allowed; expected a number{hint}")
+    return float(value)
+
+
+def _check_domain(key: str, spec: Any) -> tuple[str, list]:
+    """Check one `space` entry's shape and bounds; return (kind, values or bounds)."""
+    kinds = ", ".join(SPACE_KINDS)
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(f"{key}: {spec!r} is not allowed; expected one of {{{kinds}: ...}}, "
+                          "e.g. {grid: [0.001, 0.01]}")
+    (kind, args), = spec.items()
+    if kind not in SPACE_KINDS:
+        raise ConfigError(f"{key}: {kind!r} is not a search kind; choose one of {kinds}")
+    if kind in ("grid", "choice"):
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{key}: {kind} {args!r} is not allowed; expected a non-empty list")
+        return kind, args
+    if not isinstance(args, list) or len(args) != 2:
+        raise ConfigError(f"{key}: {kind} {args!r} is not allowed; expected [lower, upper]")
+    if kind == "randint":
+        lo, hi = args
+        for v in args:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{key}: randint bound {v!r} is not allowed; expected integers")
+        if lo >= hi:
+            raise ConfigError(f"{key}: randint [{lo}, {hi}] is not allowed; need lower < upper "
+                              "(the upper bound is excluded)")
+        return kind, [lo, hi]
+    lo, hi = (_number(v, f"{key}: {kind} bound") for v in args)
+    if lo >= hi:
+        raise ConfigError(f"{key}: {kind} [{lo:g}, {hi:g}] is not allowed; need lower < upper")
+    if kind == "loguniform" and lo <= 0:
+        raise ConfigError(f"{key}: loguniform [{lo:g}, {hi:g}] is not allowed; need lower > 0")
+    return kind, [lo, hi]
+
+
+def candidate_values(kind: str, args: list) -> list:
+    """Values that stand for a domain when checking it: every grid/choice value, else the bounds."""
+    if kind in ("grid", "choice"):
+        return list(args)
+    if kind == "randint":
+        return [args[0], args[1] - 1]
+    return list(args)
+
+
+def tune_domain(kind: str, args: list) -> Any:
+    """Map one checked space entry onto Ray Tune's search-space function of the same kind."""
+    from ray import tune
+
+    if kind == "grid":
+        return tune.grid_search(list(args))
+    if kind == "choice":
+        return tune.choice(list(args))
+    if kind == "uniform":
+        return tune.uniform(*args)
+    if kind == "loguniform":
+        return tune.loguniform(*args)
+    if kind == "randint":
+        return tune.randint(*args)
+    raise ValueError(f"kind: {kind!r} is not allowed; choose one of {', '.join(SPACE_KINDS)}")
+
+
+def param_space(space: SearchSpace) -> dict[str, Any]:
+    """Tune's param_space for the sweep: one domain per swept key."""
+    return {key: tune_domain(kind, args) for key, (kind, args) in space.params.items()}
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{what}: {str(path)!r} is not a file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        problem = str(e).replace("\n", " ")
+        raise ConfigError(f"{what}: {str(path)!r} is not valid YAML ({problem})") from None
+
+
+def _validation_samples(space: SearchSpace) -> list[dict[str, Any]]:
+    """One-key-at-a-time candidate assignments plus one with every key's first candidate."""
+    samples = [{key: v} for key, (kind, args) in space.params.items()
+               for v in candidate_values(kind, args)]
+    samples.append({key: candidate_values(kind, args)[0]
+                    for key, (kind, args) in space.params.items()})
+    return samples
+
+
+def _load_space_unprefixed(path: Path) -> SearchSpace:
+    raw = _read_yaml(path, "space")
+    if not isinstance(raw, dict):
+        raise ConfigError("must hold a mapping with a `space` section at the top level")
+    unknown = sorted(set(raw) - set(SPACE_FILE_KEYS))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown key; allowed keys are "
+                          f"{', '.join(SPACE_FILE_KEYS)}")
+    base: dict = {}
+    if raw.get("base") is not None:
+        base_path = path.parent / str(raw["base"])
+        loaded = _read_yaml(base_path, "base")
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"base: {str(base_path)!r} must hold a mapping at the top level")
+        base = loaded or {}
+    fixed = raw.get("set") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"set: {fixed!r} is not allowed; expected a mapping of key: value")
+    for key, value in fixed.items():
+        set_path(base, str(key), value)
+    config_from_dict(base)  # the base alone must be a valid experiment
+
+    metric = raw.get("metric", "test_accuracy")
+    numeric = [c for c, (t, _) in EVAL_COLUMNS.items() if c not in ("epoch", "phase", "budget")
+               and str(t).startswith(("int", "double", "float"))]
+    if metric not in numeric:
+        raise ConfigError(f"metric: {metric!r} is not allowed; choose one of {', '.join(numeric)}")
+    mode = raw.get("mode", "max" if metric == "test_accuracy" else "min")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"mode: {mode!r} is not allowed; choose max or min")
+    num_samples = raw.get("num_samples", 1)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"num_samples: {num_samples!r} is not allowed; must be an integer >= 1")
+
+    entries = raw.get("space")
+    if not isinstance(entries, dict) or not entries:
+        raise ConfigError(f"space: {entries!r} is not allowed; expected a mapping of config key: "
+                          "{grid|choice|uniform|loguniform|randint: ...}")
+    params: dict[str, tuple[str, list]] = {}
+    for key, spec in entries.items():
+        key = str(key)
+        _parse_key(key)
+        if key in fixed:
+            raise ConfigError(f"{key}: both in `set` and in `space`; keep one")
+        params[key] = _check_domain(key, spec)
+    space = SearchSpace(str(path), base, params, metric, mode, num_samples)
+    for sample in _validation_samples(space):
+        try:
+            trial_config(base, sample)
+        except ConfigError as e:
+            msg = str(e)
+            if len(sample) > 1:
+                msg = f"space: the first values of all keys together give {msg}"
+            else:
+                (key, value), = sample.items()
+                if not msg.startswith(key):
+                    msg = f"{key}: {value!r} gives {msg}"
+            raise ConfigError(msg) from None
+    return space
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a space file; every candidate value is checked by building a config.
+
+    Raises ConfigError (one line: the file, the key, the value and the rule) before any trial runs.
+    """
+    p = Path(path)
+    try:
+        return _load_space_unprefixed(p)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def trial_bundles(cfg: ExperimentConfig, has_gpu: bool) -> list[dict[str, float]]:
+    """Placement-group bundles of one trial: the driver, the server, then one per client."""
+    gpus = {"auto": 1 if has_gpu else 0, "0": 0, "1": 1}[cfg.server.num_gpus]
+    server = {"CPU": cfg.server.num_cpus, **({"GPU": float(gpus)} if gpus else {})}
+    return [{"CPU": TRIAL_DRIVER_CPUS}, server,
+            *({"CPU": cfg.clients.num_cpus} for _ in range(cfg.clients.count))]
+
+
+def trial_resources(base: dict, has_gpu: bool, config: dict) -> Any:
+    """Tune's resources callable: a PlacementGroupFactory sized by the trial's own config."""
+    from ray import tune
+
+    return tune.PlacementGroupFactory(trial_bundles(trial_config(base, config), has_gpu))
+
+
+def _numeric(row: dict) -> dict[str, float]:
+    return {k: v for k, v in row.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def run_trial(config: dict, base: dict, trials_dir: str) -> None:
+    """Tune function trainable: one full simulation whose epochs are reported to Tune."""
+    from ray import tune
+
+    from splitray.runtime import run_experiment
+
+    cfg = trial_config(base, config)
+    run_dir = str(Path(trials_dir) / tune.get_context().get_trial_id())
+    run_experiment(cfg, out_dir=None, engine="ray", progress=False, run_dir=run_dir,
+                   on_epoch=lambda row: tune.report(_numeric(row)))
+
+
+def _param_cell(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def _param_columns(trials: list[TrialRecord], keys: list[str]) -> dict[str, dict[str, Any]]:
+    """trial_id -> {param.key: value}; lists, dicts and mixed-type columns become JSON strings."""
+    cols: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        values = {t.trial_id: _param_cell(t.params.get(key)) for t in trials}
+        kinds = {"num" if isinstance(v, int | float) and not isinstance(v, bool)
+                 else type(v).__name__ for v in values.values() if v is not None}
+        if len(kinds) > 1:
+            values = {tid: None if v is None else json.dumps(v) if not isinstance(v, str) else v
+                      for tid, v in values.items()}
+        cols[PARAM_PREFIX + key] = values
+    by_trial: dict[str, dict[str, Any]] = {t.trial_id: {} for t in trials}
+    for col, values in cols.items():
+        for tid, v in values.items():
+            by_trial[tid][col] = v
+    return by_trial
+
+
+def _trial_table(trials_dir: Path, trial_id: str, name: str) -> pd.DataFrame | None:
+    path = trials_dir / trial_id / name
+    return read_table(str(path)) if path.is_file() else None
+
+
+def combine_trials(out_dir: str | Path, trials: list[TrialRecord],
+                   keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write out_dir/evals.parquet and steps.parquet: every trial's rows, trial_id and params."""
+    out = Path(out_dir)
+    params = _param_columns(trials, keys)
+    tables = {}
+    for name, columns in (("evals.parquet", EVAL_COLUMNS), ("steps.parquet", STEP_COLUMNS)):
+        rows: list[dict] = []
+        for t in trials:
+            df = _trial_table(out / "trials", t.trial_id, name)
+            if df is None:
+                continue
+            for row in df.to_dict("records"):
+                rows.append({**row, "trial_id": t.trial_id, **params[t.trial_id]})
+        write_table(rows, columns, str(out / name))
+        tables[name] = read_table(str(out / name))
+    return tables["evals.parquet"], tables["steps.parquet"]
+
+
+def _error_line(error: BaseException | None) -> str | None:
+    """The root cause of a trial error as `Type: message`, first line only."""
+    if error is None:
+        return None
+    seen = set()
+    while getattr(error, "cause", None) is not None and id(error) not in seen:
+        seen.add(id(error))
+        error = error.cause
+    lines = [ln for ln in str(error).splitlines() if ln.strip()]
+    text = lines[0].strip() if lines else ""
+    name = type(error).__name__
+    return f"{name}: {text}" if text and not text.startswith(name) else (text or name)
+
+
+def _max_epochs_bound(space: SearchSpace) -> int:
+    """An upper bound of any trial's epochs, for ASHA's rungs (keys' effects added up)."""
+    base_epochs = config_from_dict(space.base).total_epochs
+    extra = 0
+    for key, (kind, args) in space.params.items():
+        totals = [trial_config(space.base, {key: v}).total_epochs
+                  for v in candidate_values(kind, args)]
+        extra += max(0, max(totals) - base_epochs)
+    return max(1, base_epochs + extra)
+
+
+def _check_fits(space: SearchSpace, cluster: dict[str, float], has_gpu: bool) -> None:
+    """Fail before any trial when a trial's placement group can never fit the cluster."""
+    cpus = cluster.get("CPU", 0.0)
+    for sample in _validation_samples(space):
+        cfg = trial_config(space.base, sample)
+        need = sum(b.get("CPU", 0.0) for b in trial_bundles(cfg, has_gpu))
+        if need > cpus + 1e-9:
+            raise ConfigError(
+                f"{space.path}: a trial needs {need:g} CPUs (driver {TRIAL_DRIVER_CPUS:g} + "
+                f"server {cfg.server.num_cpus:g} + {cfg.clients.count} clients x "
+                f"{cfg.clients.num_cpus:g}) "
+                f"but the Ray cluster has {cpus:g}; lower clients.num_cpus or server.num_cpus "
+                "(Ray resources are logical)")
+        if cfg.server.num_gpus == "1" and not has_gpu:
+            raise ConfigError(f"{space.path}: server.num_gpus: '1' is not allowed; the Ray "
+                              "cluster has no GPU")
+
+
+def _records(results: Any, space: SearchSpace, trials_dir: Path) -> list[TrialRecord]:
+    records = []
+    for result in results:
+        trial_id = Path(result.path).name
+        params = {k: result.config.get(k) for k in space.params}
+        evals = _trial_table(trials_dir, trial_id, "evals.parquet")
+        epochs = 0 if evals is None else len(evals)
+        final = None
+        if evals is not None and epochs:
+            final = float(evals.sort_values("epoch", kind="stable")[space.metric].iloc[-1])
+        if result.error is not None:
+            status = "failed"
+        else:
+            total = trial_config(space.base, params).total_epochs
+            status = "finished" if epochs >= total else "stopped"
+        records.append(TrialRecord(trial_id, status, _error_line(result.error), params, epochs,
+                                   final))
+    return sorted(records, key=lambda r: r.trial_id)
+
+
+def _best(trials: list[TrialRecord], mode: str) -> str | None:
+    scored = [t for t in trials if t.final_metric is not None and not math.isnan(t.final_metric)]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda t: t.final_metric).trial_id
+
+
+def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None = None,
+              scheduler: str = "fifo", max_concurrent: int | None = None,
+              verbose: int = 1) -> SweepResult:
+    """Run every trial of the space with Ray Tune and write the combined sweep directory.
+
+    Each trial is one `run_experiment` (engine "ray") in `out_dir/trials/<trial_id>`, its actors
+    reserved by the trial's placement group; per-epoch metrics go to Tune, so ASHA can stop
+    trials early. `out_dir` gets evals.parquet, steps.parquet (all trials' rows with `trial_id`
+    and `param.*` columns) and sweep.json; Tune's own records go to `out_dir/tune`.
+    """
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler: {scheduler!r} is not allowed; choose one of "
+                          f"{', '.join(SCHEDULERS)}")
+    if num_samples is not None and num_samples < 1:
+        raise ConfigError(f"--num-samples: {num_samples} is not allowed; must be >= 1")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent: {max_concurrent} is not allowed; must be >= 1")
+    if "://" in str(out_dir):
+        raise ConfigError(f"--out: {str(out_dir)!r} is not allowed; give a local directory")
+    out = Path(out_dir).resolve()
+    if (out / "sweep.json").exists():
+        raise ConfigError(f"--out: {str(out_dir)!r} already holds a sweep; choose a new directory")
+    base_cfg = config_from_dict(space.base)
+    if not ray.is_initialized():
+        ray.init(address=base_cfg.engine.ray_address)
+    cluster = ray.cluster_resources()
+    has_gpu = cluster.get("GPU", 0) >= 1
+    _check_fits(space, cluster, has_gpu)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(yaml.safe_dump({"base": space.base, "metric": space.metric, "mode": space.mode,
+                               "space": {k: {kind: args} for k, (kind, args)
+                                         in space.params.items()}}, sort_keys=False),
+               str(out / "space.yaml"))
+    trials_dir = out / "trials"
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=space.base, trials_dir=str(trials_dir)),
+        functools.partial(trial_resources, space.base, has_gpu))
+    sched = (ASHAScheduler(grace_period=1, max_t=_max_epochs_bound(space), stop_last_trials=False)
+             if scheduler == "asha" else FIFOScheduler())
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, scheduler=sched,
+            num_samples=num_samples or space.num_samples,
+            search_alg=BasicVariantGenerator(max_concurrent=max_concurrent or 0,
+                                             random_state=base_cfg.seed),
+            trial_dirname_creator=lambda trial: trial.trial_id),
+        run_config=tune.RunConfig(name="sweep", storage_path=str(out / "tune"), verbose=verbose),
+    )
+    t0 = time.perf_counter()
+    results = tuner.fit()
+    wall_s = time.perf_counter() - t0
+    trials = _records(results, space, trials_dir)
+    keys = list(space.params)
+    evals, steps = combine_trials(out, trials, keys)
+    best = _best(trials, space.mode)
+    sweep = {
+        "space": space.path, "metric": space.metric, "mode": space.mode, "scheduler": scheduler,
+        "params": keys, "best_trial_id": best, "wall_time_s": wall_s,
+        "trials": [{"trial_id": t.trial_id, "status": t.status, "error": t.error,
+                    "params": t.params, "epochs": t.epochs, "final_metric": t.final_metric}
+                   for t in trials],
+    }
+    write_text(json.dumps(sweep, indent=2) + "\n", str(out / "sweep.json"))
+    return SweepResult(str(out), trials, evals, steps, space.metric, space.mode, best, wall_s)
+
+
+def format_summary(result: SweepResult) -> str:
+    """A few lines for the terminal: trials with status and final metric, the best, the failures."""
+    counts = {s: sum(t.status == s for t in result.trials)
+              for s in ("finished", "stopped", "failed")}
+    lines = [f"sweep: {len(result.trials)} trials ({counts['finished']} finished, "
+             f"{counts['stopped']} stopped early, {counts['failed']} failed) in "
+             f"{result.wall_time_s:.1f} s"]
+    if result.trials:
+        table = pd.DataFrame([{"trial_id": t.trial_id, "status": t.status, "epochs": t.epochs,
+                               f"final {result.metric}": t.final_metric,
+                               **{k: _param_cell(v) for k, v in t.params.items()}}
+                              for t in result.trials])
+        lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if result.best_trial_id is not None:
+        best = next(t for t in result.trials if t.trial_id == result.best_trial_id)
+        lines.append(f"best ({result.mode} final {result.metric}): {best.trial_id} "
+                     f"{result.metric}={best.final_metric:.4g}")
+    for t in result.trials:
+        if t.status == "failed":
+            lines.append(f"failed {t.trial_id}: {t.error}")
+    out = result.out_dir
+    lines.append(f"results: {out}/evals.parquet, {out}/steps.parquet, {out}/sweep.json; "
+                 f"trial runs in {out}/trials; next: splitray analyze {out}")
+    return "\n".join(lines)

@@ -1,0 +1,306 @@
+"""Analysis of run, runs and sweep directories: hand-made tables, numbers checked by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from splitray.analysis import (
+    analyze,
+    bytes_to_target,
+    load,
+    markdown_table,
+    pareto_frontier,
+    plot_accuracy_vs_epoch,
+    plot_bytes_vs_sim_time,
+    summary_table,
+)
+from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, write_table
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EXAMPLE = Path(__file__).resolve().parents[1] / "analysis" / "network_vs_accuracy.py"
+
+# run_id -> per-epoch (test_accuracy, cum_bytes_up, cum_bytes_down, sim_time_s, phase, budget)
+RUNS = {
+    "a": [(0.5, 100, 10, 1.0, 0, 8), (0.7, 200, 20, 2.0, 0, 8), (0.65, 300, 30, 3.0, 1, 4)],
+    "b": [(0.6, 400, 40, 5.0, 0, 8), (0.8, 800, 80, 10.0, 0, 8)],
+    "c": [(0.3, 50, 5, 1.5, 0, 8), (0.5, 100, 10, 3.0, 0, 8), (0.6, 150, 15, 4.5, 0, 8)],
+    "d": [(0.4, 200, 0, 2.0, 0, 8), (0.55, 400, 0, 4.0, 0, 8)],  # dominated by a
+}
+
+
+def eval_rows(run_id: str, epochs: list[tuple], extra: dict | None = None) -> list[dict]:
+    rows = []
+    for epoch, (acc, up, down, sim_s, phase, budget) in enumerate(epochs):
+        rows.append({
+            "run_id": run_id, "algorithm": "deprune", "epoch": epoch, "phase": phase,
+            "budget": budget, "test_accuracy": acc, "test_loss": 1.0 - acc, "train_loss": 1.0,
+            "samples_seen": 8 * (epoch + 1), "cum_bytes_up": up, "cum_bytes_down": down,
+            "sim_time_s": sim_s, "wall_time_s": 0.1 * epoch, **(extra or {}),
+        })
+    return rows
+
+
+def step_rows(run_id: str, epochs: list[tuple], extra: dict | None = None) -> list[dict]:
+    """Two clients, two steps per epoch; client 1 sends twice the bytes of client 0."""
+    rows = []
+    for epoch, (_, _, _, sim_s, phase, budget) in enumerate(epochs):
+        for client in (0, 1):
+            for step in (0, 1):
+                rows.append({
+                    "run_id": run_id, "algorithm": "deprune", "client_id": client,
+                    "device": "jetson", "epoch": epoch, "step": step, "round": 2 * epoch + step,
+                    "phase": phase, "budget": budget, "split_layer": 5, "batch_size": 2,
+                    "lr": 0.1, "bytes_up": 10 * (client + 1), "bytes_down": client + 1,
+                    "loss": 1.0, "prune_loss": 0.0, "sim_start_s": sim_s - 0.5 + 0.2 * step,
+                    "sim_time_s": sim_s - 0.4 + 0.2 * step, "sim_client_compute_s": 0.1,
+                    "sim_uplink_s": 0.1, "sim_server_wait_s": 0.0, "sim_server_compute_s": 0.1,
+                    "sim_downlink_s": 0.1, "wall_time_s": 0.01, **(extra or {}),
+                })
+    return rows
+
+
+def write_run(run_dir: Path, run_id: str, epochs: list[tuple]) -> Path:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(f"name: {run_id}\n")
+    (run_dir / "manifest.json").write_text(json.dumps({"run_id": run_id, "status": "ok"}))
+    # Rows out of epoch order: analysis must not rely on file order.
+    evals = eval_rows(run_id, epochs)
+    write_table(evals[::-1], EVAL_COLUMNS, str(run_dir / "evals.parquet"))
+    write_table(step_rows(run_id, epochs), STEP_COLUMNS, str(run_dir / "steps.parquet"))
+    return run_dir
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for run_id, epochs in RUNS.items():
+        write_run(root / f"run_{run_id}", run_id, epochs)
+    (root / "notes").mkdir()  # a subdirectory without tables is not a run
+    return root
+
+
+TRIALS = {  # trial_id -> (epsilon, phases, run_id from RUNS)
+    "t0": (0.1, "[[4, 8]]", "a"),
+    "t1": (0.5, "[[2, 8], [2, 4]]", "c"),
+}
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    root.mkdir()
+    evals, steps = [], []
+    for trial_id, (eps, phases, run_id) in TRIALS.items():
+        extra = {"trial_id": trial_id, "param.compression.epsilon": eps,
+                 "param.schedule.phases": phases}
+        evals += eval_rows(f"run-{trial_id}", RUNS[run_id], extra)
+        steps += step_rows(f"run-{trial_id}", RUNS[run_id], extra)
+    write_table(evals, EVAL_COLUMNS, str(root / "evals.parquet"))
+    write_table(steps, STEP_COLUMNS, str(root / "steps.parquet"))
+    trials = [{"trial_id": t, "status": "ok", "error": None} for t in TRIALS]
+    (root / "sweep.json").write_text(json.dumps(
+        {"params": ["compression.epsilon", "schedule.phases"], "trials": trials}))
+    return root
+
+
+def all_evals() -> pd.DataFrame:
+    return pd.DataFrame([r for run_id, ep in RUNS.items() for r in eval_rows(run_id, ep)][::-1])
+
+
+# ---- bytes_to_target ----------------------------------------------------------------------------
+
+def test_bytes_to_target_first_row_reaching_target() -> None:
+    out = bytes_to_target(all_evals(), 0.6, "run_id").set_index("run_id")
+    assert list(out.columns) == ["cum_bytes_up", "cum_bytes_down", "bytes_total", "sim_time_s",
+                                 "epoch"]
+    # a reaches 0.7 at epoch 1; b 0.6 at epoch 0; c exactly 0.6 at epoch 2; d never.
+    assert out.loc["a"].tolist() == [200, 20, 220, 2.0, 1]
+    assert out.loc["b"].tolist() == [400, 40, 440, 5.0, 0]
+    assert out.loc["c"].tolist() == [150, 15, 165, 4.5, 2]
+    assert out.loc["d"].isna().all()
+    assert sorted(out.index) == ["a", "b", "c", "d"]
+
+
+def test_bytes_to_target_unreached_is_nan_and_bad_target_rejected() -> None:
+    out = bytes_to_target(all_evals(), 0.9, "run_id")
+    assert len(out) == 4 and out.drop(columns="run_id").isna().all().all()
+    out = bytes_to_target(all_evals(), 0.75, "run_id").set_index("run_id")
+    assert out.loc["b", "bytes_total"] == 880 and math.isnan(out.loc["a", "bytes_total"])
+    with pytest.raises(ValueError, match="target_accuracy=70"):
+        bytes_to_target(all_evals(), 70, "run_id")
+    with pytest.raises(ValueError, match="trial_id"):
+        bytes_to_target(all_evals(), 0.5, "trial_id")
+
+
+# ---- pareto_frontier ----------------------------------------------------------------------------
+
+def test_pareto_frontier_hand_made() -> None:
+    pts = pd.DataFrame({
+        "cost": [1.0, 1.0, 1.0, 1.5, 2.0, 3.0, 4.0, np.nan, 0.5],
+        "benefit": [0.5, 0.5, 0.4, 0.5, 0.7, 0.6, 0.9, 1.0, 0.2],
+    }, index=[f"p{i}" for i in range(9)])
+    front = pareto_frontier(pts, "cost", "benefit")
+    # p0/p1 tie (both kept); p2 beaten at equal cost; p3 beaten at equal benefit; p5 by p4;
+    # p7 has no cost.
+    assert list(front.index) == ["p8", "p0", "p1", "p4", "p6"]
+    assert front["cost"].is_monotonic_increasing
+
+
+def test_pareto_frontier_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    pts = pd.DataFrame({"c": rng.integers(0, 8, 200), "b": rng.integers(0, 8, 200)})
+    c, b = pts["c"].to_numpy(), pts["b"].to_numpy()
+    dominated = [bool(np.any((c <= c[i]) & (b >= b[i]) & ((c < c[i]) | (b > b[i]))))
+                 for i in range(len(pts))]
+    expected = set(pts.index[~np.array(dominated)])
+    front = pareto_frontier(pts, "c", "b")
+    assert set(front.index) == expected and len(front) == len(expected)
+    with pytest.raises(ValueError, match="missing_col"):
+        pareto_frontier(pts, "missing_col", "b")
+
+
+# ---- load ---------------------------------------------------------------------------------------
+
+def test_load_detects_run_dir(runs_dir: Path) -> None:
+    res = load(str(runs_dir / "run_a"))
+    assert res.key == "run_id" and res.params == []
+    assert res.runs() == ["a"] and len(res.evals) == 3 and len(res.steps) == 12
+
+
+def test_load_detects_runs_dir(runs_dir: Path) -> None:
+    res = load(str(runs_dir))
+    assert res.key == "run_id" and res.params == []
+    assert sorted(res.runs()) == ["a", "b", "c", "d"]
+    assert len(res.evals) == 10 and len(res.steps) == 40
+    by_uri = load(runs_dir.as_uri())  # URIs go through pyarrow's filesystems
+    assert by_uri.runs() == res.runs() and len(by_uri.steps) == 40
+
+
+def test_load_detects_sweep_dir(sweep_dir: Path) -> None:
+    res = load(str(sweep_dir))
+    assert res.key == "trial_id"
+    assert res.params == ["param.compression.epsilon", "param.schedule.phases"]
+    assert res.runs() == ["t0", "t1"]
+    assert set(res.steps["trial_id"]) == {"t0", "t1"}
+
+
+def test_load_errors(tmp_path: Path, runs_dir: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        load(str(tmp_path / "empty"))
+    bad = tmp_path / "bad"
+    write_table([], EVAL_COLUMNS, str(bad / "evals.parquet"))
+    write_table(step_rows("x", RUNS["a"]), STEP_COLUMNS, str(bad / "steps.parquet"))
+    with pytest.raises(ValueError, match="evals.parquet has no rows"):
+        load(str(bad))
+    (runs_dir / "run_a" / "steps.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="steps.parquet"):
+        load(str(runs_dir))
+    dup = tmp_path / "dup"
+    write_run(dup / "one", "same", RUNS["a"])
+    write_run(dup / "two", "same", RUNS["b"])
+    with pytest.raises(ValueError, match="'same'"):
+        load(str(dup))
+
+
+# ---- summary_table ------------------------------------------------------------------------------
+
+def test_summary_table_by_hand(runs_dir: Path) -> None:
+    s = summary_table(load(str(runs_dir))).set_index("run_id")
+    assert s.loc["a", "final_accuracy"] == 0.65 and s.loc["a", "best_accuracy"] == 0.7
+    assert s.loc["a", ["bytes_up_total", "bytes_down_total", "bytes_total"]].tolist() == [
+        300, 30, 330]
+    assert s.loc["a", "sim_time_s"] == 3.0 and s.loc["a", "epochs"] == 3
+    assert s.loc["b", "bytes_total"] == 880 and s.loc["b", "final_accuracy"] == 0.8
+    assert s.loc["c", "bytes_total"] == 165 and s.loc["d", "bytes_total"] == 400
+    assert s["on_frontier"].to_dict() == {"a": True, "b": True, "c": True, "d": False}
+    assert "bytes_to_target" not in s.columns
+
+
+def test_summary_table_target_and_sweep_params(sweep_dir: Path) -> None:
+    s = summary_table(load(str(sweep_dir)), target_accuracy=0.6)
+    assert list(s.columns[:3]) == ["trial_id", "param.compression.epsilon",
+                                   "param.schedule.phases"]
+    s = s.set_index("trial_id")
+    assert s.loc["t0", "param.compression.epsilon"] == 0.1
+    assert s.loc["t1", "param.schedule.phases"] == "[[2, 8], [2, 4]]"
+    assert s.loc["t0", ["bytes_to_target", "sim_time_to_target_s", "epoch_to_target"]].tolist() \
+        == [220, 2.0, 1]
+    assert s.loc["t1", ["bytes_to_target", "epoch_to_target"]].tolist() == [165, 2]
+    assert s["on_frontier"].all()  # t1 is cheaper, t0 more accurate
+
+
+def test_markdown_table_without_tabulate() -> None:
+    df = pd.DataFrame({"run": ["a|b", "c"], "x": [1.5, np.nan], "n": [3, 4], "ok": [True, False]})
+    md = markdown_table(df).splitlines()
+    if md[1].startswith("|---|"):  # our own formatter (tabulate pads differently)
+        assert md == ["| run | x | n | ok |", "|---|---|---|---|", "| a\\|b | 1.5 | 3 | True |",
+                      "| c |  | 4 | False |"]
+    assert len(md) == 4
+
+
+# ---- plots and analyze --------------------------------------------------------------------------
+
+def assert_png(path: str) -> None:
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 2000, path
+
+
+def test_analyze_writes_all_files(runs_dir: Path) -> None:
+    written = analyze(str(runs_dir), target_accuracy=0.6)
+    out = runs_dir / "analysis"
+    assert set(written) == {"summary_csv", "summary_md", "accuracy_vs_bytes",
+                            "bytes_vs_sim_time", "samples_vs_sim_time", "accuracy_vs_epoch"}
+    for name in ("accuracy_vs_bytes", "bytes_vs_sim_time", "samples_vs_sim_time",
+                 "accuracy_vs_epoch"):
+        assert written[name] == str(out / f"{name}.png")
+        assert_png(written[name])
+    csv = pd.read_csv(written["summary_csv"]).set_index("run_id")
+    assert csv.loc["a", "bytes_total"] == 330 and csv.loc["a", "bytes_to_target"] == 220
+    assert not csv.loc["d", "on_frontier"] and math.isnan(csv.loc["d", "bytes_to_target"])
+    md = Path(written["summary_md"]).read_text()
+    assert "final_accuracy" in md and md.count("\n| ") >= 4
+    # The analysis folder inside a runs dir is not mistaken for a run.
+    assert sorted(load(str(runs_dir)).runs()) == ["a", "b", "c", "d"]
+
+
+def test_analyze_sweep_to_out_dir_and_errors(sweep_dir: Path, tmp_path: Path) -> None:
+    written = analyze(str(sweep_dir), out_dir=str(tmp_path / "out"))
+    assert all(Path(p).parent == tmp_path / "out" for p in written.values())
+    assert_png(written["accuracy_vs_epoch"])
+    with pytest.raises(FileNotFoundError, match="missing_dir"):
+        analyze(str(tmp_path / "missing_dir"))
+    with pytest.raises(ValueError, match="local"):
+        analyze(str(sweep_dir), out_dir="s3://bucket/x")
+
+
+def test_plots_many_runs(tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    for i in range(8):
+        write_run(root / f"r{i}", f"r{i}", RUNS["a"])
+    res = load(str(root))
+    assert_png(plot_bytes_vs_sim_time(res, str(tmp_path / "b.png")))
+    assert_png(plot_accuracy_vs_epoch(res, str(tmp_path / "e.png")))
+
+
+def test_example_script_prints_frontier(runs_dir: Path, tmp_path: Path, monkeypatch,
+                                        capsys) -> None:
+    plot = tmp_path / "acc.png"
+    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), str(runs_dir), "--target", "0.6",
+                                      "--plot", str(plot)])
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    text = capsys.readouterr().out
+    frontier = text.split("Pareto frontier")[1]
+    assert "3 of 4 runs" in text
+    assert all(f"  {r}:" in frontier for r in "abc") and "  d:" not in frontier
+    assert_png(str(plot))

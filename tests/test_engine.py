@@ -1,0 +1,123 @@
+"""The Ray engine against the fused reference trainer, results on disk, and the run command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+import torch
+
+from splitray.compression import payload_nbytes
+from splitray.config import ConfigError, load_config
+from splitray.runtime import run_experiment
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def small(**overrides) -> list[str]:
+    base = {
+        "model.name": "vgg11", "model.split_layer": 5,
+        "data.name": "synthetic", "data.train_samples": 256, "data.test_samples": 64,
+        "train.batch_size": 8, "train.lr": 0.02,
+        "clients.count": 1, "clients.num_cpus": 1, "server.num_cpus": 1,
+        "clients.devices": "[laptop_cpu]", "network.links": "[wifi5]",
+    }
+    base.update(overrides)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_engine_losses_equal_fused_trainer_first_20_steps():
+    cfg = load_config(overrides=small(**{
+        "compression.enabled": "false", "schedule.phases": "[{epochs: 1}]",
+        "train.steps_per_epoch": 20}))
+    # The actors run one torch thread each (num_cpus=1); so does the reference, because a
+    # different thread count changes float summation order and SGD amplifies it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fused = run_experiment(cfg, out_dir=None, engine="local", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    engine = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
+    assert len(fused.steps) == len(engine.steps) == 20
+    np.testing.assert_allclose(engine.steps["loss"], fused.steps["loss"], rtol=1e-4, atol=1e-5)
+    # Simulated time is a model, not a measurement: identical in both engines.
+    np.testing.assert_array_equal(engine.steps["sim_time_s"], fused.steps["sim_time_s"])
+    assert engine.steps["loss"].iloc[-1] != engine.steps["loss"].iloc[0]
+
+
+def test_run_directory_tables_and_payload_bytes(tmp_path):
+    cfg = load_config(overrides=small(**{
+        "clients.count": 2, "clients.num_cpus": 0.5,
+        "clients.devices": "[raspberry_pi_4, laptop_cpu]", "network.shared": "wifi6_shared",
+        "schedule.phases": "[{budget: 4, epochs: 1}, {budget: 128, epochs: 1}]",
+        "compression.codec_up": "fp16", "compression.codec_down": "bf16",
+        "train.steps_per_epoch": 3}))
+    result = run_experiment(cfg, out_dir=str(tmp_path), engine="ray", progress=False)
+    run_dir = result.run_dir
+    for name in ("config.yaml", "manifest.json", "steps.parquet", "evals.parquet"):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    steps = pd.read_parquet(os.path.join(run_dir, "steps.parquet"))
+    evals = pd.read_parquet(os.path.join(run_dir, "evals.parquet"))
+    assert len(steps) == 2 * 2 * 3 and len(evals) == 2
+    assert set(steps["budget"]) == {4, 128}
+    # Every row's bytes equal the payload formula (activations 128 x 8 x 8 at split 5).
+    for row in steps.itertuples():
+        up = payload_nbytes(row.batch_size, row.budget, 8, 8, "fp16", with_indices=True,
+                            with_labels=True)
+        down = payload_nbytes(row.batch_size, row.budget, 8, 8, "bf16", with_indices=False,
+                              with_labels=False)
+        assert (row.bytes_up, row.bytes_down) == (up, down)
+    assert evals["cum_bytes_up"].iloc[-1] == steps["bytes_up"].sum()
+    assert (np.diff(steps.groupby("client_id")["sim_time_s"].apply(list)[0]) > 0).all()
+    assert evals["sim_time_s"].iloc[-1] == pytest.approx(steps["sim_time_s"].max())
+    for col in ("run_id", "client_id", "device", "epoch", "step", "budget", "split_layer",
+                "batch_size", "bytes_up", "bytes_down", "sim_time_s", "wall_time_s", "loss"):
+        assert col in steps.columns
+    for col in ("run_id", "epoch", "budget", "test_accuracy", "test_loss", "cum_bytes_up",
+                "cum_bytes_down", "sim_time_s", "wall_time_s"):
+        assert col in evals.columns
+
+
+def test_same_seed_same_tables_wall_clock_aside():
+    cfg = load_config(overrides=small(**{
+        "clients.count": 2, "clients.num_cpus": 0.5, "network.shared": "wifi6_shared",
+        "schedule.phases": "[{budget: 8, epochs: 1}]", "train.steps_per_epoch": 3}))
+    a = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
+    b = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
+    drop = ["run_id", "wall_time_s"]
+    pd.testing.assert_frame_equal(a.steps.drop(columns=drop), b.steps.drop(columns=drop))
+    pd.testing.assert_frame_equal(a.evals.drop(columns=drop), b.evals.drop(columns=drop))
+
+
+def test_budget_larger_than_channels_fails_before_work(tmp_path):
+    cfg = load_config(overrides=small(**{"schedule.phases": "[{budget: 500, epochs: 1}]"}))
+    with pytest.raises(ConfigError, match=r"schedule.phases\[0\].budget: 500"):
+        run_experiment(cfg, out_dir=str(tmp_path), engine="ray", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_config_error_exit_2_nothing_written(tmp_path):
+    out = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "splitray.cli", "run", os.path.join(REPO, "experiments",
+                                                                    "quickstart.yaml"),
+         "--set", "train.lr=-1", "--out", str(out)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.lr: -1" in lines[0] and "must be > 0" in lines[0]
+    assert not out.exists()

@@ -1,0 +1,293 @@
+"""`splitray tune`: the space file, its mapping onto Tune's domains, and real tiny sweeps on Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from ray import tune  # noqa: E402
+from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Uniform  # noqa: E402
+from ray.tune.search.variant_generator import generate_variants  # noqa: E402
+
+from splitray import tune as sweep  # noqa: E402
+from splitray.analysis import load, summary_table  # noqa: E402
+from splitray.cli import main  # noqa: E402
+from splitray.config import ConfigError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+# tiny_cnn split at 3 sends 16 channels of 8x8 (16 px input); a trial reserves 1 CPU in all.
+TINY_BASE = {
+    "name": "tiny", "seed": 0,
+    "model": {"name": "tiny_cnn", "split_layer": 3},
+    "data": {"name": "synthetic", "num_classes": 4, "image_size": 16, "train_samples": 64,
+             "test_samples": 32},
+    "schedule": {"phases": [{"budget": 4, "epochs": 1}]},
+    "train": {"batch_size": 16, "lr": 0.05},
+    "clients": {"count": 2, "num_cpus": 0.25, "devices": ["laptop_cpu"]},
+    "network": {"shared": "wifi6_shared"},
+    "server": {"device": "server_cpu", "num_cpus": 0.25},
+}
+
+
+def write_space(tmp_path: Path, space: dict, name: str = "space.yaml", **top) -> Path:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(TINY_BASE))
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"base": "base.yaml", **top, "space": space}, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------- the space file, no cluster
+
+
+def test_each_kind_maps_to_its_tune_domain(tmp_path: Path) -> None:
+    path = write_space(tmp_path, {
+        "compression.epsilon": {"loguniform": [0.1, 10]},
+        "compression.lam": {"uniform": [0.2, 0.8]},
+        "model.split_layer": {"randint": [1, 4]},
+        "network.shared": {"choice": ["wifi6_shared", "lte"]},
+        "compression.delta": {"grid": [0.001, 0.01, 0.1]},
+    })
+    space = sweep.load_space(path)
+    ps = sweep.param_space(space)
+    eps, lam, split, net = (ps[k] for k in ("compression.epsilon", "compression.lam",
+                                            "model.split_layer", "network.shared"))
+    assert isinstance(eps, Float) and isinstance(eps.get_sampler(), LogUniform)
+    assert (eps.lower, eps.upper) == (0.1, 10.0)
+    assert isinstance(lam, Float) and isinstance(lam.get_sampler(), Uniform)
+    assert (lam.lower, lam.upper) == (0.2, 0.8)
+    assert isinstance(split, Integer) and (split.lower, split.upper) == (1, 4)
+    assert isinstance(net, Categorical) and net.categories == ["wifi6_shared", "lte"]
+    assert ps["compression.delta"] == tune.grid_search([0.001, 0.01, 0.1])
+
+    rng = np.random.default_rng(0)
+    e = np.array(eps.sample(size=400, random_state=rng))
+    assert e.min() >= 0.1 and e.max() <= 10.0
+    # Log-uniform: about half the samples fall below the geometric mean 1.0.
+    assert 0.4 < (e < 1.0).mean() < 0.6
+    s = set(split.sample(size=200, random_state=rng))
+    assert s == {1, 2, 3}  # Tune's randint excludes the upper bound
+
+    variants = [cfg for _, cfg in generate_variants(ps)]
+    assert sorted(v["compression.delta"] for v in variants) == [0.001, 0.01, 0.1]
+    for v in variants:
+        config = sweep.trial_config(space.base, v)
+        assert config.compression.delta == v["compression.delta"]
+        assert config.model.split_layer in (1, 2, 3)
+
+
+def test_space_file_base_set_indexed_keys_and_defaults(tmp_path: Path) -> None:
+    path = write_space(tmp_path, {
+        "schedule.phases": {"choice": [[{"budget": 2, "epochs": 1}, {"budget": 16, "epochs": 2}],
+                                       [{"budget": 8, "epochs": 3}]]},
+        "schedule.phases[0].budget": {"grid": [4, 8]},
+    }, set={"data.train_samples": 32}, metric="test_loss")
+    space = sweep.load_space(path)
+    assert space.base["data"]["train_samples"] == 32
+    assert space.base["model"]["name"] == "tiny_cnn"
+    assert (space.metric, space.mode, space.num_samples) == ("test_loss", "min", 1)
+    # The whole list is set before its first item, whatever the key order.
+    cfg = sweep.trial_config(space.base, {"schedule.phases[0].budget": 8, "schedule.phases": [
+        {"budget": 2, "epochs": 1}, {"budget": 16, "epochs": 2}]})
+    assert [(p.budget, p.epochs) for p in cfg.schedule.phases] == [(8, 1), (16, 2)]
+    assert sweep._max_epochs_bound(space) == 3
+
+
+def test_the_example_space_is_valid() -> None:
+    space = sweep.load_space(REPO / "tune_spaces" / "deprune_small.yaml")
+    assert {"compression.epsilon", "compression.delta"} <= set(space.params)
+    assert any(k.startswith("schedule.phases") for k in space.params)
+
+
+@pytest.mark.parametrize(("space", "key", "words"), [
+    ({"compression.epsilonn": {"grid": [1.0]}}, "compression.epsilonn", "unknown key"),
+    ({"compression.lam": {"uniform": [0.5, 2.0]}}, "compression.lam", "<= 1"),
+    ({"compression.delta": {"loguniform": [0, 0.1]}}, "compression.delta", "lower > 0"),
+    ({"train.lr": {"uniform": [0.1, 0.01]}}, "train.lr", "lower < upper"),
+    ({"model.split_layer": {"randint": [2.5, 4]}}, "model.split_layer", "integers"),
+    ({"train.lr": {"normal": [0.1, 0.01]}}, "train.lr", "search kind"),
+    ({"train.lr": 0.1}, "train.lr", "expected one of"),
+    ({"clients.count": {"grid": []}}, "clients.count", "non-empty"),
+    ({"clients.count": {"grid": [2, 0]}}, "clients.count", ">= 1"),
+    ({"network.shared": {"choice": ["lte", "dialup"]}}, "network.shared", "'dialup'"),
+    ({"schedule.phases[3].budget": {"grid": [2]}}, "schedule.phases[3].budget", "out of range"),
+    ({"schedule.phases": {"choice": [[{"budget": 2, "epochs": 0}]]}}, "schedule.phases",
+     "epochs"),
+    ({"compression.codec_up": {"choice": ["fp32", "fp4"]}}, "compression.codec_up", "'fp4'"),
+])
+def test_bad_space_fails_with_one_line_naming_the_key(tmp_path: Path, space: dict, key: str,
+                                                      words: str) -> None:
+    path = write_space(tmp_path, space)
+    with pytest.raises(ConfigError) as err:
+        sweep.load_space(path)
+    msg = str(err.value)
+    assert "\n" not in msg and key in msg and words in msg, msg
+
+
+def test_bad_file_level_entries(tmp_path: Path) -> None:
+    cases = [({"metric": "accuracy"}, "metric"), ({"mode": "maximize"}, "mode"),
+             ({"num_samples": 0}, "num_samples"), ({"searcher": "x"}, "searcher"),
+             ({"set": {"train.lr": -1.0}}, "train.lr")]
+    for top, key in cases:
+        path = write_space(tmp_path, {"train.lr": {"grid": [0.1]}}, **top)
+        with pytest.raises(ConfigError, match=key):
+            sweep.load_space(path)
+
+
+def test_cli_rejects_a_bad_space_before_any_trial(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    path = write_space(tmp_path, {"compression.lam": {"grid": [0.5, 3.0]}})
+    out = tmp_path / "sweep"
+    assert main(["tune", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("splitray: error: ") and "compression.lam: 3.0" in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_trial_bundles_follow_the_trial_config() -> None:
+    for count in (1, 3):
+        cfg = sweep.trial_config(TINY_BASE, {"clients.count": count})
+        bundles = sweep.trial_bundles(cfg, has_gpu=False)
+        driver = {"CPU": sweep.TRIAL_DRIVER_CPUS}
+        assert bundles == [driver, {"CPU": 0.25}] + [{"CPU": 0.25}] * count
+    cfg = sweep.trial_config(TINY_BASE, {})
+    assert sweep.trial_bundles(cfg, has_gpu=True)[1] == {"CPU": 0.25, "GPU": 1.0}
+    cfg = sweep.trial_config(TINY_BASE, {"server.num_gpus": "0"})
+    assert sweep.trial_bundles(cfg, has_gpu=True)[1] == {"CPU": 0.25}
+
+
+def test_param_cells_and_error_lines() -> None:
+    trials = [sweep.TrialRecord("a", "finished", None, {"x": 1, "y": [1, 2], "z": "lte"}, 1, 0.5),
+              sweep.TrialRecord("b", "failed", "E", {"x": 2.5, "y": [3], "z": {"mbps": 5}}, 0,
+                                None)]
+    cols = sweep._param_columns(trials, ["x", "y", "z"])
+    assert cols["a"] == {"param.x": 1, "param.y": "[1, 2]", "param.z": "lte"}
+    assert cols["b"] == {"param.x": 2.5, "param.y": "[3]", "param.z": '{"mbps": 5}'}
+
+    class Wrapped(Exception):
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("ray::ImplicitFunc.train()\n  File ...")
+            self.cause = cause
+
+    assert sweep._error_line(Wrapped(ConfigError("a.b: 3 is not allowed\nmore"))) == \
+        "ConfigError: a.b: 3 is not allowed"
+    assert sweep._error_line(None) is None
+
+
+# ---------------------------------------------------------------- real sweeps on one Ray instance
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _probe_trial(config: dict) -> None:
+    """Start actors the way the engine does and report whether they share the trial's group."""
+    import ray
+
+    @ray.remote
+    class Probe:
+        def group(self) -> str | None:
+            return ray.get_runtime_context().get_placement_group_id()
+
+    cfg = sweep.trial_config(TINY_BASE, config)
+    mine = ray.get_runtime_context().get_placement_group_id()
+    actors = [Probe.options(num_cpus=cfg.server.num_cpus).remote()]
+    actors += [Probe.options(num_cpus=cfg.clients.num_cpus).remote()
+               for _ in range(cfg.clients.count)]
+    groups = ray.get([a.group.remote() for a in actors])
+    bundles = ray.util.placement_group_table()[mine]["bundles"]
+    tune.report({"in_group": float(mine is not None and all(g == mine for g in groups)),
+                 "bundles": float(len(bundles))})
+
+
+def test_actors_land_in_the_trial_placement_group(ray_cluster, tmp_path: Path) -> None:
+    import sys
+
+    ray_cluster.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    trainable = tune.with_resources(
+        _probe_trial, lambda config: sweep.trial_resources(TINY_BASE, False, config))
+    results = tune.Tuner(
+        trainable, param_space={"clients.count": tune.grid_search([1, 3])},
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    ).fit()
+    got = sorted((r.config["clients.count"], r.metrics["in_group"], r.metrics["bundles"])
+                 for r in results)
+    # driver + server + one bundle per client, and every actor inside the trial's group
+    assert got == [(1, 1.0, 3.0), (3, 1.0, 5.0)]
+
+
+def test_tiny_sweep_combines_trials_and_reports_a_failed_one(
+        ray_cluster, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # budget 32 exceeds the 16 channels at the split: valid config, fails in the engine's prepare()
+    path = write_space(tmp_path, {"schedule.phases[0].budget": {"grid": [4, 8, 32]},
+                                  "compression.epsilon": {"choice": [0.5]}})
+    out = tmp_path / "sweep"
+    assert main(["tune", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["params"] == ["schedule.phases[0].budget", "compression.epsilon"]
+    trials = {t["params"]["schedule.phases[0].budget"]: t for t in meta["trials"]}
+    assert {b: t["status"] for b, t in trials.items()} == {4: "finished", 8: "finished",
+                                                           32: "failed"}
+    error = trials[32]["error"]
+    assert error.startswith("ConfigError: schedule.phases[0].budget: 32") and "\n" not in error
+    assert f"failed {trials[32]['trial_id']}: ConfigError" in printed
+    assert "best (max final test_accuracy)" in printed
+
+    evals = pd.read_parquet(out / "evals.parquet")
+    steps = pd.read_parquet(out / "steps.parquet")
+    good = {trials[4]["trial_id"]: 4, trials[8]["trial_id"]: 8}
+    assert set(evals["trial_id"]) == set(good) == set(steps["trial_id"])
+    assert len(evals) == 2  # one epoch per trial
+    for tid, budget in good.items():
+        e = evals[evals["trial_id"] == tid]
+        s = steps[steps["trial_id"] == tid]
+        assert (e["param.schedule.phases[0].budget"] == budget).all()
+        assert (e["param.compression.epsilon"] == 0.5).all()
+        assert (s["budget"] == budget).all()
+        assert (s["param.schedule.phases[0].budget"] == budget).all()
+        assert e["cum_bytes_up"].iloc[0] == s["bytes_up"].sum()
+        assert 0.0 <= e["test_accuracy"].iloc[0] <= 1.0
+        manifest = json.loads((out / "trials" / tid / "manifest.json").read_text())
+        assert manifest["status"] == "finished"
+    # same steps, twice the channels: the budget-8 trial sends more bytes up
+    up = {b: steps[steps["trial_id"] == t]["bytes_up"].sum() for t, b in good.items()}
+    assert up[8] > up[4]
+
+    summary = summary_table(load(str(out)))
+    assert sorted(summary["trial_id"]) == sorted(good)
+    assert "param.schedule.phases[0].budget" in summary.columns
+
+
+def test_asha_stops_the_worse_trial_and_keeps_its_rows(ray_cluster, tmp_path: Path) -> None:
+    # One trial at a time, metric cum_bytes_up (min): at rung 1 the second, 4x bigger budget loses.
+    path = write_space(tmp_path, {"schedule.phases[0].budget": {"grid": [4, 16]}},
+                       set={"schedule.phases[0].epochs": 2}, metric="cum_bytes_up")
+    space = sweep.load_space(path)
+    result = sweep.run_sweep(space, tmp_path / "sweep", scheduler="asha", max_concurrent=1,
+                             verbose=0)
+    by_budget = {t.params["schedule.phases[0].budget"]: t for t in result.trials}
+    assert (by_budget[4].status, by_budget[4].epochs) == ("finished", 2)
+    assert (by_budget[16].status, by_budget[16].epochs) == ("stopped", 1)
+    evals = pd.read_parquet(tmp_path / "sweep" / "evals.parquet")
+    assert evals.groupby("trial_id").size().to_dict() == {by_budget[4].trial_id: 2,
+                                                           by_budget[16].trial_id: 1}
+    assert result.best_trial_id == by_budget[4].trial_id
+    with pytest.raises(ConfigError, match="already holds a sweep"):
+        sweep.run_sweep(space, tmp_path / "sweep")
