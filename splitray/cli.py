@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(all trials, with trial_id and param.* columns), "
                                     "DIR/sweep.json, DIR/trials/<trial_id>/ and DIR/tune/.")
     tn.add_argument("space", help="search-space YAML, e.g. tune_spaces/deprune_small.yaml")
-    tn.add_argument("--out", default=None,
+    tn.add_argument("--out", default=None, metavar="DIR",
                     help="sweep directory, a new local path [runs/sweeps/<space>-<time>]")
-    tn.add_argument("--num-samples", type=int, default=None,
+    tn.add_argument("--num-samples", type=int, default=None, metavar="N",
                     help="samples drawn from the space, each grid point repeated this often "
                          "[the file's num_samples, else 1]")
     tn.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -11,6 +12,27 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2-style floats, so `4e6` and `1.0e-3` are numbers (PyYAML reads them as strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text the way every splitray file and override is parsed."""
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -195,20 +217,21 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {path}")
 
 
-def _check_field(f: dataclasses.Field, value: Any, path: str) -> None:
+def _check_field(f: dataclasses.Field, value: Any, path: str, raw: Any) -> None:
+    """Check choices and bounds; messages show the value as the user wrote it."""
     meta = f.metadata
     if value is None:
         return
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(meta["choices"])
-        raise ConfigError(f"{path}: {value!r} is not allowed; choose one of {allowed}")
+        raise ConfigError(f"{path}: {raw!r} is not allowed; choose one of {allowed}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
         bound = f"> {lo}" if meta.get("lo_open") else f">= {lo}"
         rule = f"must be {bound}" + (f" and <= {hi}" if hi is not None else "")
-        raise ConfigError(f"{path}: {value!r} is not allowed; {rule}")
+        raise ConfigError(f"{path}: {raw!r} is not allowed; {rule}")
     if hi is not None and value > hi:
-        raise ConfigError(f"{path}: {value!r} is not allowed; must be <= {hi}")
+        raise ConfigError(f"{path}: {raw!r} is not allowed; must be <= {hi}")
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
@@ -228,7 +251,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
             continue
         sub = f"{path}.{name}" if path else name
         value = _convert(data[name], hints[name], sub)
-        _check_field(f, value, sub)
+        _check_field(f, value, sub, data[name])
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -258,9 +281,10 @@ def _check_semantics(cfg: ExperimentConfig) -> None:
         if isinstance(d, str) and d not in DEVICE_PROFILES:
             raise ConfigError(f"clients.devices[{i}]: {d!r} is not allowed; choose one of "
                               f"{', '.join(DEVICE_PROFILES)} or give {{name, flops_per_s}}")
-    links = [("network.shared", cfg.network.shared)] if cfg.network.shared is not None else [
-        (f"network.links[{i}]", s) for i, s in enumerate(cfg.network.links)]
-    if not links:
+    links = [(f"network.links[{i}]", s) for i, s in enumerate(cfg.network.links)]
+    if cfg.network.shared is not None:
+        links.append(("network.shared", cfg.network.shared))
+    elif not links:
         raise ConfigError("network.links: [] is not allowed; name a link profile or set network.shared")
     for where, spec in links:
         if isinstance(spec, str) and spec not in LINK_PROFILES:
@@ -284,24 +308,48 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set: {text!r} is not allowed; expected key=value, e.g. train.lr=0.01")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = read_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: {raw!r} is not valid YAML ({e.problem})") from None
     return key.strip(), value
 
 
+def parse_key(key: str) -> list[str | int]:
+    """`schedule.phases[0].budget` -> ['schedule', 'phases', 0, 'budget']."""
+    parts: list[str | int] = []
+    for segment in key.split("."):
+        m = _SEGMENT.fullmatch(segment)
+        if m is None:
+            raise ConfigError(f"{key}: not a config key; expected dotted names such as "
+                              "compression.epsilon or schedule.phases[0].budget")
+        parts.append(m.group(1))
+        parts += [int(i) for i in re.findall(r"\[(\d+)\]", m.group(2))]
+    return parts
+
+
 def set_dotted(data: dict, key: str, value: Any) -> None:
-    """Set data[a][b] = value for key 'a.b', creating mappings on the way."""
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{key}: cannot set inside {part!r}, which is not a mapping")
+    """Set a value at a dotted key with optional list indices, e.g. `schedule.phases[0].budget`."""
+    parts = parse_key(key)
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        nxt = parts[depth + 1]
+        if isinstance(part, int):
+            child = node[part]
+        else:
+            child = node.get(part)
+            if child is None and isinstance(nxt, str):
+                child = node[part] = {}
+        where = ".".join(str(p) for p in parts[:depth + 1])
+        if isinstance(nxt, int):
+            if not isinstance(child, list):
+                raise ConfigError(f"{key}: {where} is not a list in the config")
+            if nxt >= len(child):
+                raise ConfigError(f"{key}: index {nxt} is out of range; {where} has "
+                                  f"{len(child)} items in the config")
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{key}: cannot set inside {where}, which is not a mapping")
         node = child
-    node[parts[-1]] = value
+    node[parts[-1]] = copy.deepcopy(value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -313,7 +361,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config: {str(p)!r} is not a file")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = read_yaml(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"config: {str(p)!r} is not valid YAML ({e})") from None
         if loaded is not None and not isinstance(loaded, dict):

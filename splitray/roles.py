@@ -168,7 +168,7 @@ class ClientRole:
         """Run the client part on the step's batch and encode what goes on the wire."""
         t0 = time.perf_counter()
         bs = self.cfg.train.batch_size
-        idx = self._order[(step * bs) % len(self._order):][:bs]
+        idx = self._order[step * bs:(step + 1) * bs]
         x, y = self.shard.batch(idx, augment=self.cfg.data.augment, generator=self.generator)
         self.client_part.train()
         sent, channels = self._encode(x)

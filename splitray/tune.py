@@ -24,25 +24,31 @@ import copy
 import functools
 import json
 import math
-import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from splitray.config import ConfigError, ExperimentConfig, config_from_dict, set_dotted
+from splitray.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    parse_key,
+    read_yaml,
+    set_dotted,
+)
 from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, read_table, write_table, write_text
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SPACE_FILE_KEYS = ("base", "set", "metric", "mode", "num_samples", "space")
 SCHEDULERS = ("fifo", "asha")
 PARAM_PREFIX = "param."
-# Logical CPUs reserved for the trial driver (the orchestrator): it mostly waits on the actors.
+# Logical CPUs of a trial's first bundle, where Tune runs the trial driver (the orchestrator, which
+# mostly waits on its actors); the server and client actors get bundles of their own num_cpus.
 TRIAL_DRIVER_CPUS = 0.25
-_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
 
 
 @dataclass
@@ -81,55 +87,13 @@ class SweepResult:
     mode: str
     best_trial_id: str | None
     wall_time_s: float
-    extra: dict = field(default_factory=dict)
-
-
-def _parse_key(key: str) -> list[str | int]:
-    """`schedule.phases[0].budget` -> ['schedule', 'phases', 0, 'budget']."""
-    parts: list[str | int] = []
-    for segment in key.split("."):
-        m = _SEGMENT.fullmatch(segment)
-        if m is None:
-            raise ConfigError(f"{key}: not a config key; expected dotted names such as "
-                              "compression.epsilon or schedule.phases[0].budget")
-        parts.append(m.group(1))
-        parts += [int(i) for i in re.findall(r"\[(\d+)\]", m.group(2))]
-    return parts
-
-
-def set_path(data: dict, key: str, value: Any) -> None:
-    """Set a value at a dotted key with optional list indices, e.g. `schedule.phases[0].budget`."""
-    parts = _parse_key(key)
-    if all(isinstance(p, str) for p in parts):
-        set_dotted(data, key, copy.deepcopy(value))
-        return
-    node: Any = data
-    for depth, part in enumerate(parts[:-1]):
-        nxt = parts[depth + 1]
-        if isinstance(part, int):
-            child = node[part]
-        else:
-            child = node.get(part)
-            if child is None and isinstance(nxt, str):
-                child = node[part] = {}
-        where = ".".join(str(p) for p in parts[:depth + 1])
-        if isinstance(nxt, int):
-            if not isinstance(child, list):
-                raise ConfigError(f"{key}: {where} is not a list in the base config")
-            if nxt >= len(child):
-                raise ConfigError(f"{key}: index {nxt} is out of range; {where} has "
-                                  f"{len(child)} items in the base config")
-        elif not isinstance(child, dict):
-            raise ConfigError(f"{key}: cannot set inside {where}, which is not a mapping")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
 
 
 def _apply(base: dict, params: dict[str, Any]) -> dict:
     data = copy.deepcopy(base)
     # Parents before children, so `schedule.phases` and `schedule.phases[0].budget` compose.
-    for key in sorted(params, key=lambda k: len(_parse_key(k))):
-        set_path(data, key, params[key])
+    for key in sorted(params, key=lambda k: len(parse_key(k))):
+        set_dotted(data, key, params[key])
     return data
 
 
@@ -140,8 +104,7 @@ def trial_config(base: dict, params: dict[str, Any]) -> ExperimentConfig:
 
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        hint = " (YAML reads 1e-3 as text; write 1.0e-3)" if isinstance(value, str) else ""
-        raise ConfigError(f"{what}: {value!r} is not allowed; expected a number{hint}")
+        raise ConfigError(f"{what}: {value!r} is not allowed; expected a number")
     return float(value)
 
 
@@ -212,7 +175,7 @@ def _read_yaml(path: Path, what: str) -> Any:
     if not path.is_file():
         raise ConfigError(f"{what}: {str(path)!r} is not a file")
     try:
-        return yaml.safe_load(path.read_text())
+        return read_yaml(path.read_text())
     except yaml.YAMLError as e:
         problem = str(e).replace("\n", " ")
         raise ConfigError(f"{what}: {str(path)!r} is not valid YAML ({problem})") from None
@@ -246,7 +209,7 @@ def _load_space_unprefixed(path: Path) -> SearchSpace:
     if not isinstance(fixed, dict):
         raise ConfigError(f"set: {fixed!r} is not allowed; expected a mapping of key: value")
     for key, value in fixed.items():
-        set_path(base, str(key), value)
+        set_dotted(base, str(key), value)
     config_from_dict(base)  # the base alone must be a valid experiment
 
     metric = raw.get("metric", "test_accuracy")
@@ -268,7 +231,7 @@ def _load_space_unprefixed(path: Path) -> SearchSpace:
     params: dict[str, tuple[str, list]] = {}
     for key, spec in entries.items():
         key = str(key)
-        _parse_key(key)
+        parse_key(key)
         if key in fixed:
             raise ConfigError(f"{key}: both in `set` and in `space`; keep one")
         params[key] = _check_domain(key, spec)
@@ -312,15 +275,23 @@ def trial_resources(base: dict, has_gpu: bool, config: dict) -> Any:
     """Tune's resources callable: a PlacementGroupFactory sized by the trial's own config."""
     from ray import tune
 
-    return tune.PlacementGroupFactory(trial_bundles(trial_config(base, config), has_gpu))
+    try:
+        cfg = trial_config(base, config)
+    except ConfigError:  # a bad combination of values: the trial itself fails and is reported
+        cfg = config_from_dict(base)
+    return tune.PlacementGroupFactory(trial_bundles(cfg, has_gpu))
 
 
-def _numeric(row: dict) -> dict[str, float]:
-    return {k: v for k, v in row.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)}
+def _report_row(row: dict, metric: str) -> dict[str, float]:
+    """The eval row's numbers; the metric, bytes, simulated time and epoch first (Tune's table
+    shows the first few)."""
+    first = [metric, "cum_bytes_up", "sim_time_s", "epoch"]
+    keys = dict.fromkeys([*first, *row])
+    return {k: row[k] for k in keys
+            if isinstance(row.get(k), int | float) and not isinstance(row.get(k), bool)}
 
 
-def run_trial(config: dict, base: dict, trials_dir: str) -> None:
+def run_trial(config: dict, base: dict, trials_dir: str, metric: str) -> None:
     """Tune function trainable: one full simulation whose epochs are reported to Tune."""
     from ray import tune
 
@@ -329,7 +300,7 @@ def run_trial(config: dict, base: dict, trials_dir: str) -> None:
     cfg = trial_config(base, config)
     run_dir = str(Path(trials_dir) / tune.get_context().get_trial_id())
     run_experiment(cfg, out_dir=None, engine="ray", progress=False, run_dir=run_dir,
-                   on_epoch=lambda row: tune.report(_numeric(row)))
+                   on_epoch=lambda row: tune.report(_report_row(row, metric)))
 
 
 def _param_cell(value: Any) -> Any:
@@ -338,19 +309,15 @@ def _param_cell(value: Any) -> Any:
 
 def _param_columns(trials: list[TrialRecord], keys: list[str]) -> dict[str, dict[str, Any]]:
     """trial_id -> {param.key: value}; lists, dicts and mixed-type columns become JSON strings."""
-    cols: dict[str, dict[str, Any]] = {}
-    for key in keys:
-        values = {t.trial_id: _param_cell(t.params.get(key)) for t in trials}
-        kinds = {"num" if isinstance(v, int | float) and not isinstance(v, bool)
-                 else type(v).__name__ for v in values.values() if v is not None}
-        if len(kinds) > 1:
-            values = {tid: None if v is None else json.dumps(v) if not isinstance(v, str) else v
-                      for tid, v in values.items()}
-        cols[PARAM_PREFIX + key] = values
     by_trial: dict[str, dict[str, Any]] = {t.trial_id: {} for t in trials}
-    for col, values in cols.items():
-        for tid, v in values.items():
-            by_trial[tid][col] = v
+    for key in keys:
+        cells = [_param_cell(t.params.get(key)) for t in trials]
+        kinds = {"number" if isinstance(v, int | float) and not isinstance(v, bool)
+                 else type(v).__name__ for v in cells if v is not None}
+        for t, v in zip(trials, cells, strict=True):
+            if len(kinds) > 1 and v is not None and not isinstance(v, str):
+                v = json.dumps(v)  # one Arrow type per column
+            by_trial[t.trial_id][PARAM_PREFIX + key] = v
     return by_trial
 
 
@@ -490,7 +457,8 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
                str(out / "space.yaml"))
     trials_dir = out / "trials"
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=space.base, trials_dir=str(trials_dir)),
+        tune.with_parameters(run_trial, base=space.base, trials_dir=str(trials_dir),
+                             metric=space.metric),
         functools.partial(trial_resources, space.base, has_gpu))
     sched = (ASHAScheduler(grace_period=1, max_t=_max_epochs_bound(space), stop_last_trials=False)
              if scheduler == "asha" else FIFOScheduler())

@@ -121,3 +121,16 @@ def test_cli_config_error_exit_2_nothing_written(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.lr: -1" in lines[0] and "must be > 0" in lines[0]
     assert not out.exists()
+
+
+def test_realtime_mode_wall_time_tracks_simulated_time_when_network_bound():
+    link = "{kind: constant, up_bps: 4.0e6, down_bps: 4.0e6, latency_s: 0.01}"
+    cfg = load_config(overrides=small(**{
+        "model.name": "tiny_cnn", "model.split_layer": 3, "compression.enabled": "false",
+        "schedule.phases": "[{epochs: 1}]", "train.steps_per_epoch": 12,
+        "network.links": f"[{link}]", "engine.time_mode": "realtime"}))
+    result = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
+    last = result.steps.iloc[-1]
+    # 8 x 16 x 16 x 16 fp32 = 131 kB each way at 4 Mbit/s: the network dominates.
+    assert last["sim_uplink_s"] + last["sim_downlink_s"] > 0.5
+    assert last["wall_time_s"] == pytest.approx(last["sim_time_s"], rel=0.10)

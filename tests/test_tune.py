@@ -163,6 +163,21 @@ def test_trial_bundles_follow_the_trial_config() -> None:
     assert sweep.trial_bundles(cfg, has_gpu=True)[1] == {"CPU": 0.25, "GPU": 1.0}
     cfg = sweep.trial_config(TINY_BASE, {"server.num_gpus": "0"})
     assert sweep.trial_bundles(cfg, has_gpu=True)[1] == {"CPU": 0.25}
+    pgf = sweep.trial_resources(TINY_BASE, False, {"clients.count": 3})
+    assert pgf.bundles == [{"CPU": sweep.TRIAL_DRIVER_CPUS}] + [{"CPU": 0.25}] * 4
+    # Values valid one by one but not together: the trial gets the base's bundles and fails itself.
+    bad = {"compression.enabled": False, "clients.count": 3}
+    with pytest.raises(ConfigError, match="compression.enabled is false"):
+        sweep.trial_config(TINY_BASE, bad)
+    assert len(sweep.trial_resources(TINY_BASE, False, bad).bundles) == 4
+
+
+def test_a_trial_too_big_for_the_cluster_fails_before_any_trial(tmp_path: Path) -> None:
+    space = sweep.load_space(write_space(tmp_path, {"clients.count": {"grid": [2, 7]}}))
+    sweep._check_fits(space, {"CPU": 4.0}, has_gpu=False)  # 0.25 + 0.25 + 7 x 0.25 = 2.25
+    with pytest.raises(ConfigError, match=r"needs 2.25 CPUs .* 7 clients x 0.25\) but the Ray "
+                                          r"cluster has 2"):
+        sweep._check_fits(space, {"CPU": 2.0}, has_gpu=False)
 
 
 def test_param_cells_and_error_lines() -> None:
@@ -273,6 +288,23 @@ def test_tiny_sweep_combines_trials_and_reports_a_failed_one(
     summary = summary_table(load(str(out)))
     assert sorted(summary["trial_id"]) == sorted(good)
     assert "param.schedule.phases[0].budget" in summary.columns
+
+    assert main(["analyze", str(out), "--target-accuracy", "0.2", "--out",
+                 str(tmp_path / "an")]) == 0
+    printed = capsys.readouterr().out
+    table_rows = [ln for ln in printed.splitlines() if ln.startswith("| ") and "_0000" in ln]
+    assert sorted(ln.split(" | ")[0][2:] for ln in table_rows) == sorted(good)
+    assert "bytes_to_target" in printed
+    assert f"summary_csv: {tmp_path / 'an' / 'summary.csv'}" in printed
+    assert (tmp_path / "an" / "accuracy_vs_bytes.png").stat().st_size > 0
+
+
+def test_analyze_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["analyze", str(tmp_path / "missing")]) == 2
+    assert main(["analyze", str(tmp_path), "--target-accuracy", "40"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("splitray: error: results directory not found")
+    assert err[1].startswith("splitray: error: --target-accuracy: 40.0 is not allowed")
 
 
 def test_asha_stops_the_worse_trial_and_keeps_its_rows(ray_cluster, tmp_path: Path) -> None:

@@ -56,8 +56,8 @@ def _delays_text(latency_s: float, jitter_s: float) -> str:
     return text
 
 
-class ConstantLink:
-    """A client's own link with fixed up/down rates: drain time = 8 * nbytes / rate."""
+class _FixedRates:
+    """Fixed up/down rates with a one-way latency and jitter, shared by the constant links."""
 
     def __init__(
         self, up_bps: float, down_bps: float, latency_s: float = 0.0, jitter_s: float = 0.0
@@ -68,8 +68,12 @@ class ConstantLink:
         self.jitter_s = _check_delay("jitter_s", jitter_s)
 
     def rate_bps(self, direction: str) -> float:
-        """The link's rate in `direction` ("up" or "down")."""
+        """The rate in `direction` ("up" or "down"); a shared medium's total capacity."""
         return self.up_bps if direction == "up" else self.down_bps
+
+
+class ConstantLink(_FixedRates):
+    """A client's own link with fixed up/down rates: drain time = 8 * nbytes / rate."""
 
     def drain(self, direction: str, requests: list[tuple[float, int]]) -> list[float]:
         """Drain finish times of (start_s, nbytes) requests served FIFO in the given order."""
@@ -93,24 +97,13 @@ class ConstantLink:
         )
 
 
-class SharedMedium:
+class SharedMedium(_FixedRates):
     """An access point whose up and down capacities are shared by its clients (processor sharing).
 
     Up and down are separate capacities; a real Wi-Fi channel is half-duplex, so this is
     optimistic when both directions are busy at once.
     """
 
-    def __init__(
-        self, up_bps: float, down_bps: float, latency_s: float = 0.0, jitter_s: float = 0.0
-    ) -> None:
-        self.up_bps = _check_rate("up_bps", up_bps)
-        self.down_bps = _check_rate("down_bps", down_bps)
-        self.latency_s = _check_delay("latency_s", latency_s)
-        self.jitter_s = _check_delay("jitter_s", jitter_s)
-
-    def rate_bps(self, direction: str) -> float:
-        """The medium's total capacity in `direction` ("up" or "down")."""
-        return self.up_bps if direction == "up" else self.down_bps
 
     def drain(self, direction: str, requests: list[tuple[int, float, int]]) -> list[float]:
         """Drain finish times of (client_id, start_s, nbytes) requests under processor sharing.

@@ -64,6 +64,7 @@ class RunContext:
         self.samples_seen = 0
         self.round = 0
         self.wall_start = time.perf_counter()
+        self.eval_wall_s = 0.0  # host time spent evaluating, outside the simulated timeline
         self._epoch_losses: list[float] = []
         self._epoch_steps = 0
         self._epoch_done = 0
@@ -113,13 +114,14 @@ class RunContext:
         self._epoch_done += len(fwd)
         if self.cfg.engine.time_mode == "realtime":
             # Emulate: hold the next round until the host clock has caught up with the model.
-            lag_s = clock.now_s - self.wall_s()
+            lag_s = clock.now_s - (self.wall_s() - self.eval_wall_s)
             if lag_s > 0:
                 time.sleep(lag_s)
         self.progress.round(plan.epoch, self._epoch_done, self._epoch_steps, clock.now_s)
 
     def evaluate(self, plan: EpochPlan, budget: int) -> dict:
         """Test every client's encoder with the server on its test slice; record and report."""
+        t0 = time.perf_counter()
         counts = self.get([c.call("num_eval_batches") for c in self.clients])
         futures = [self.server.call("evaluate", c.call("encode_eval", b))
                    for c, n in zip(self.clients, counts, strict=True) for b in range(n)]
@@ -127,6 +129,7 @@ class RunContext:
         correct = sum(r[0] for r in results)
         loss_sum = sum(r[1] for r in results)
         n = sum(r[2] for r in results)
+        self.eval_wall_s += time.perf_counter() - t0
         losses = self._epoch_losses
         row = {
             "run_id": self.run_id, "algorithm": self.cfg.train.algorithm, "epoch": plan.epoch,

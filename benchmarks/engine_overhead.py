@@ -1,0 +1,69 @@
+"""Throughput of the Ray engine against the fused single-process trainer, measured in one run.
+
+Same model, data, batches and step code; the engine adds actors, ObjectRefs and the network model.
+Prints samples/s of both and ends with `ratio <engine/fused>`.
+
+    python benchmarks/engine_overhead.py                 # VGG11 split 5, batch 64, 1 client
+    python benchmarks/engine_overhead.py --clients 8     # 8 clients on a shared Wi-Fi medium
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import ray
+import torch
+
+from splitray.config import load_config
+from splitray.runtime import run_experiment
+
+
+def samples_per_s(steps) -> float:
+    """Training throughput between the first and the last round (the first is warm-up)."""
+    first, last = steps["round"].min(), steps["round"].max()
+    timed = steps[steps["round"] > first]
+    wall = (steps.loc[steps["round"] == last, "wall_time_s"].max()
+            - steps.loc[steps["round"] == first, "wall_time_s"].max())
+    return timed["batch_size"].sum() / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vgg11")
+    parser.add_argument("--split-layer", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=30, help="steps per client")
+    parser.add_argument("--compression", action="store_true", help="budget 16, fp16 codecs")
+    args = parser.parse_args()
+
+    cores = os.cpu_count() or 2
+    # Ray resources are logical: client(s) and server each get all cores' worth of threads,
+    # as the fused trainer does; they alternate in time, so nothing is oversubscribed.
+    client_cpus = cores if args.clients == 1 else max(cores / args.clients / 2, 0.01)
+    overrides = [
+        f"model.name={args.model}", f"model.split_layer={args.split_layer}",
+        "data.name=synthetic", f"data.train_samples={args.batch_size * args.steps * args.clients}",
+        "data.test_samples=64", f"train.batch_size={args.batch_size}",
+        f"train.steps_per_epoch={args.steps}", f"clients.count={args.clients}",
+        f"clients.num_cpus={client_cpus}", f"server.num_cpus={cores}",
+        "clients.devices=[laptop_cpu]", "network.shared=wifi6_shared",
+    ]
+    overrides += (["schedule.phases=[{budget: 16, epochs: 1}]", "compression.codec_up=fp16",
+                   "compression.codec_down=fp16"] if args.compression else
+                  ["compression.enabled=false", "schedule.phases=[{epochs: 1}]"])
+    cfg = load_config(overrides=overrides)
+    ray.init(num_cpus=2 * cores, include_dashboard=False, log_to_driver=False)
+
+    print(f"{args.model} split {args.split_layer}, batch {args.batch_size}, {args.clients} "
+          f"client(s), {args.steps} steps each, torch threads {torch.get_num_threads()}")
+    fused = samples_per_s(run_experiment(cfg, out_dir=None, engine="local", progress=False).steps)
+    print(f"fused   {fused:8.1f} samples/s")
+    engine = samples_per_s(run_experiment(cfg, out_dir=None, engine="ray", progress=False).steps)
+    print(f"engine  {engine:8.1f} samples/s")
+    print(f"ratio {engine / fused:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Config validation: bad values fail with one line naming the field, the value and the rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from splitray.config import ConfigError, load_config
+from splitray.schedules import epoch_plans, reset_kind, select_lr
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=-1", "train.lr: -1 is not allowed; must be > 0"),
+    ("compression.lam=1.5", "compression.lam: 1.5 is not allowed; must be <= 1"),
+    ("compression.codec_up=fp4", "compression.codec_up: 'fp4' is not allowed; choose one of"),
+    ("model.name=vgg99", "model.name: 'vgg99' is not allowed; choose one of"),
+    ("train.algorithm=magic", "train.algorithm: 'magic' is not allowed"),
+    ("clients.devices=[toaster]", "clients.devices[0]: 'toaster' is not allowed"),
+    ("network.links=[carrier_pigeon]", "network.links[0]: 'carrier_pigeon' is not allowed"),
+    ("schedule.phases=[{budget: 0, epochs: 1}]", "schedule.phases[0].budget: 0 is not allowed"),
+    ("schedule.phases=[{budget: 4, epoch: 1}]", "schedule.phases[0].epoch: unknown key"),
+    ("train.batch_size=big", "train.batch_size: 'big' is not allowed; expected an integer"),
+    ("compression.enabled=false", "schedule.phases[0].budget: 4 is not allowed when"),
+    ("nonsense.key=1", "nonsense: unknown key"),
+    ("schedule.phases[5].budget=8", "schedule.phases[5].budget: index 5 is out of range"),
+    ("compression.delta=1e-3x", "compression.delta: '1e-3x' is not allowed; expected a number"),
+])
+def test_bad_values_name_field_value_and_rule(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "experiments" / "quickstart.yaml", [override])
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_experiment_files_load_and_overrides_apply():
+    for path in sorted((REPO / "experiments").glob("*.yaml")):
+        load_config(path)
+    cfg = load_config(REPO / "experiments" / "quickstart.yaml",
+                      ["train.lr=0.5", "schedule.phases=[{budget: 8, epochs: 2}]"])
+    assert cfg.train.lr == 0.5
+    assert [(p.budget, p.epochs) for p in cfg.schedule.phases] == [(8, 2)]
+    assert cfg.total_epochs == 2
+    # List items are addressable, and YAML 1.2 floats such as 4e6 are numbers.
+    cfg = load_config(REPO / "experiments" / "quickstart.yaml",
+                      ["schedule.phases[1].epochs=5", "compression.delta=1e-2"])
+    assert cfg.schedule.phases[1].epochs == 5 and cfg.compression.delta == 0.01
+
+
+def test_select_lr_boosts_first_lk_epochs_of_later_phases():
+    cfg = load_config(overrides=[
+        "schedule.phases=[{budget: 4, epochs: 2}, {budget: 64, epochs: 3}, {budget: 128, epochs: 1}]",
+        "schedule.gamma=10", "schedule.boost_epochs=2"])
+    plans = list(epoch_plans(cfg.schedule, 0.01))
+    assert [p.lr for p in plans] == pytest.approx([0.01, 0.01, 0.1, 0.1, 0.01, 0.1])
+    assert [p.budget for p in plans] == [4, 4, 64, 64, 64, 128]
+    assert [p.phase_start for p in plans] == [True, False, True, False, False, True]
+    assert select_lr(1.0, 0, 0, 5.0, 3) == 1.0
+    assert reset_kind(4, 128) == "deprune" and reset_kind(128, 4) == "prune"
+    assert reset_kind(8, 8) is None
