@@ -134,3 +134,20 @@ def test_realtime_mode_wall_time_tracks_simulated_time_when_network_bound():
     # 8 x 16 x 16 x 16 fp32 = 131 kB each way at 4 Mbit/s: the network dominates.
     assert last["sim_uplink_s"] + last["sim_downlink_s"] > 0.5
     assert last["wall_time_s"] == pytest.approx(last["sim_time_s"], rel=0.10)
+
+
+def test_measured_compute_mode_scales_host_time_and_custom_devices_count():
+    common = {"model.name": "tiny_cnn", "model.split_layer": 3, "compression.enabled": "false",
+              "schedule.phases": "[{epochs: 1}]", "train.steps_per_epoch": 3}
+    flops = run_experiment(load_config(overrides=small(**common, **{
+        "clients.devices": "[{name: slowpoke, flops_per_s: 1.0e6}]"})),
+        out_dir=None, engine="local", progress=False).steps
+    measured = run_experiment(load_config(overrides=small(**common, **{
+        "engine.compute_time": "measured", "engine.measured_scale": 1000})),
+        out_dir=None, engine="local", progress=False).steps
+    # A custom 1 MFLOP/s device: compute time is the FLOPs of the step divided by 1e6.
+    assert (flops["device"] == "slowpoke").all()
+    assert (flops["sim_client_compute_s"] > 1.0).all()
+    # Measured: host seconds x 1000, so well above zero but nothing like the FLOP model.
+    assert (measured["sim_client_compute_s"] > 0.01).all()
+    assert (measured["sim_client_compute_s"] != flops["sim_client_compute_s"]).all()
