@@ -157,15 +157,11 @@ def _ray_peers(p: Prepared) -> tuple[list[RayPeer], RayPeer]:
             f"x {cfg.clients.num_cpus} + server {cfg.server.num_cpus} = {need} CPUs exceed the "
             f"cluster's {resources.get('CPU', 0):g} (Ray resources are logical: lower them)")
     client_threads = max(1, math.floor(cfg.clients.num_cpus))
-    # Actors take turns on the same cores; OpenMP's default spin-wait would keep an idle actor's
-    # threads burning the cores the busy one needs (measured: 10% slower steps).
-    env = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
-    server = ServerActor.options(num_cpus=cfg.server.num_cpus, num_gpus=num_gpus,
-                                 runtime_env=env).remote(
+    server = ServerActor.options(num_cpus=cfg.server.num_cpus, num_gpus=num_gpus).remote(
         max(1, math.floor(cfg.server.num_cpus)), cfg, p.input_shape, p.num_classes,
         "cuda" if num_gpus else "cpu")
     clients = [
-        ClientActor.options(num_cpus=cfg.clients.num_cpus, runtime_env=env).remote(
+        ClientActor.options(num_cpus=cfg.clients.num_cpus).remote(
             client_threads, i, cfg, p.train_shards[i], p.test_shards[i], p.num_classes)
         for i in range(cfg.clients.count)]
     return [RayPeer(c) for c in clients], RayPeer(server)
