@@ -36,12 +36,16 @@ def _save(fig: Figure, path: str) -> str:
     return str(out)
 
 
-def run_label(results: Results, run, max_chars: int = 48) -> str:
-    """A short legend label: the run id, then its swept parameter values."""
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def run_label(results: Results, run, max_chars: int = 64) -> str:
+    """A short legend label: the run id, then its swept parameter values (3 significant digits)."""
     label = str(run)
     if results.params:
         row = results.evals.loc[results.evals[results.key] == run].iloc[0]
-        parts = [f"{p[len(PARAM_PREFIX):].split('.')[-1]}={row[p]}" for p in results.params]
+        parts = [f"{p[len(PARAM_PREFIX):].split('.')[-1]}={_short(row[p])}" for p in results.params]
         label += ": " + ", ".join(parts)
     return label if len(label) <= max_chars else label[: max_chars - 3] + "..."
 
