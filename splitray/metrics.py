@@ -84,6 +84,14 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
 
 
+def _open_uri_output(uri: str):
+    """An output stream for a URI (file://, s3://, ...); object stores replace whole objects on
+    close, so the write is atomic there."""
+    fs, p = _filesystem(uri)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    return fs.open_output_stream(p)
+
+
 def write_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]],
                 path: str) -> None:
     """Write rows as Parquet atomically: a local file is written beside and renamed into place."""
@@ -92,9 +100,8 @@ def write_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]]
     table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
     for name in extra:  # e.g. trial parameters added by a sweep
         table = table.append_column(name, pa.array([r.get(name) for r in rows]))
-    if "://" in path:  # object stores replace whole objects on close: already atomic
-        fs, p = _filesystem(path)
-        with fs.open_output_stream(p) as f:
+    if "://" in path:
+        with _open_uri_output(path) as f:
             pq.write_table(table, f)
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -111,8 +118,7 @@ def write_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]]
 def write_text(text: str, path: str) -> None:
     """Write a small text file atomically (local) or as one object (URI)."""
     if "://" in path:
-        fs, p = _filesystem(path)
-        with fs.open_output_stream(p) as f:
+        with _open_uri_output(path) as f:
             f.write(text.encode())
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -151,3 +151,16 @@ def test_measured_compute_mode_scales_host_time_and_custom_devices_count():
     # Measured: host seconds x 1000, so well above zero but nothing like the FLOP model.
     assert (measured["sim_client_compute_s"] > 0.01).all()
     assert (measured["sim_client_compute_s"] != flops["sim_client_compute_s"]).all()
+
+
+def test_results_go_to_a_uri_through_pyarrow(tmp_path):
+    from splitray.analysis import load
+
+    cfg = load_config(overrides=small(**{
+        "model.name": "tiny_cnn", "model.split_layer": 3, "schedule.phases": "[{budget: 4, epochs: 1}]",
+        "train.steps_per_epoch": 2}))
+    result = run_experiment(cfg, out_dir=f"file://{tmp_path}/runs", engine="local", progress=False)
+    assert result.run_dir.startswith("file://")
+    loaded = load(result.run_dir)
+    assert len(loaded.steps) == 2 and len(loaded.evals) == 1
+    assert (tmp_path / "runs" / result.run_id / "manifest.json").is_file()
