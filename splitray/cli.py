@@ -81,6 +81,29 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from splitray.network import DEVICE_PROFILES, LINK_PROFILES
+
+    print("device profiles (clients.devices, server.device):")
+    for p in DEVICE_PROFILES.values():
+        print(f"  {p.name:18s} {p.flops_per_s / 1e9:9.1f} GFLOP/s  {p.description}")
+    print("\nlink profiles (network.links, network.shared):")
+    for name, spec in LINK_PROFILES.items():
+        if spec["kind"] == "trace":
+            rates = f"trace {spec['up']} / {spec['down']}"
+        else:
+            rates = f"{spec['up_bps'] / 1e6:g}/{spec['down_bps'] / 1e6:g} Mbit/s up/down"
+        print(f"  {name:22s} {spec['kind']:8s} {rates}, {spec.get('latency_s', 0) * 1e3:g} ms")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from splitray.metrics import schema_markdown
+
+    print(schema_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="splitray", description="Simulate split learning with heterogeneous clients on Ray.")
@@ -136,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num-classes", type=int, default=10, help="classes [10]")
     sp.add_argument("--format", choices=("table", "json"), default="table")
     sp.set_defaults(func=_cmd_split_points)
+
+    pr = sub.add_parser("profiles", help="list the named device and link profiles",
+                        description="List the device profiles (compute speed and its source) and "
+                                    "the link profiles (rates, traces, latency) configs can name.")
+    pr.set_defaults(func=_cmd_profiles)
+
+    sc = sub.add_parser("schema", help="print the Parquet schema of run directories",
+                        description="Print every column of steps.parquet and evals.parquet with "
+                                    "its type and unit, as Markdown.")
+    sc.set_defaults(func=_cmd_schema)
     return parser
 
 
