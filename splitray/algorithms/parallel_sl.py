@@ -31,7 +31,7 @@ def run(ctx: RunContext) -> None:
         budget_now = budget
         steps = get([c.call("begin_epoch", plan.epoch, plan.lr, budget) for c in clients])
         get(server.call("set_lr", plan.lr))
-        ctx.begin_epoch(plan, budget, sum(steps))
+        ctx.begin_epoch(sum(steps))
 
         for step in range(max(steps)):
             active = [i for i, n in enumerate(steps) if step < n]

@@ -104,7 +104,6 @@ class SharedMedium(_FixedRates):
     optimistic when both directions are busy at once.
     """
 
-
     def drain(self, direction: str, requests: list[tuple[int, float, int]]) -> list[float]:
         """Drain finish times of (client_id, start_s, nbytes) requests under processor sharing.
 

@@ -73,7 +73,8 @@ class RunContext:
     def wall_s(self) -> float:
         return time.perf_counter() - self.wall_start
 
-    def begin_epoch(self, plan: EpochPlan, budget: int, total_steps: int) -> None:
+    def begin_epoch(self, total_steps: int) -> None:
+        """Start the epoch's loss average and progress count."""
         self._epoch_losses = []
         self._epoch_steps = total_steps
         self._epoch_done = 0
