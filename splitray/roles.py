@@ -98,7 +98,19 @@ def _measure_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
-class ClientRole:
+class _Role:
+    """What both roles share: one place that lists their modules and sets train or eval mode."""
+
+    def modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def set_training(self, training: bool) -> None:
+        """Train (True) or eval (False) mode for every module of the role, none forgotten."""
+        for m in self.modules():
+            m.train(training)
+
+
+class ClientRole(_Role):
     """A client device: its data shard, client part, compressor and optimizer."""
 
     def __init__(self, client_id: int, cfg: ExperimentConfig, shard: ArrayDataset,
@@ -112,9 +124,7 @@ class ClientRole:
         self.client_part = client_part
         self.act_shape = activation_shape(client_part, input_shape)
         self.compressor = make_compressor(cfg, self.act_shape)
-        params = list(client_part.parameters())
-        if self.compressor is not None:
-            params += list(self.compressor.parameters())
+        params = [p for m in self.modules() for p in m.parameters()]
         # A client part with no parameters (split 0 or 1) has nothing to train.
         self.optimizer = _sgd(params, cfg) if params else None
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + client_id)
@@ -122,6 +132,9 @@ class ClientRole:
         self._order: np.ndarray = np.arange(0)
         self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.fwd_flops_per_sample, self.bwd_flops_per_sample = self._flops_per_sample(input_shape)
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.client_part, self.compressor) if m is not None]
 
     @property
     def num_channels(self) -> int:
@@ -135,15 +148,13 @@ class ClientRole:
 
     def _flops_per_sample(self, input_shape) -> tuple[int, int]:
         """Forward and backward FLOPs of one sample, measured in eval mode so BN stats stay put."""
-        modules = [m for m in (self.client_part, self.compressor) if m is not None]
-        for m in modules:
-            m.eval()
+        self.set_training(False)
         x = torch.zeros(1, *input_shape)
         fwd = _measure_flops(lambda: self._encode(x))
         out, _ = self._encode(x)
         bwd = _measure_flops(lambda: out.sum().backward()) if out.requires_grad else 0
-        for m in modules:
-            m.train()
+        self.set_training(True)
+        for m in self.modules():
             m.zero_grad(set_to_none=True)
         return fwd, bwd
 
@@ -170,7 +181,7 @@ class ClientRole:
         bs = self.cfg.train.batch_size
         idx = self._order[step * bs:(step + 1) * bs]
         x, y = self.shard.batch(idx, augment=self.cfg.data.augment, generator=self.generator)
-        self.client_part.train()
+        self.set_training(True)
         sent, channels = self._encode(x)
         self._pending = (sent, channels)
         payload = Payload.from_tensor(sent, self.cfg.compression.codec_up,
@@ -211,9 +222,7 @@ class ClientRole:
     @torch.no_grad()
     def encode_eval(self, batch: int) -> Payload:
         """Encode test batch `batch` of this client's test slice, in eval mode, labels attached."""
-        for m in (self.client_part, self.compressor):
-            if m is not None:
-                m.eval()
+        self.set_training(False)
         bs = self.cfg.train.eval_batch_size
         x, y = self.test_shard.batch(np.arange(batch * bs, min((batch + 1) * bs, len(self.test_shard))))
         sent, channels = self._encode(x)
@@ -221,7 +230,7 @@ class ClientRole:
                                    channel_indices=channels, labels=y)
 
 
-class ServerRole:
+class ServerRole(_Role):
     """The server: decompressor + server part and its optimizer; computes the task loss."""
 
     def __init__(self, cfg: ExperimentConfig, input_shape: tuple[int, int, int],
@@ -233,12 +242,13 @@ class ServerRole:
         act_shape = activation_shape(client_part, input_shape)
         self.server_part = server_part.to(self.device)
         self.decompressor = make_decompressor(cfg, act_shape)
-        params = list(server_part.parameters())
         if self.decompressor is not None:
             self.decompressor.to(self.device)
-            params += list(self.decompressor.parameters())
-        self.optimizer = _sgd(params, cfg)
+        self.optimizer = _sgd([p for m in self.modules() for p in m.parameters()], cfg)
         self.flops_per_sample = self._flops_per_sample(act_shape)
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.server_part, self.decompressor) if m is not None]
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -253,9 +263,7 @@ class ServerRole:
         return received, self.decompressor(received, channels)
 
     def _flops_per_sample(self, act_shape) -> int:
-        modules = [m for m in (self.server_part, self.decompressor) if m is not None]
-        for m in modules:
-            m.eval()
+        self.set_training(False)
         if self.decompressor is not None:
             c = self.cfg.compression
             shape = encoded_shape(tuple(act_shape), c.resolution_factor, c.channels)
@@ -269,8 +277,8 @@ class ServerRole:
             self.server_part(h).sum().backward()
 
         flops = _measure_flops(step)
-        for m in modules:
-            m.train()
+        self.set_training(True)
+        for m in self.modules():
             m.zero_grad(set_to_none=True)
         return flops
 
@@ -278,9 +286,7 @@ class ServerRole:
         """Forward the received activations, compute the loss, update, return the gradient."""
         t0 = time.perf_counter()
         labels = payload.labels_tensor().to(self.device)
-        self.server_part.train()
-        if self.decompressor is not None:
-            self.decompressor.train()
+        self.set_training(True)
         self.optimizer.zero_grad(set_to_none=True)
         received, h = self._decode(payload)
         logits = self.server_part(h)
@@ -297,9 +303,7 @@ class ServerRole:
     @torch.no_grad()
     def evaluate(self, payload: Payload) -> tuple[int, float, int]:
         """Correct predictions, summed loss and sample count for one encoded test batch."""
-        self.server_part.eval()
-        if self.decompressor is not None:
-            self.decompressor.eval()
+        self.set_training(False)
         _, h = self._decode(payload)
         logits = self.server_part(h)
         labels = payload.labels_tensor().to(self.device)

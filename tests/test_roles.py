@@ -65,3 +65,38 @@ def test_uncompressed_payload_carries_the_whole_activation():
     assert payload.channel_indices is None
     assert payload.data.shape == (8, *client.act_shape)
     assert info.flops > 0 and client.bwd_flops_per_sample > 0
+
+
+def _record_modes(role, log: list) -> None:
+    """Record (module kind, training flag) every time a submodule of the role runs forward."""
+    for module in role.modules():
+        for sub in module.modules():
+            sub.register_forward_pre_hook(
+                lambda m, _args: log.append((type(m).__name__, m.training)))
+
+
+def _bn_stats(module) -> torch.Tensor:
+    return torch.cat([m.running_mean.clone() for m in module.modules()
+                      if isinstance(m, torch.nn.BatchNorm2d)])
+
+
+def test_train_after_evaluate_puts_every_module_back_in_train_mode():
+    cfg = _cfg(**{"model.name": "vgg11_bn", "model.split_layer": 2, "data.image_size": 32})
+    data = load_dataset("synthetic", num_samples=32, image_size=32, seed=0)
+    client = ClientRole(0, cfg, data, data, data.num_classes)
+    server = ServerRole(cfg, tuple(data.images.shape[1:]), data.num_classes)
+    assert client.compressor in client.modules() and server.decompressor in server.modules()
+    client.begin_epoch(0, cfg.train.lr, 4)
+    client.backward(server.step(*client.forward(0)[:1], 0)[0])
+    server.evaluate(client.encode_eval(0))  # leaves both roles in eval mode
+
+    log: list = []
+    _record_modes(client, log)
+    _record_modes(server, log)
+    before = _bn_stats(client.compressor)
+    payload, _ = client.forward(1)
+    grad, _ = server.step(payload, 0)
+    client.backward(grad)
+    assert log and all(training for _, training in log), sorted(set(log))
+    assert {"Compressor", "Decompressor"} <= {kind for kind, _ in log}
+    assert not torch.equal(before, _bn_stats(client.compressor)), "compressor BN stats frozen"
