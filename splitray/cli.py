@@ -21,6 +21,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"done: accuracy {last['test_accuracy']:.4f}, "
               f"{(last['cum_bytes_up'] + last['cum_bytes_down']) / 1e6:.2f} MB, "
               f"simulated {last['sim_time_s']:.1f} s; results in {result.run_dir}")
+    for key, value in result.summary.items():
+        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
     return 0
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Column -> (arrow type, meaning with unit). One row per client step.
 STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
@@ -26,7 +26,9 @@ STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "device": (pa.string(), "device profile name of the client"),
     "epoch": (pa.int32(), "epoch index, 0-based"),
     "step": (pa.int32(), "client step within the epoch, 0-based"),
-    "round": (pa.int64(), "global round index; one round = one step of every active client"),
+    "round": (pa.int64(), "global round index: the steps the algorithm handed the timeline at once"),
+    "client_state": (pa.string(), "A: full step; B: sends activations only, client frozen; "
+                                  "C: sends nothing, the server trains on its cache (async_sl)"),
     "phase": (pa.int32(), "index of the budget phase in the schedule"),
     "budget": (pa.int32(), "channels sent (B); equals all channels when uncompressed"),
     "split_layer": (pa.int32(), "split point n of the client"),
@@ -34,15 +36,23 @@ STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "lr": (pa.float64(), "learning rate used in the step"),
     "bytes_up": (pa.int64(), "payload bytes client -> server (activations, indices, labels, scale)"),
     "bytes_down": (pa.int64(), "payload bytes server -> client (gradient, scale)"),
+    "bytes_model_up": (pa.int64(), "client-part weight bytes client -> server after the step"),
+    "bytes_model_down": (pa.int64(), "client-part weight bytes server -> client before the step"),
+    "client_flops": (pa.float64(), "client FLOPs of the step (forward + backward)"),
+    "server_flops": (pa.float64(), "server FLOPs of the step (forward + backward)"),
     "loss": (pa.float64(), "task loss (cross-entropy) of the step"),
     "prune_loss": (pa.float64(), "prune loss of the step (0 when uncompressed)"),
     "sim_start_s": (pa.float64(), "simulated time the step started, s"),
-    "sim_time_s": (pa.float64(), "simulated time the step finished (gradient applied), s"),
+    "sim_time_s": (pa.float64(), "simulated time the step finished (its last transfer or "
+                                 "update done), s"),
+    "sim_model_down_s": (pa.float64(), "simulated weight download before the step, s"),
     "sim_client_compute_s": (pa.float64(), "simulated client compute, forward + backward, s"),
+    "sim_client_backward_s": (pa.float64(), "of which the backward, s"),
     "sim_uplink_s": (pa.float64(), "simulated uplink transfer incl. latency and sharing, s"),
     "sim_server_wait_s": (pa.float64(), "simulated wait for the busy server, s"),
     "sim_server_compute_s": (pa.float64(), "simulated server compute, s"),
     "sim_downlink_s": (pa.float64(), "simulated downlink transfer incl. latency and sharing, s"),
+    "sim_model_up_s": (pa.float64(), "simulated weight upload after the step, s"),
     "wall_time_s": (pa.float64(), "host wall-clock seconds since the run started"),
 }
 
@@ -57,8 +67,9 @@ EVAL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "test_loss": (pa.float64(), "mean cross-entropy on the test set"),
     "train_loss": (pa.float64(), "mean task loss of the epoch's steps"),
     "samples_seen": (pa.int64(), "training samples processed so far, all clients"),
-    "cum_bytes_up": (pa.int64(), "payload bytes client -> server so far, all clients"),
-    "cum_bytes_down": (pa.int64(), "payload bytes server -> client so far, all clients"),
+    "cum_bytes_up": (pa.int64(), "bytes client -> server so far (payloads and weights), all clients"),
+    "cum_bytes_down": (pa.int64(), "bytes server -> client so far (payloads and weights), all "
+                                   "clients"),
     "sim_time_s": (pa.float64(), "simulated time at the end of the epoch (slowest client), s"),
     "wall_time_s": (pa.float64(), "host wall-clock seconds since the run started"),
 }

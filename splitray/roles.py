@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from splitray.compression import Compressor, Decompressor, Payload, encoded_shape, prune_loss
 from splitray.config import ExperimentConfig
 from splitray.data import ArrayDataset
 from splitray.models import build_model, split
+from splitray.models.flops import flop_counter
 
 
 @dataclass
@@ -38,6 +38,7 @@ class ServerInfo:
 
     client_id: int
     bytes_down: int
+    batch_size: int
     loss: float
     correct: int
     flops: float          # forward + backward FLOPs of decompressor + server part
@@ -93,7 +94,7 @@ def _sgd(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
 
 
 def _measure_flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         fn()
     return int(counter.get_total_flops())
 
@@ -175,16 +176,21 @@ class ClientRole(_Role):
         if self.compressor is not None:
             self.compressor.reset_filter(kind, previous_budget, generator=self.generator)
 
-    def forward(self, step: int) -> tuple[Payload, ForwardInfo]:
-        """Run the client part on the step's batch and encode what goes on the wire."""
+    def forward(self, step: int, learn: bool = True) -> tuple[Payload, ForwardInfo]:
+        """Run the client part on the step's batch and encode what goes on the wire.
+
+        With `learn` False the client is frozen (async SL state B): eval mode, no graph kept,
+        no backward to follow, nothing about the client changes.
+        """
         t0 = time.perf_counter()
         bs = self.cfg.train.batch_size
         idx = self._order[step * bs:(step + 1) * bs]
         x, y = self.shard.batch(idx, augment=self.cfg.data.augment, generator=self.generator)
-        self.set_training(True)
-        sent, channels = self._encode(x)
-        self._pending = (sent, channels)
-        payload = Payload.from_tensor(sent, self.cfg.compression.codec_up,
+        self.set_training(learn)
+        with torch.set_grad_enabled(learn):
+            sent, channels = self._encode(x)
+        self._pending = (sent, channels) if learn else None
+        payload = Payload.from_tensor(sent.detach(), self.cfg.compression.codec_up,
                                       channel_indices=channels, labels=y)
         n = len(idx)
         info = ForwardInfo(self.client_id, payload.nbytes, n, self.fwd_flops_per_sample * n,
@@ -216,6 +222,18 @@ class ClientRole(_Role):
         return BackwardInfo(self.client_id, p_loss, self.bwd_flops_per_sample * n,
                             time.perf_counter() - t0)
 
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Every weight and buffer of the client part and compressor, as numpy arrays."""
+        return {f"{k}.{name}": t.detach().cpu().numpy().copy()
+                for k, m in enumerate(self.modules()) for name, t in m.state_dict().items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Load weights from `get_weights` (another client's, or an average)."""
+        for k, m in enumerate(self.modules()):
+            prefix = f"{k}."
+            m.load_state_dict({name[len(prefix):]: torch.from_numpy(np.asarray(a))
+                               for name, a in weights.items() if name.startswith(prefix)})
+
     def num_eval_batches(self) -> int:
         return -(-len(self.test_shard) // self.cfg.train.eval_batch_size)
 
@@ -246,6 +264,9 @@ class ServerRole(_Role):
             self.decompressor.to(self.device)
         self.optimizer = _sgd([p for m in self.modules() for p in m.parameters()], cfg)
         self.flops_per_sample = self._flops_per_sample(act_shape)
+        # Async SL's state C trains on what a client sent earlier: keep every payload.
+        self.cache: dict[tuple[int, int], Payload] | None = (
+            {} if cfg.train.algorithm == "async_sl" else None)
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.server_part, self.decompressor) if m is not None]
@@ -282,8 +303,23 @@ class ServerRole(_Role):
             m.zero_grad(set_to_none=True)
         return flops
 
-    def step(self, payload: Payload, client_id: int) -> tuple[Payload, ServerInfo]:
+    def step(self, payload: Payload, client_id: int, step: int) -> tuple[Payload, ServerInfo]:
         """Forward the received activations, compute the loss, update, return the gradient."""
+        if self.cache is not None:
+            self.cache[(client_id, step)] = payload
+        return self._train_on(payload, client_id)
+
+    def step_cached(self, client_id: int, step: int) -> tuple[Payload, ServerInfo]:
+        """Train on the payload this client sent for `step` the last time it sent (async SL C)."""
+        if self.cache is None or (client_id, step) not in self.cache:
+            raise RuntimeError(f"no cached activations of client {client_id} for step {step}")
+        return self._train_on(self.cache[(client_id, step)], client_id)
+
+    def cache_nbytes(self) -> int:
+        """Bytes of the activations (and labels) the server keeps for async SL's state C."""
+        return sum(p.nbytes for p in self.cache.values()) if self.cache else 0
+
+    def _train_on(self, payload: Payload, client_id: int) -> tuple[Payload, ServerInfo]:
         t0 = time.perf_counter()
         labels = payload.labels_tensor().to(self.device)
         self.set_training(True)
@@ -296,7 +332,7 @@ class ServerRole(_Role):
         grad = Payload.from_tensor(received.grad.cpu(), self.cfg.compression.codec_down)
         n = labels.shape[0]
         correct = int((logits.argmax(1) == labels).sum())
-        info = ServerInfo(client_id, grad.nbytes, float(loss.detach()), correct,
+        info = ServerInfo(client_id, grad.nbytes, n, float(loss.detach()), correct,
                           self.flops_per_sample * n, time.perf_counter() - t0)
         return grad, info
 

@@ -35,7 +35,7 @@ def test_split_step_matches_single_graph_total_loss():
     x, y = data.batch(idx)
 
     payload, info = client.forward(0)
-    grad, sinfo = server.step(payload, 0)
+    grad, sinfo = server.step(payload, 0, 0)
     binfo = client.backward(grad)
 
     c_part, comp, decomp, s_part = parts
@@ -87,7 +87,7 @@ def test_train_after_evaluate_puts_every_module_back_in_train_mode():
     server = ServerRole(cfg, tuple(data.images.shape[1:]), data.num_classes)
     assert client.compressor in client.modules() and server.decompressor in server.modules()
     client.begin_epoch(0, cfg.train.lr, 4)
-    client.backward(server.step(*client.forward(0)[:1], 0)[0])
+    client.backward(server.step(client.forward(0)[0], 0, 0)[0])
     server.evaluate(client.encode_eval(0))  # leaves both roles in eval mode
 
     log: list = []
@@ -95,7 +95,7 @@ def test_train_after_evaluate_puts_every_module_back_in_train_mode():
     _record_modes(server, log)
     before = _bn_stats(client.compressor)
     payload, _ = client.forward(1)
-    grad, _ = server.step(payload, 0)
+    grad, _ = server.step(payload, 0, 1)
     client.backward(grad)
     assert log and all(training for _, training in log), sorted(set(log))
     assert {"Compressor", "Decompressor"} <= {kind for kind, _ in log}

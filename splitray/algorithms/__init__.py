@@ -1,12 +1,18 @@
-"""Training schemes, one file each; each exposes `run(ctx: RunContext)`."""
+"""Training schemes, one file each; each exposes `run(ctx: RunContext)`.
+
+`splitray.config.ALGORITHM_NAMES` names them for config validation, which must not import them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from splitray.algorithms import parallel_sl
+from splitray.algorithms import async_sl, parallel_sl, splitfed, vanilla_sl
 
 ALGORITHMS: dict[str, Callable[[Any], None]] = {
     "parallel_sl": parallel_sl.run,
+    "vanilla_sl": vanilla_sl.run,
+    "splitfed": splitfed.run,
+    "async_sl": async_sl.run,
 }

@@ -71,6 +71,11 @@ def _conv_backward_flops(
 _FLOP_FORMULAS = {torch.ops.aten.convolution_backward: _conv_backward_flops}
 
 
+def flop_counter() -> FlopCounterMode:
+    """The one FLOP counter of splitray: torch's, with grouped-conv backward counted right."""
+    return FlopCounterMode(display=False, custom_mapping=_FLOP_FORMULAS)
+
+
 def _meta_state(unit: nn.Module) -> dict[str, torch.Tensor]:
     """Meta-device stand-ins for the unit's parameters and buffers: shapes only, no compute."""
     state = {
@@ -96,12 +101,12 @@ def _measure_unit(
     was_training = [m.training for m in unit.modules()]
     try:
         unit.eval()
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_FLOP_FORMULAS) as fc:
+        with torch.no_grad(), flop_counter() as fc:
             out = functional_call(unit, state, (torch.empty(in_shape, device="meta"),))
         forward = fc.get_total_flops()
         unit.train()
         x = torch.empty(in_shape, device="meta", requires_grad=input_requires_grad)
-        with FlopCounterMode(display=False, custom_mapping=_FLOP_FORMULAS) as fc:
+        with flop_counter() as fc:
             train_out = functional_call(unit, state, (x,))
             if train_out.requires_grad:
                 train_out.sum().backward()

@@ -7,7 +7,6 @@ which transfers share which link. Rates are in bit/s, times in seconds, trace ti
 from __future__ import annotations
 
 import functools
-import heapq
 import math
 import os
 from dataclasses import dataclass
@@ -75,19 +74,13 @@ class _FixedRates:
 class ConstantLink(_FixedRates):
     """A client's own link with fixed up/down rates: drain time = 8 * nbytes / rate."""
 
-    def drain(self, direction: str, requests: list[tuple[float, int]]) -> list[float]:
-        """Drain finish times of (start_s, nbytes) requests served FIFO in the given order."""
-        rate_bps = self.rate_bps(direction)
-        busy_until_s = -math.inf
-        finishes = []
-        for start_s, nbytes in requests:
-            if nbytes == 0:
-                finishes.append(start_s)
-                continue
-            begin_s = max(start_s, busy_until_s)
-            busy_until_s = begin_s + 8.0 * nbytes / rate_bps
-            finishes.append(busy_until_s)
-        return finishes
+    def drain_one(self, direction: str, start_s: float, nbytes: int,
+                  busy_until_s: float) -> tuple[float, float]:
+        """Drain finish of a payload queued FIFO behind a link busy until `busy_until_s`;
+        returns (finish, the link's new busy-until)."""
+        begin_s = max(start_s, busy_until_s)
+        finish_s = begin_s + 8.0 * nbytes / self.rate_bps(direction)
+        return finish_s, finish_s
 
     def describe(self) -> str:
         """Short human-readable summary."""
@@ -100,67 +93,11 @@ class ConstantLink(_FixedRates):
 class SharedMedium(_FixedRates):
     """An access point whose up and down capacities are shared by its clients (processor sharing).
 
+    The sharing itself is computed by `splitray.network.traffic.Traffic`, transfer by transfer.
+
     Up and down are separate capacities; a real Wi-Fi channel is half-duplex, so this is
     optimistic when both directions are busy at once.
     """
-
-    def drain(self, direction: str, requests: list[tuple[int, float, int]]) -> list[float]:
-        """Drain finish times of (client_id, start_s, nbytes) requests under processor sharing.
-
-        The capacity is split equally among the clients with a transfer in progress; one
-        client's transfers are served FIFO in the given order. Computed exactly with an event
-        loop in "virtual time" V (bytes served so far to every active client, which all grow
-        at the same rate C / n_active), so each finish is the moment V reaches its target.
-        """
-        capacity_bytes_per_s = self.rate_bps(direction) / 8.0
-        finishes = [0.0] * len(requests)
-        arrivals = sorted(
-            (start_s, i) for i, (_, start_s, nbytes) in enumerate(requests) if nbytes > 0
-        )
-        for i, (_, start_s, nbytes) in enumerate(requests):
-            if nbytes == 0:
-                finishes[i] = start_s
-        waiting: dict[int, list[int]] = {}  # client -> arrived requests behind its active one
-        busy: set[int] = set()
-        active: list[tuple[float, int]] = []  # heap of (target virtual bytes, request index)
-        virtual_bytes = 0.0
-        now_s = arrivals[0][0] if arrivals else 0.0
-        next_arrival = 0
-
-        def activate(i: int) -> None:
-            heapq.heappush(active, (virtual_bytes + requests[i][2], i))
-            busy.add(requests[i][0])
-
-        while next_arrival < len(arrivals) or active:
-            arrival_s = arrivals[next_arrival][0] if next_arrival < len(arrivals) else math.inf
-            if active:
-                per_client_bytes_per_s = capacity_bytes_per_s / len(active)
-                left_bytes = max(active[0][0] - virtual_bytes, 0.0)
-                finish_s = now_s + left_bytes / per_client_bytes_per_s
-            else:
-                per_client_bytes_per_s = 0.0
-                finish_s = math.inf
-            if finish_s <= arrival_s:
-                virtual_bytes = active[0][0]
-                now_s = finish_s
-                _, i = heapq.heappop(active)
-                finishes[i] = now_s
-                client_id = requests[i][0]
-                busy.discard(client_id)
-                queue = waiting.get(client_id)
-                if queue:
-                    activate(queue.pop(0))
-            else:
-                virtual_bytes += (arrival_s - now_s) * per_client_bytes_per_s
-                now_s = arrival_s
-                i = arrivals[next_arrival][1]
-                next_arrival += 1
-                client_id = requests[i][0]
-                if client_id in busy:
-                    waiting.setdefault(client_id, []).append(i)
-                else:
-                    activate(i)
-        return finishes
 
     def describe(self) -> str:
         """Short human-readable summary."""
@@ -287,21 +224,15 @@ class TraceLink:
         """Mean rate of the trace in `direction` ("up" or "down")."""
         return (self.up if direction == "up" else self.down).mean_bps
 
-    def drain(self, direction: str, requests: list[tuple[float, int]]) -> list[float]:
-        """Drain finish times of (start_s, nbytes) requests served FIFO in the given order."""
+    def drain_one(self, direction: str, start_s: float, nbytes: int,
+                  next_free: int) -> tuple[float, int]:
+        """Drain finish of a payload that may use opportunities from index `next_free` on (the
+        ones before belong to earlier payloads); returns (finish, the new next free index)."""
         schedule = self.up if direction == "up" else self.down
-        next_free = 0  # first opportunity not used by an earlier request
-        finishes = []
-        for start_s, nbytes in requests:
-            if nbytes == 0:
-                finishes.append(start_s)
-                continue
-            start_ms = math.ceil(start_s * 1e3 - _START_TOLERANCE_MS)
-            first = max(schedule.first_at_or_after(start_ms), next_free)
-            last = first + -(-nbytes // MAHIMAHI_PACKET_BYTES) - 1
-            next_free = last + 1
-            finishes.append(schedule.time_ms(last) / 1e3)
-        return finishes
+        start_ms = math.ceil(start_s * 1e3 - _START_TOLERANCE_MS)
+        first = max(schedule.first_at_or_after(start_ms), next_free)
+        last = first + -(-nbytes // MAHIMAHI_PACKET_BYTES) - 1
+        return schedule.time_ms(last) / 1e3, last + 1
 
     def describe(self) -> str:
         """Short human-readable summary."""

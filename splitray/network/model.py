@@ -1,4 +1,4 @@
-"""The network model: which link each client uses, and batch scheduling of transfers on them."""
+"""The network model: which link each client uses, its delays, and the transfers on the links."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ from collections.abc import Mapping
 import numpy as np
 
 from splitray.network.links import ConstantLink, Link, SharedMedium, TraceLink, Transfer
+from splitray.network.traffic import Traffic
 
 _DIRECTIONS = ("up", "down")
 
 
 class NetworkModel:
     """Maps each client to its link (its own ConstantLink/TraceLink, or a SharedMedium several
-    clients share) and turns batches of transfers into finish times on the simulated clock.
+    clients share) and turns transfers into arrival times on the simulated clock.
 
     A ConstantLink or TraceLink object given to several clients is still one link per client;
-    only a SharedMedium is shared. Each `schedule` call starts from idle links: transfers that
-    may overlap in time must be scheduled in the same call. Jitter comes from one numpy
-    Generator seeded by `seed`, so the same sequence of calls gives the same times.
+    only a SharedMedium is shared. Transfers in flight live in a `Traffic` (see `traffic()`); the
+    timeline keeps one for the whole run. Jitter comes from one numpy Generator per client and
+    direction, seeded by (`seed`, client, direction), so a client's delays do not depend on what
+    the other clients send or in which order events are processed.
     """
 
     def __init__(self, links: Mapping[int, Link], seed: int = 0) -> None:
@@ -31,7 +33,8 @@ class NetworkModel:
                     "allowed: ConstantLink, TraceLink, SharedMedium"
                 )
         self.links = dict(links)
-        self._rng = np.random.default_rng(seed)
+        self.seed = seed
+        self._jitter_rngs: dict[tuple[int, str], np.random.Generator] = {}
 
     def link(self, client_id: int) -> Link:
         """The link of `client_id`; ValueError if the client has none."""
@@ -40,57 +43,43 @@ class NetworkModel:
         except KeyError:
             raise ValueError(f"client_id={client_id!r} has no link in the network model") from None
 
+    def delay_s(self, client_id: int, direction: str) -> float:
+        """Propagation delay of one transfer after its last byte drains: latency + |N(0, jitter)|."""
+        link = self.link(client_id)
+        if link.jitter_s == 0:
+            return link.latency_s
+        key = (client_id, direction)
+        if key not in self._jitter_rngs:
+            stream = _DIRECTIONS.index(direction)
+            self._jitter_rngs[key] = np.random.default_rng([self.seed, client_id, stream])
+        return link.latency_s + abs(float(self._jitter_rngs[key].standard_normal())) * link.jitter_s
+
+    def traffic(self) -> Traffic:
+        """An empty set of transfers in flight on these links (every link idle)."""
+        return Traffic(self)
+
     def schedule(self, direction: str, transfers: list[Transfer]) -> list[float]:
-        """Finish time (last byte arrives, seconds) of each transfer, in the order given.
+        """Arrival time (last byte arrives, seconds) of each transfer, in the order given, on
+        idle links: what the timeline computes for transfers that start at these times.
 
         finish = drain finish + latency_s + |normal(0, jitter_s)|. Own links serve a client's
-        transfers FIFO; a SharedMedium splits its capacity equally among its active clients.
+        transfers FIFO (by start, ties by list position); a SharedMedium splits its capacity
+        equally among its active clients.
         """
-        if direction not in _DIRECTIONS:
-            raise ValueError(f"direction={direction!r} is not allowed; use 'up' or 'down'")
         for transfer in transfers:
-            self._check(transfer)
-        drained_s = [0.0] * len(transfers)
-
-        # FIFO order within one link: by start time, ties by position in the list.
-        by_link: dict[int, list[int]] = {}
+            self.check(direction, transfer)
+        traffic = self.traffic()
+        handles: dict[int, int] = {}
+        arrivals: dict[int, float] = {}
         for i in sorted(range(len(transfers)), key=lambda i: (transfers[i].start_s, i)):
-            by_link.setdefault(id(self.links[transfers[i].client_id]), []).append(i)
-        for group in by_link.values():
-            link = self.links[transfers[group[0]].client_id]
-            if isinstance(link, SharedMedium):
-                requests = [
-                    (transfers[i].client_id, float(transfers[i].start_s), int(transfers[i].nbytes))
-                    for i in group
-                ]
-                finishes = link.drain(direction, requests)
-                for i, finish_s in zip(group, finishes, strict=True):
-                    drained_s[i] = finish_s
-            else:
-                # An own link: per client (a link object given to two clients is not shared).
-                per_client: dict[int, list[int]] = {}
-                for i in group:
-                    per_client.setdefault(transfers[i].client_id, []).append(i)
-                for indices in per_client.values():
-                    requests = [
-                        (float(transfers[i].start_s), int(transfers[i].nbytes)) for i in indices
-                    ]
-                    finishes = link.drain(direction, requests)
-                    for i, finish_s in zip(indices, finishes, strict=True):
-                        drained_s[i] = finish_s
-
-        # One draw per transfer, in an order that does not depend on the list order.
-        draw_order = sorted(
-            range(len(transfers)),
-            key=lambda i: (transfers[i].start_s, transfers[i].client_id, i),
-        )
-        normals = self._rng.standard_normal(len(transfers))
-        finishes_s = [0.0] * len(transfers)
-        for rank, i in enumerate(draw_order):
-            link = self.links[transfers[i].client_id]
-            jitter_s = abs(float(normals[rank])) * link.jitter_s
-            finishes_s[i] = drained_s[i] + link.latency_s + jitter_s
-        return finishes_s
+            while traffic.next_drain_s() <= transfers[i].start_s:
+                delivery = traffic.pop()
+                arrivals[delivery.handle] = delivery.arrival_s
+            handles[i] = traffic.start(direction, transfers[i])
+        while not traffic.idle():
+            delivery = traffic.pop()
+            arrivals[delivery.handle] = delivery.arrival_s
+        return [arrivals[handles[i]] for i in range(len(transfers))]
 
     def describe(self, client_id: int) -> str:
         """Short text naming the client's link, e.g. "shared up/down 54.0/54.0 Mbit/s, 2 ms"."""
@@ -100,7 +89,10 @@ class NetworkModel:
             return f"{link.describe()}, {sharing} clients"
         return link.describe()
 
-    def _check(self, transfer: Transfer) -> None:
+    def check(self, direction: str, transfer: Transfer) -> None:
+        """ValueError unless `transfer` can go `direction` on this model's links."""
+        if direction not in _DIRECTIONS:
+            raise ValueError(f"direction={direction!r} is not allowed; use 'up' or 'down'")
         if not isinstance(transfer, Transfer):
             raise ValueError(f"expected a Transfer, got {transfer!r}")
         self.link(transfer.client_id)

@@ -1,17 +1,18 @@
-"""What an algorithm sees while it runs: the peers, the virtual clock and the result tables."""
+"""What an algorithm sees while it runs: the peers, the timeline and the result tables."""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from splitray.config import ExperimentConfig
 from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, join_path, write_table
 from splitray.roles import BackwardInfo, ForwardInfo, ServerInfo
-from splitray.runtime.clock import VirtualClock
 from splitray.runtime.peers import Peer
+from splitray.runtime.timeline import ServerWork, StepJob, Timeline
 from splitray.schedules import EpochPlan
 
 
@@ -39,12 +40,24 @@ class Progress:
               f"sim {row['sim_time_s']:9.1f} s  wall {row['wall_time_s']:7.1f} s", flush=True)
 
 
+@dataclass
+class ClientStep:
+    """What the algorithm asks of one client for one step."""
+
+    client_id: int
+    step: int
+    state: str = "A"             # A: full step; B: send only, client frozen; C: server uses cache
+    ready_s: float = 0.0         # earliest simulated start
+    bytes_model_down: int = 0    # weights the client receives before it computes
+    bytes_model_up: int = 0      # weights the client sends after its step
+
+
 class RunContext:
-    """Holds the run's peers, clock and rows; algorithms call it to time rounds and record them."""
+    """Holds the run's peers, timeline and rows; algorithms hand it client steps to run and time."""
 
     def __init__(self, cfg: ExperimentConfig, run_id: str, run_dir: str | None,
                  clients: list[Peer], server: Peer, get: Callable[[Any], Any],
-                 clock: VirtualClock, devices: list[str], num_channels: int,
+                 timeline: Timeline, devices: list[str], num_channels: int,
                  on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> None:
         self.cfg = cfg
         self.run_id = run_id
@@ -52,13 +65,14 @@ class RunContext:
         self.clients = clients
         self.server = server
         self.get = get
-        self.clock = clock
+        self.timeline = timeline
         self.devices = devices
         self.num_channels = num_channels
         self.on_epoch = on_epoch
         self.progress = Progress(cfg.total_epochs, progress)
         self.step_rows: list[dict] = []
         self.eval_rows: list[dict] = []
+        self.summary: dict[str, Any] = {}  # algorithm-specific results for the manifest
         self.cum_bytes_up = 0
         self.cum_bytes_down = 0
         self.samples_seen = 0
@@ -68,7 +82,6 @@ class RunContext:
         self._epoch_losses: list[float] = []
         self._epoch_steps = 0
         self._epoch_done = 0
-        self._fwd_s: dict[int, float] = {}
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.wall_start
@@ -79,46 +92,85 @@ class RunContext:
         self._epoch_steps = total_steps
         self._epoch_done = 0
 
-    def uplink(self, fwd: dict[int, ForwardInfo]) -> dict[int, float]:
-        """Simulated arrival of each client's payload at the server."""
-        self._fwd_s = {i: self.clock.client_compute_s(i, f.flops, f.compute_s) for i, f in fwd.items()}
-        return self.clock.uplink(self._fwd_s, {i: f.bytes_up for i, f in fwd.items()})
+    def run_steps(self, plan: EpochPlan, budget: int, steps: list[ClientStep]) -> list[dict]:
+        """Run one step of each listed client on the peers and the timeline; record the rows.
 
-    def finish_round(self, plan: EpochPlan, step: int, budget: int,
-                     fwd: dict[int, ForwardInfo], arrivals: dict[int, float],
-                     srv: dict[int, ServerInfo], bwd: dict[int, BackwardInfo]) -> None:
-        """Advance the clock over the round and record one row per client step."""
-        clock = self.clock
-        server_s = {i: clock.server_compute_s(s.flops, s.compute_s) for i, s in srv.items()}
-        bwd_s = {i: clock.client_compute_s(i, b.flops, b.compute_s) for i, b in bwd.items()}
-        times = clock.finish_round(self._fwd_s, arrivals, server_s,
-                                   {i: s.bytes_down for i, s in srv.items()}, bwd_s)
-        wall = self.wall_s()
-        for i in sorted(fwd):
-            t = times[i]
-            self.cum_bytes_up += fwd[i].bytes_up
-            self.cum_bytes_down += srv[i].bytes_down
-            self.samples_seen += fwd[i].batch_size
-            self._epoch_losses.append(srv[i].loss)
-            self.step_rows.append({
+        Clients compute their forwards at once (Ray runs them in parallel); the server takes the
+        payloads in simulated-arrival order, each gradient going straight back to its client.
+        """
+        timeline, get = self.timeline, self.get
+        sending = [s for s in steps if s.state != "C"]
+        fwd = {s.client_id: self.clients[s.client_id].call("forward", s.step, s.state == "A",
+                                                            num_returns=2) for s in sending}
+        fwd_info: dict[int, ForwardInfo] = dict(
+            zip(fwd, get([f[1] for f in fwd.values()]), strict=True))
+        srv_info: dict[int, ServerInfo] = {}
+        bwd_info: dict[int, BackwardInfo] = {}
+
+        def serve(job: StepJob) -> ServerWork:
+            s: ClientStep = job.tag
+            i = s.client_id
+            if s.state == "C":
+                srv = self.server.call("step_cached", i, s.step, num_returns=2)
+            else:
+                srv = self.server.call("step", fwd[i][0], i, s.step, num_returns=2)
+            bwd = self.clients[i].call("backward", srv[0]) if s.state == "A" else None
+            info = srv_info[i] = get(srv[1])
+
+            def backward_s() -> float:
+                b = bwd_info[i] = get(bwd)
+                return timeline.client_compute_s(i, b.flops, b.compute_s)
+
+            return ServerWork(timeline.server_compute_s(info.flops, info.compute_s),
+                              info.bytes_down if s.state == "A" else 0, backward_s)
+
+        jobs = []
+        for s in steps:
+            f = fwd_info.get(s.client_id)
+            jobs.append(StepJob(
+                s.client_id, s.ready_s,
+                forward_s=timeline.client_compute_s(s.client_id, f.flops, f.compute_s) if f else 0.0,
+                bytes_up=f.bytes_up if f else None, learn=s.state == "A",
+                bytes_model_down=s.bytes_model_down, bytes_model_up=s.bytes_model_up, tag=s))
+        rows = []
+        wall = None
+        for job, t in timeline.run(jobs, serve):
+            s, i = job.tag, job.client_id
+            f, srv, bwd = fwd_info.get(i), srv_info[i], bwd_info.get(i)
+            bytes_up = f.bytes_up if f else 0
+            bytes_down = srv.bytes_down if s.state == "A" else 0
+            wall = self.wall_s() if wall is None else wall
+            self.cum_bytes_up += bytes_up + s.bytes_model_up
+            self.cum_bytes_down += bytes_down + s.bytes_model_down
+            self.samples_seen += srv.batch_size
+            self._epoch_losses.append(srv.loss)
+            rows.append({
                 "run_id": self.run_id, "algorithm": self.cfg.train.algorithm, "client_id": i,
-                "device": self.devices[i], "epoch": plan.epoch, "step": step, "round": self.round,
-                "phase": plan.phase, "budget": budget, "split_layer": self.cfg.model.split_layer,
-                "batch_size": fwd[i].batch_size, "lr": plan.lr, "bytes_up": fwd[i].bytes_up,
-                "bytes_down": srv[i].bytes_down, "loss": srv[i].loss,
-                "prune_loss": bwd[i].prune_loss, "sim_start_s": t.start_s, "sim_time_s": t.end_s,
-                "sim_client_compute_s": t.client_compute_s, "sim_uplink_s": t.uplink_s,
+                "device": self.devices[i], "epoch": plan.epoch, "step": s.step, "round": self.round,
+                "client_state": s.state, "phase": plan.phase, "budget": budget,
+                "split_layer": self.cfg.model.split_layer, "batch_size": srv.batch_size,
+                "lr": plan.lr, "bytes_up": bytes_up, "bytes_down": bytes_down,
+                "bytes_model_up": s.bytes_model_up, "bytes_model_down": s.bytes_model_down,
+                "client_flops": (f.flops if f else 0.0) + (bwd.flops if bwd else 0.0),
+                "server_flops": srv.flops, "loss": srv.loss,
+                "prune_loss": bwd.prune_loss if bwd else 0.0, "sim_start_s": t.start_s,
+                "sim_time_s": t.end_s, "sim_model_down_s": t.model_down_s,
+                "sim_client_compute_s": t.client_compute_s,
+                "sim_client_backward_s": t.client_backward_s, "sim_uplink_s": t.uplink_s,
                 "sim_server_wait_s": t.server_wait_s, "sim_server_compute_s": t.server_compute_s,
-                "sim_downlink_s": t.downlink_s, "wall_time_s": wall,
+                "sim_downlink_s": t.downlink_s, "sim_model_up_s": t.model_up_s,
+                "wall_time_s": wall,
             })
+        self.step_rows += rows
         self.round += 1
-        self._epoch_done += len(fwd)
+        self._epoch_done += len(steps)
         if self.cfg.engine.time_mode == "realtime":
             # Emulate: hold the next round until the host clock has caught up with the model.
-            lag_s = clock.now_s - (self.wall_s() - self.eval_wall_s)
+            lag_s = timeline.now_s - (self.wall_s() - self.eval_wall_s)
             if lag_s > 0:
                 time.sleep(lag_s)
-        self.progress.round(plan.epoch, self._epoch_done, self._epoch_steps, clock.now_s)
+        self.progress.round(plan.epoch, self._epoch_done, self._epoch_steps, timeline.now_s)
+        return rows
 
     def evaluate(self, plan: EpochPlan, budget: int) -> dict:
         """Test every client's encoder with the server on its test slice; record and report."""
@@ -138,7 +190,7 @@ class RunContext:
             "test_loss": loss_sum / max(n, 1),
             "train_loss": sum(losses) / len(losses) if losses else float("nan"),
             "samples_seen": self.samples_seen, "cum_bytes_up": self.cum_bytes_up,
-            "cum_bytes_down": self.cum_bytes_down, "sim_time_s": self.clock.now_s,
+            "cum_bytes_down": self.cum_bytes_down, "sim_time_s": self.timeline.now_s,
             "wall_time_s": self.wall_s(),
         }
         self.eval_rows.append(row)

@@ -26,9 +26,9 @@ from splitray.network import (
     get_device_profile,
 )
 from splitray.roles import ClientRole, ServerRole
-from splitray.runtime.clock import VirtualClock
 from splitray.runtime.context import RunContext
 from splitray.runtime.peers import LocalPeer, RayPeer, get_local, get_ray
+from splitray.runtime.timeline import Timeline
 
 ENGINES = ("ray", "local")
 
@@ -41,6 +41,7 @@ class RunResult:
     run_dir: str | None
     steps: pd.DataFrame
     evals: pd.DataFrame
+    summary: dict  # algorithm-specific results, also in the manifest (e.g. async SL's savings)
 
 
 @dataclass
@@ -195,11 +196,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     # Wait until every actor is built, so the run's wall clock starts with training.
     get([c.call("num_eval_batches") for c in clients] + [server.call("set_lr", cfg.train.lr)])
     measured = cfg.engine.compute_time == "measured" or cfg.engine.time_mode == "realtime"
-    clock = VirtualClock(prepared.network, prepared.devices, prepared.server_device,
+    timeline = Timeline(prepared.network, prepared.devices, prepared.server_device,
                          cpu_share=cfg.clients.cpu_share,
                          compute_time="measured" if measured else "flops",
                          measured_scale=cfg.engine.measured_scale)
-    ctx = RunContext(cfg, run_id, run_dir, clients, server, get, clock,
+    ctx = RunContext(cfg, run_id, run_dir, clients, server, get, timeline,
                      [d.name for d in prepared.devices], prepared.num_channels, on_epoch, progress)
     started = now_iso()
     extra = {"engine": engine, "config": "config.yaml", "clients": [
@@ -221,10 +222,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
         ctx.flush()
         if run_dir is not None:
             extra["wall_time_s"] = time.perf_counter() - t0
+            extra["summary"] = ctx.summary
             write_manifest(manifest(run_id, cfg.seed, started, now_iso(), status, extra), run_dir)
         if engine == "ray":
             import ray
 
             for peer in [*clients, server]:
                 ray.kill(peer.handle)
-    return RunResult(run_id, run_dir, pd.DataFrame(ctx.step_rows), pd.DataFrame(ctx.eval_rows))
+    return RunResult(run_id, run_dir, pd.DataFrame(ctx.step_rows), pd.DataFrame(ctx.eval_rows),
+                     ctx.summary)

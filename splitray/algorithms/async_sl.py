@@ -1,0 +1,108 @@
+"""Loss-based asynchronous split learning with FP8 payloads (Chen et al. 2021).
+
+Rounds run as in parallel SL, but each client is in one of three states for a whole epoch:
+
+  A  full step: send activations, receive gradients, update the client part;
+  B  send activations only; the client is frozen (eval mode, no backward, no update);
+  C  silent: the client sends and computes nothing; the server trains on the activations it
+     kept from the client's last epoch that sent them.
+
+After every epoch each client's mean training loss decides its next state: A moves to B once it
+has spent `async_sl.min_epochs_a` epochs in A and the loss improved by less than
+`async_sl.loss_threshold` over the epoch; B moves to C after `epochs_b` epochs, C back to A after
+`epochs_c` epochs, and a loss that rises by more than the threshold sends B or C back to A. Project
+choices where the paper is not public (METHODS.md section 4): the interval is an epoch, the cache
+lives on the server, the schedule is config. FP8 is the codec pair `compression.codec_up:
+fp8_e4m3` and `codec_down: fp8_e5m2` (per-tensor scale, sent with the payload).
+
+The run summary compares the run's bytes and client FLOPs with what the same steps would have
+cost in state A, so the paper's two headline ratios read off directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from splitray.runtime.context import ClientStep
+from splitray.schedules import epoch_plans, reset_kind
+
+if TYPE_CHECKING:
+    from splitray.config import AsyncConfig
+    from splitray.runtime.context import RunContext
+
+
+@dataclass
+class ClientState:
+    """A client's state, how many epochs it has been in it, and its last epoch's mean loss."""
+
+    state: str = "A"
+    epochs: int = 0
+    last_loss: float | None = None
+
+
+def next_state(c: ClientState, loss: float, rules: AsyncConfig) -> ClientState:
+    """The state for the next epoch, from this epoch's mean loss (the loss-based transitions)."""
+    epochs = c.epochs + 1
+    gain = None if c.last_loss is None else c.last_loss - loss
+    rose = gain is not None and -gain > rules.loss_threshold
+    if c.state == "A":
+        if epochs >= rules.min_epochs_a and gain is not None and gain < rules.loss_threshold:
+            return ClientState("B" if rules.epochs_b else "C" if rules.epochs_c else "A", 0, loss)
+    elif c.state == "B":
+        if rose:
+            return ClientState("A", 0, loss)
+        if epochs >= rules.epochs_b:
+            return ClientState("C" if rules.epochs_c else "A", 0, loss)
+    elif rose or epochs >= rules.epochs_c:  # state C
+        return ClientState("A", 0, loss)
+    return ClientState(c.state, epochs, loss)
+
+
+def run(ctx: RunContext) -> None:
+    cfg = ctx.cfg
+    clients, server, get = ctx.clients, ctx.server, ctx.get
+    n = len(clients)
+    states = [ClientState() for _ in range(n)]
+    full_cost: dict[tuple[int, int], tuple[int, float]] = {}  # (client, step) -> bytes, FLOPs in A
+    bytes_sent = bytes_full = 0
+    flops_spent = flops_full = 0.0
+    budget_now = None
+    for plan in epoch_plans(cfg.schedule, cfg.train.lr):
+        budget = plan.budget or ctx.num_channels
+        if plan.phase_start and budget_now is not None and cfg.schedule.reset_filter:
+            kind = reset_kind(budget_now, budget)
+            if kind:
+                get([c.call("reset_filter", kind, budget_now) for c in clients])
+        budget_now = budget
+        steps = get([c.call("begin_epoch", plan.epoch, plan.lr, budget) for c in clients])
+        get(server.call("set_lr", plan.lr))
+        ctx.begin_epoch(sum(steps))
+
+        losses: dict[int, list[float]] = {i: [] for i in range(n)}
+        for step in range(max(steps)):
+            start_s = ctx.timeline.barrier(range(n))
+            rows = ctx.run_steps(plan, budget, [ClientStep(i, step, states[i].state, start_s)
+                                                for i, k in enumerate(steps) if step < k])
+            for r in rows:
+                key = (r["client_id"], r["step"])
+                if r["client_state"] == "A":
+                    full_cost[key] = (r["bytes_up"] + r["bytes_down"], r["client_flops"])
+                full_bytes, full_flops = full_cost[key]
+                bytes_sent += r["bytes_up"] + r["bytes_down"]
+                flops_spent += r["client_flops"]
+                bytes_full += full_bytes
+                flops_full += full_flops
+                losses[r["client_id"]].append(r["loss"])
+
+        ctx.evaluate(plan, budget)
+        for i in range(n):
+            states[i] = next_state(states[i], sum(losses[i]) / len(losses[i]), cfg.async_sl)
+
+    ctx.summary.update({
+        "payload_bytes": bytes_sent, "payload_bytes_all_A": bytes_full,
+        "communication_reduction": bytes_full / max(bytes_sent, 1),
+        "client_flops": flops_spent, "client_flops_all_A": flops_full,
+        "client_compute_reduction": flops_full / max(flops_spent, 1.0),
+        "server_cache_bytes": get(server.call("cache_nbytes")),
+    })

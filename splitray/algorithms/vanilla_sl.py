@@ -1,0 +1,75 @@
+"""Vanilla split learning (Gupta & Raskar): one client at a time, the client part handed on.
+
+Clients take turns in a configured order (`vanilla.order`: sequential or seeded random, per
+epoch); a turn is the client's whole shard (`vanilla.handoff: epoch`) or one batch (`batch`).
+After its turn a client uploads its client part (and compressor) to the server, and the next
+client downloads it before it computes: those weights are bytes on the links and time on the
+timeline (`bytes_model_up`/`bytes_model_down`). A client handing the weights to itself sends
+nothing. The server part is one model trained by every client in turn; each client keeps its own
+optimizer state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from splitray.runtime.context import ClientStep
+from splitray.schedules import epoch_plans, reset_kind
+
+if TYPE_CHECKING:
+    from splitray.runtime.context import RunContext
+
+
+def weights_nbytes(weights: dict[str, np.ndarray]) -> int:
+    return int(sum(a.nbytes for a in weights.values()))
+
+
+def run(ctx: RunContext) -> None:
+    cfg = ctx.cfg
+    clients, server, get = ctx.clients, ctx.server, ctx.get
+    n = len(clients)
+    plans = list(epoch_plans(cfg.schedule, cfg.train.lr))
+    rng = np.random.default_rng(cfg.seed)
+    orders = [rng.permutation(n).tolist() if cfg.vanilla.order == "random" else list(range(n))
+              for _ in plans]
+    model_nbytes = weights_nbytes(get(clients[0].call("get_weights")))
+
+    # Every client starts from the same initial weights (built from the run seed).
+    holder: int | None = None  # the client holding the latest client part
+    budget_now = None
+    for e, plan in enumerate(plans):
+        budget = plan.budget or ctx.num_channels
+        if plan.phase_start and budget_now is not None and cfg.schedule.reset_filter:
+            kind = reset_kind(budget_now, budget)
+            if kind:
+                get([c.call("reset_filter", kind, budget_now) for c in clients])
+        budget_now = budget
+        steps = get([c.call("begin_epoch", plan.epoch, plan.lr, budget) for c in clients])
+        get(server.call("set_lr", plan.lr))
+        ctx.begin_epoch(sum(steps))
+
+        if cfg.vanilla.handoff == "epoch":
+            turns = [[(i, s) for s in range(steps[i])] for i in orders[e]]
+        else:
+            turns = [[(i, s)] for s in range(max(steps)) for i in orders[e] if s < steps[i]]
+        following = [t[0][0] for t in turns[1:]] + [orders[e + 1][0] if e + 1 < len(orders)
+                                                    else None]
+        for turn, next_client in zip(turns, following, strict=True):
+            client = turn[0][0]
+            receives = holder is not None and holder != client
+            if receives:
+                clients[client].call("set_weights", clients[holder].call("get_weights"))
+            hands_on = next_client is not None and next_client != client
+            for k, (i, s) in enumerate(turn):
+                ctx.run_steps(plan, budget, [ClientStep(
+                    i, s, ready_s=ctx.timeline.now_s,
+                    bytes_model_down=model_nbytes if receives and k == 0 else 0,
+                    bytes_model_up=model_nbytes if hands_on and k == len(turn) - 1 else 0)])
+            holder = client
+
+        # The test set is encoded with the latest client part (evaluation is off the timeline).
+        latest = clients[holder].call("get_weights")
+        get([c.call("set_weights", latest) for i, c in enumerate(clients) if i != holder])
+        ctx.evaluate(plan, budget)

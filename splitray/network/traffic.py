@@ -1,0 +1,136 @@
+"""Transfers in flight on a network model's links, advanced one drain at a time.
+
+The discrete-event timeline starts a transfer when a client or the server sends, and asks for the
+next moment a transfer drains. Own links (constant, trace) serve one client's transfers FIFO, so
+a drain time is fixed when the transfer starts. A shared medium splits its capacity equally among
+the clients with a transfer in flight: every start and every drain changes the rate of the others,
+so its next drain is recomputed from the bytes each transfer still has to send.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from splitray.network.links import ConstantLink, SharedMedium, Transfer
+
+if TYPE_CHECKING:
+    from splitray.network.model import NetworkModel
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A transfer whose last byte left the link at `drained_s` and arrived at `arrival_s`."""
+
+    handle: int
+    direction: str
+    transfer: Transfer
+    drained_s: float
+    arrival_s: float  # drained_s + latency + jitter
+
+
+class _SharedFlow:
+    """One direction of a shared medium: processor sharing among clients, FIFO within a client."""
+
+    def __init__(self, capacity_bytes_per_s: float) -> None:
+        self.capacity = capacity_bytes_per_s
+        self.queues: dict[int, deque[tuple[int, int]]] = {}  # client -> (handle, nbytes) FIFO
+        self.left: dict[int, float] = {}  # handle of each client's head transfer -> bytes left
+        self.last_s = 0.0
+
+    def advance(self, now_s: float) -> None:
+        if self.left:
+            sent = (now_s - self.last_s) * self.capacity / len(self.left)
+            for handle in self.left:
+                self.left[handle] -= sent
+        self.last_s = now_s
+
+    def add(self, now_s: float, client_id: int, handle: int, nbytes: int) -> None:
+        self.advance(now_s)
+        queue = self.queues.setdefault(client_id, deque())
+        queue.append((handle, nbytes))
+        if len(queue) == 1:
+            self.left[handle] = float(nbytes)
+
+    def next_drain(self) -> tuple[float, int]:
+        """(time, handle) of the next transfer to drain at today's rates; (inf, -1) when idle."""
+        if not self.left:
+            return math.inf, -1
+        handle = min(self.left, key=lambda h: (self.left[h], h))
+        wait_s = max(self.left[handle], 0.0) * len(self.left) / self.capacity
+        return self.last_s + wait_s, handle
+
+    def drain(self, now_s: float, client_id: int, handle: int) -> None:
+        self.advance(now_s)
+        del self.left[handle]
+        queue = self.queues[client_id]
+        queue.popleft()
+        if queue:
+            self.left[queue[0][0]] = float(queue[0][1])
+
+
+class Traffic:
+    """The transfers in flight on `network`'s links; starts must come in time order."""
+
+    def __init__(self, network: NetworkModel) -> None:
+        self.network = network
+        self._own: list[tuple[float, int]] = []  # heap of (drain time, handle) on own links
+        self._own_state: dict[tuple[int, str], float | int] = {}  # busy-until s / next trace index
+        self._flows: dict[tuple[int, str], _SharedFlow] = {}
+        self._started: dict[int, tuple[str, Transfer]] = {}
+        self._next_handle = 0
+
+    def start(self, direction: str, transfer: Transfer) -> int:
+        """Begin `transfer` at its start_s; returns a handle its Delivery will carry."""
+        self.network.check(direction, transfer)
+        handle = self._next_handle
+        self._next_handle += 1
+        self._started[handle] = (direction, transfer)
+        link = self.network.link(transfer.client_id)
+        if transfer.nbytes == 0:  # nothing to send: latency only, the link stays free
+            heapq.heappush(self._own, (transfer.start_s, handle))
+        elif isinstance(link, SharedMedium):
+            key = (id(link), direction)
+            if key not in self._flows:
+                self._flows[key] = _SharedFlow(link.rate_bps(direction) / 8.0)
+            self._flows[key].add(transfer.start_s, transfer.client_id, handle, transfer.nbytes)
+        else:
+            key = (transfer.client_id, direction)
+            idle = -math.inf if isinstance(link, ConstantLink) else 0
+            drained_s, self._own_state[key] = link.drain_one(
+                direction, transfer.start_s, transfer.nbytes, self._own_state.get(key, idle))
+            heapq.heappush(self._own, (drained_s, handle))
+        return handle
+
+    def _next(self) -> tuple[float, int, _SharedFlow | None]:
+        best: tuple[float, int, _SharedFlow | None] = (math.inf, -1, None)
+        if self._own:
+            best = (*self._own[0], None)
+        for flow in self._flows.values():
+            drained_s, handle = flow.next_drain()
+            if (drained_s, handle) < best[:2]:
+                best = (drained_s, handle, flow)
+        return best
+
+    def next_drain_s(self) -> float:
+        """When the next transfer in flight drains; inf when nothing is in flight."""
+        return self._next()[0]
+
+    def pop(self) -> Delivery:
+        """Drain the next transfer (the earliest; ties by handle) and deliver it."""
+        drained_s, handle, flow = self._next()
+        if handle < 0:
+            raise RuntimeError("no transfer in flight")
+        direction, transfer = self._started.pop(handle)
+        if flow is None:
+            heapq.heappop(self._own)
+        else:
+            flow.drain(drained_s, transfer.client_id, handle)
+        arrival_s = drained_s + self.network.delay_s(transfer.client_id, direction)
+        return Delivery(handle, direction, transfer, drained_s, arrival_s)
+
+    def idle(self) -> bool:
+        return not self._started

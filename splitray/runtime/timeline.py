@@ -1,0 +1,251 @@
+"""The discrete-event timeline: when each client step's compute, transfers and server work happen.
+
+An algorithm decides what each client does next and hands the timeline `StepJob`s; the timeline
+decides when, with a priority queue of events (time, priority, sequence number, kind, job): a
+client's step begins, its forward is done, a transfer drains, the server takes the next payload,
+the server is done, the backward is done. Transfers are a `Traffic` on the network model, so
+shared media re-split their capacity whenever a transfer starts or ends. The one server serves
+payloads in arrival order, ties by client id. Pure Python: no Ray, no torch.
+
+A step, in order: model download (if the job receives weights first), forward compute, upload,
+server queue, server compute, gradient download, backward compute, model upload (if the job
+sends weights after). A job that sends nothing (`bytes_up=None`) asks the server to work from
+its cache; a job that does not learn (`learn=False`) ends when the server is done.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from splitray.network import DeviceProfile, NetworkModel, Transfer, compute_time_s
+
+
+@dataclass
+class StepJob:
+    """One client step: what the timeline must know when the step is handed to it."""
+
+    client_id: int
+    ready_s: float                 # earliest simulated start (client free, or a barrier)
+    forward_s: float = 0.0         # client compute before the upload
+    bytes_up: int | None = 0       # activation bytes sent; None: nothing sent, server uses its cache
+    learn: bool = True             # a gradient comes down and the client runs its backward
+    bytes_model_down: int = 0      # model bytes the client receives before it computes
+    bytes_model_up: int = 0        # model bytes the client sends after its step
+    tag: Any = None                # the caller's own handle for the step
+
+
+@dataclass(frozen=True)
+class ServerWork:
+    """What serving one job cost, known once the server has run it."""
+
+    server_s: float
+    bytes_down: int
+    backward_s: Callable[[], float]  # asked for only when the gradient reaches the client
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """One client step on the timeline, in seconds; durations add up to end_s - start_s."""
+
+    start_s: float
+    model_down_s: float
+    client_compute_s: float   # forward + backward
+    client_backward_s: float
+    uplink_s: float
+    server_wait_s: float
+    server_compute_s: float
+    downlink_s: float
+    model_up_s: float
+    end_s: float
+
+
+@dataclass
+class _Progress:
+    job: StepJob
+    start_s: float = 0.0
+    model_down_s: float = 0.0
+    forward_done_s: float = 0.0
+    arrival_s: float = 0.0
+    server_begin_s: float = 0.0
+    server_done_s: float = 0.0
+    downlink_done_s: float = 0.0
+    backward_s: float = 0.0
+    work: ServerWork | None = None
+    model_up_start_s: float = 0.0
+    transfers: dict[int, str] = field(default_factory=dict)
+
+
+# Same-time order: deliveries and compute first, then the server picks among all that arrived.
+_FIRST, _SERVER = 0, 1
+
+
+class Timeline:
+    """Simulated time of every client and the server; deterministic for a given config."""
+
+    def __init__(self, network: NetworkModel, client_devices: list[DeviceProfile],
+                 server_device: DeviceProfile, cpu_share: float = 1.0,
+                 compute_time: str = "flops", measured_scale: float = 1.0) -> None:
+        self.network = network
+        self.client_devices = client_devices
+        self.server_device = server_device
+        self.cpu_share = cpu_share
+        self.compute_time = compute_time
+        self.measured_scale = measured_scale
+        self.traffic = network.traffic()
+        self.now_s = 0.0          # the latest event processed
+        self.server_free_s = 0.0
+        self.client_free_s = [0.0] * len(client_devices)
+
+    # ---------------------------------------------------------------- compute time
+    def _compute_s(self, flops: float, host_s: float, device: DeviceProfile, share: float) -> float:
+        if self.compute_time == "measured":
+            return host_s * self.measured_scale
+        return compute_time_s(flops, device, share)
+
+    def client_compute_s(self, client_id: int, flops: float, host_s: float) -> float:
+        return self._compute_s(flops, host_s, self.client_devices[client_id], self.cpu_share)
+
+    def server_compute_s(self, flops: float, host_s: float) -> float:
+        return self._compute_s(flops, host_s, self.server_device, 1.0)
+
+    # ---------------------------------------------------------------- clients
+    def barrier(self, client_ids: Iterable[int]) -> float:
+        """The time all of `client_ids` are free (they wait for the slowest); sets them to it."""
+        ids = list(client_ids)
+        t = max((self.client_free_s[i] for i in ids), default=self.now_s)
+        for i in ids:
+            self.client_free_s[i] = t
+        return t
+
+    # ---------------------------------------------------------------- transfers alone
+    def transfer(self, direction: str, starts: dict[int, tuple[float, int]]) -> dict[int, float]:
+        """Arrival time of each client's (start_s, nbytes) transfer, all in flight together
+        (model weights between rounds); the links' state carries over to later steps."""
+        handles = {}
+        arrivals: dict[int, float] = {}
+        owner: dict[int, int] = {}
+        for client_id, (start_s, nbytes) in sorted(starts.items(), key=lambda kv: (kv[1][0], kv[0])):
+            while self.traffic.next_drain_s() <= start_s:
+                d = self.traffic.pop()
+                arrivals[owner[d.handle]] = d.arrival_s
+            handles[client_id] = self.traffic.start(direction, Transfer(client_id, start_s, nbytes))
+            owner[handles[client_id]] = client_id
+        while len(arrivals) < len(starts):
+            d = self.traffic.pop()
+            arrivals[owner[d.handle]] = d.arrival_s
+        self.now_s = max([self.now_s, *arrivals.values()])
+        return arrivals
+
+    # ---------------------------------------------------------------- steps
+    def run(self, jobs: Iterable[StepJob], serve: Callable[[StepJob], ServerWork],
+            then: Callable[[StepJob, StepTimes], Iterable[StepJob]] | None = None,
+            ) -> list[tuple[StepJob, StepTimes]]:
+        """Run `jobs` (and the jobs `then` hands back as each step ends) until all have ended.
+
+        `serve(job)` is called when the server takes the job's payload, in simulated order, and
+        returns what that cost. Returns (job, times) for every job in the order they were given.
+        """
+        events: list[tuple[float, int, int, str, _Progress]] = []
+        seq = itertools.count()
+        done: list[tuple[int, StepJob, StepTimes]] = []
+        order = itertools.count()
+        queue: list[tuple[float, int, int, _Progress]] = []  # server queue: arrival, client, seq
+        in_flight: dict[int, tuple[_Progress, str]] = {}
+        ranks: dict[int, int] = {}
+
+        def push(t: float, kind: str, p: _Progress, priority: int = _FIRST) -> None:
+            heapq.heappush(events, (t, priority, next(seq), kind, p))
+
+        def submit(job: StepJob) -> None:
+            p = _Progress(job)
+            ranks[id(p)] = next(order)
+            # Never in the past: a job handed back by `then` starts no earlier than now.
+            push(max(job.ready_s, self.client_free_s[job.client_id], self.now_s), "begin", p)
+
+        def send(p: _Progress, direction: str, nbytes: int, what: str) -> None:
+            handle = self.traffic.start(direction, Transfer(p.job.client_id, self.now_s, nbytes))
+            in_flight[handle] = (p, what)
+
+        def finish(p: _Progress) -> None:
+            job, end_s = p.job, self.now_s
+            self.client_free_s[job.client_id] = end_s
+            forward_s = p.forward_done_s - p.start_s - p.model_down_s
+            times = StepTimes(
+                start_s=p.start_s, model_down_s=p.model_down_s,
+                client_compute_s=forward_s + p.backward_s, client_backward_s=p.backward_s,
+                uplink_s=p.arrival_s - p.forward_done_s,
+                server_wait_s=p.server_begin_s - p.arrival_s,
+                server_compute_s=p.server_done_s - p.server_begin_s,
+                downlink_s=p.downlink_done_s - p.server_done_s if job.learn else 0.0,
+                model_up_s=end_s - p.model_up_start_s if job.bytes_model_up else 0.0,
+                end_s=end_s)
+            done.append((ranks[id(p)], job, times))
+            if then is not None:
+                for nxt in then(job, times):
+                    submit(nxt)
+
+        def after_backward(p: _Progress) -> None:
+            if p.job.bytes_model_up:
+                p.model_up_start_s = self.now_s
+                send(p, "up", p.job.bytes_model_up, "model_up")
+            else:
+                finish(p)
+
+        for job in jobs:
+            submit(job)
+        while events or not self.traffic.idle():
+            if not events or self.traffic.next_drain_s() < events[0][0]:
+                delivery = self.traffic.pop()
+                self.now_s = max(self.now_s, delivery.drained_s)
+                p, what = in_flight.pop(delivery.handle)
+                push(delivery.arrival_s, what, p)
+                continue
+            t, _, _, kind, p = heapq.heappop(events)
+            self.now_s = max(self.now_s, t)
+            job = p.job
+            if kind == "begin":
+                p.start_s = t
+                if job.bytes_model_down:
+                    send(p, "down", job.bytes_model_down, "model_down")
+                else:
+                    push(t + job.forward_s, "forward_done", p)
+            elif kind == "model_down":
+                p.model_down_s = t - p.start_s
+                push(t + job.forward_s, "forward_done", p)
+            elif kind == "forward_done":
+                p.forward_done_s = t
+                if job.bytes_up is None:
+                    push(t, "arrived", p)
+                else:
+                    send(p, "up", job.bytes_up, "arrived")
+            elif kind == "arrived":
+                p.arrival_s = t
+                heapq.heappush(queue, (t, job.client_id, next(seq), p))
+                push(t, "server", p, _SERVER)
+            elif kind == "server":
+                if queue and self.server_free_s <= t:
+                    _, _, _, q = heapq.heappop(queue)
+                    q.server_begin_s = t
+                    q.work = serve(q.job)
+                    self.server_free_s = t + q.work.server_s
+                    push(self.server_free_s, "server_done", q)
+            elif kind == "server_done":
+                p.server_done_s = t
+                push(t, "server", p, _SERVER)
+                if job.learn:
+                    send(p, "down", p.work.bytes_down, "gradient")
+                else:
+                    after_backward(p)
+            elif kind == "gradient":
+                p.downlink_done_s = t
+                p.backward_s = p.work.backward_s()
+                push(t + p.backward_s, "backward_done", p)
+            elif kind == "backward_done":
+                after_backward(p)
+            elif kind == "model_up":
+                finish(p)
+        return [(job, times) for _, job, times in sorted(done, key=lambda d: d[0])]

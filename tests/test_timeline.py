@@ -1,0 +1,181 @@
+"""Analytical checks of the discrete-event timeline: every simulated second traced to a formula."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splitray.network import (
+    ConstantLink,
+    DeviceProfile,
+    NetworkModel,
+    SharedMedium,
+    TraceLink,
+    load_mahimahi_trace,
+)
+from splitray.runtime.timeline import ServerWork, StepJob, Timeline
+
+DEVICE = DeviceProfile("unit", 1e9, "1 GFLOP/s, for arithmetic by hand")
+SERVER = DeviceProfile("unit_server", 1e10, "10 GFLOP/s")
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "net-traces" / "cellular"
+
+
+def timeline(links: dict, devices=None, cpu_share: float = 1.0, seed: int = 0) -> Timeline:
+    return Timeline(NetworkModel(links, seed=seed), devices or [DEVICE] * len(links), SERVER,
+                    cpu_share=cpu_share)
+
+
+def serve_fixed(server_s: float, bytes_down: int, backward_s: float):
+    return lambda job: ServerWork(server_s, bytes_down, lambda: backward_s)
+
+
+def one_round(tl: Timeline, forward_s, bytes_up, server_s, bytes_down, backward_s, ready_s=0.0):
+    jobs = [StepJob(i, ready_s, forward_s=forward_s[i], bytes_up=bytes_up[i])
+            for i in sorted(forward_s)]
+
+    def serve(job):
+        i = job.client_id
+        return ServerWork(server_s[i], bytes_down[i], lambda: backward_s[i])
+
+    return {job.client_id: t for job, t in tl.run(jobs, serve)}
+
+
+def test_one_client_constant_link_step_is_sum_of_parts():
+    up_bps, down_bps, latency_s = 8e6, 16e6, 0.01
+    tl = timeline({0: ConstantLink(up_bps, down_bps, latency_s)}, cpu_share=0.5)
+    fwd, srv, bwd = tl.client_compute_s(0, 2e8, 0), tl.server_compute_s(5e8, 0), 0.8
+    t = one_round(tl, {0: fwd}, {0: 100_000}, {0: srv}, {0: 50_000}, {0: bwd})[0]
+    assert fwd == pytest.approx(2e8 / (1e9 * 0.5)) and srv == pytest.approx(5e8 / 1e10)
+    up = 100_000 * 8 / up_bps + latency_s
+    down = 50_000 * 8 / down_bps + latency_s
+    assert t.end_s == pytest.approx(fwd + up + srv + down + bwd, rel=1e-12)
+    assert (t.uplink_s, t.downlink_s, t.server_wait_s) == pytest.approx((up, down, 0.0))
+    assert t.client_compute_s == pytest.approx(fwd + bwd) and t.client_backward_s == bwd
+    # The next step starts where this one ended.
+    t2 = one_round(tl, {0: fwd}, {0: 100_000}, {0: srv}, {0: 50_000}, {0: bwd},
+                   ready_s=tl.barrier([0]))[0]
+    assert t2.start_s == pytest.approx(t.end_s)
+    assert t2.end_s == pytest.approx(2 * t.end_s)
+
+
+def test_shared_medium_n_clients_finish_at_n_s_over_c():
+    n, nbytes, cap_bps, latency_s = 8, 250_000, 40e6, 0.002
+    medium = SharedMedium(cap_bps, cap_bps, latency_s)
+    tl = timeline(dict.fromkeys(range(n), medium))
+    zero = dict.fromkeys(range(n), 0.0)
+    times = one_round(tl, zero, dict.fromkeys(range(n), nbytes), zero, dict.fromkeys(range(n), 0),
+                      zero)
+    for i in range(n):
+        assert times[i].uplink_s == pytest.approx(n * nbytes * 8 / cap_bps + latency_s, rel=1e-12)
+
+
+def test_two_clients_on_a_shared_medium_starting_at_different_times():
+    # 1 MB/s medium. Client 0 starts sending 3 MB at t=0; client 1 computes 1 s, then sends 1 MB.
+    # 0-1: client 0 alone (1 MB). 1-3: 0.5 MB/s each, client 1 done at 3 (client 0 has sent 2 MB).
+    # 3-4: client 0 alone sends its last 1 MB.
+    medium = SharedMedium(8e6, 8e6, latency_s=0.1)
+    tl = timeline({0: medium, 1: medium})
+    times = one_round(tl, {0: 0.0, 1: 1.0}, {0: 3_000_000, 1: 1_000_000}, {0: 0.0, 1: 0.0},
+                      {0: 0, 1: 0}, {0: 0.0, 1: 0.0})
+    assert times[0].uplink_s == pytest.approx(4.1)
+    assert times[1].uplink_s == pytest.approx(2.1)  # from 1.0 to 3.1
+    # The downlinks are zero bytes: latency only, so each step ends 0.1 s after its arrival.
+    assert times[1].end_s == pytest.approx(3.2) and times[0].end_s == pytest.approx(4.2)
+
+
+def test_a_transfer_starting_mid_flight_slows_the_one_in_flight_on_the_same_medium():
+    # The gradient of client 0 (down, 1 MB) shares the downlink with client 1's gradient, which
+    # starts 0.5 s later because client 1 computed longer: both directions rate-split exactly.
+    medium = SharedMedium(8e6, 8e6)
+    tl = timeline({0: medium, 1: medium})
+    times = one_round(tl, {0: 0.0, 1: 0.5}, {0: 0, 1: 0}, {0: 0.0, 1: 0.0},
+                      {0: 1_000_000, 1: 1_000_000}, {0: 0.0, 1: 0.0})
+    # 0-0.5: client 0 alone (0.5 MB); 0.5-1.5: shared (0.5 MB each) -> client 0 done at 1.5;
+    # 1.5-2.0: client 1 alone sends its last 0.5 MB.
+    assert times[0].end_s == pytest.approx(1.5) and times[1].end_s == pytest.approx(2.0)
+
+
+def test_server_serves_in_arrival_order_ties_by_client_id():
+    tl = timeline({i: ConstantLink(1e6, 1e6) for i in range(3)})
+    # Client 2 computes least, so it arrives first; clients 0 and 1 tie.
+    order = []
+
+    def serve(job):
+        order.append(job.client_id)
+        return ServerWork(0.1, 0, lambda: 0.0)
+
+    jobs = [StepJob(i, 0.0, forward_s=f, bytes_up=1000) for i, f in enumerate([0.2, 0.2, 0.1])]
+    times = {j.client_id: t for j, t in tl.run(jobs, serve)}
+    assert order == [2, 0, 1]
+    assert times[2].server_wait_s == 0.0
+    # 0 arrives 0.1 s after 2 and 2's service takes 0.1 s -> no wait; 1 waits for 0.
+    assert times[0].server_wait_s == pytest.approx(0.0, abs=1e-12)
+    assert times[1].server_wait_s == pytest.approx(0.1)
+
+
+def test_a_straggler_delays_only_those_who_wait_for_it():
+    # Three clients with their own links; client 2 computes 10x longer. Run 4 steps each.
+    links = {i: ConstantLink(8e6, 8e6, latency_s=0.01) for i in range(3)}
+    forward_s = [0.1, 0.1, 1.0]
+    step_s = [f + 2 * (8 * 10_000 / 8e6 + 0.01) + 0.05 for f in forward_s]  # fwd, up, down, bwd
+
+    def job(i, ready_s=0.0, k=0):
+        return StepJob(i, ready_s, forward_s=forward_s[i], bytes_up=10_000, tag=k)
+
+    serve = serve_fixed(0.0, 10_000, 0.05)
+    # At its own pace: each client starts its next step when its last one ended.
+    own = timeline(links)
+    results = own.run([job(i) for i in range(3)], serve,
+                      then=lambda j, t: [job(j.client_id, t.end_s, j.tag + 1)] if j.tag < 3 else [])
+    ends = {(j.client_id, j.tag): t.end_s for j, t in results}
+    for i in range(3):
+        assert ends[(i, 3)] == pytest.approx(4 * step_s[i])
+    # Synchronous rounds (parallel SL): every round waits for the straggler.
+    sync = timeline(links)
+    for _ in range(4):
+        start = sync.barrier(range(3))
+        last = {j.client_id: t for j, t in sync.run([job(i, start) for i in range(3)], serve)}
+    assert last[0].start_s == pytest.approx(3 * step_s[2])
+    assert last[0].end_s == pytest.approx(3 * step_s[2] + step_s[0])
+
+
+def test_model_transfers_and_cache_steps_cost_what_they_say():
+    tl = timeline({0: ConstantLink(8e6, 16e6, latency_s=0.0)})
+    # Weights down (2 MB at 2 MB/s = 1 s), a state-C step (no client compute, nothing sent),
+    # then weights up (1 MB at 1 MB/s = 1 s).
+    [(_, t)] = tl.run([StepJob(0, 0.0, forward_s=0.0, bytes_up=None, learn=False,
+                               bytes_model_down=2_000_000, bytes_model_up=1_000_000)],
+                      serve_fixed(0.25, 999, 5.0))
+    assert t.model_down_s == pytest.approx(1.0) and t.model_up_s == pytest.approx(1.0)
+    assert (t.uplink_s, t.downlink_s, t.client_compute_s) == (0.0, 0.0, 0.0)
+    assert t.server_compute_s == pytest.approx(0.25)
+    assert t.end_s == pytest.approx(2.25)
+
+
+@pytest.mark.skipif(not TRACES.is_dir(), reason="shared/data net-traces absent")
+def test_trace_link_payload_drains_through_trace_packets():
+    up = load_mahimahi_trace(TRACES / "Verizon-LTE-short.up")
+    tl = timeline({0: TraceLink(up, up, latency_s=0.02)})
+    nbytes = 1500 * 1000 + 1  # 1001 packets
+    t = one_round(tl, {0: 0.5}, {0: nbytes}, {0: 0.0}, {0: 0}, {0: 0.0})[0]
+    first = int(np.searchsorted(up, 500.0, side="left"))
+    assert 0.5 + t.uplink_s == pytest.approx(up[first + 1000] / 1000 + 0.02, abs=1e-9)
+
+
+def test_simulated_times_are_deterministic():
+    def run():
+        medium = SharedMedium(20e6, 20e6, 0.001, jitter_s=0.003)
+        tl = timeline(dict.fromkeys(range(4), medium), seed=7)
+        out = []
+        for _ in range(3):
+            start = tl.barrier(range(4))
+            times = one_round(tl, {i: 0.1 * (i + 1) for i in range(4)},
+                              dict.fromkeys(range(4), 40_000), dict.fromkeys(range(4), 0.01),
+                              dict.fromkeys(range(4), 40_000), dict.fromkeys(range(4), 0.1),
+                              ready_s=start)
+            out.append([times[i].end_s for i in range(4)])
+        return out
+
+    assert run() == run()
