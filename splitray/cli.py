@@ -70,6 +70,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     from splitray.analysis import analyze
 
+    if args.timeline:
+        return _timeline(args)
+    if args.round is not None or args.window is not None:
+        raise ConfigError("--round and --window are not allowed without --timeline")
     if args.target_accuracy is not None and not 0.0 <= args.target_accuracy <= 1.0:
         raise ConfigError(f"--target-accuracy: {args.target_accuracy!r} is not allowed; "
                           "give a fraction in [0, 1]")
@@ -80,6 +84,45 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     print(Path(written["summary_md"]).read_text())  # the title and the summary's Markdown table
     for name, path in written.items():
         print(f"{name}: {path}")
+    return 0
+
+
+def _parse_pair(flag: str, text: str | None, kind: type, sep: str) -> tuple | None:
+    if text is None:
+        return None
+    try:
+        parts = [kind(p) for p in text.split(sep)] if sep in text else [kind(text)] * 2
+    except ValueError:
+        parts = []
+    if len(parts) != 2 or parts[0] > parts[1] or parts[0] < 0:
+        example = "3 or 3-5" if kind is int else "0.5,2.0"
+        raise ConfigError(f"{flag}: {text!r} is not allowed; give e.g. {example} (low <= high)")
+    return tuple(parts)
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from splitray.analysis import load
+    from splitray.analysis.report import markdown_table
+    from splitray.analysis.timeline import lane_summary, plot_timeline
+
+    rounds = _parse_pair("--round", args.round, int, "-")
+    window = _parse_pair("--window", args.window, float, ",")
+    if rounds and window:
+        raise ConfigError("--round and --window are not allowed together; choose one")
+    try:
+        results = load(args.path)
+        runs = results.runs()
+        if len(runs) != 1:
+            raise ValueError(f"{args.path} holds {len(runs)} runs; --timeline draws one run "
+                             "directory")
+        out = Path(args.out or Path(args.path) / "analysis") / "timeline.png"
+        written = plot_timeline(results.steps, str(out), rounds, window)
+        print(markdown_table(lane_summary(results.steps, rounds, window).round(4)))
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    print(f"timeline: {written}")
     return 0
 
 
@@ -151,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--target-accuracy", type=float, default=None, metavar="X",
                     help="also report bytes and simulated time to reach test accuracy X (0..1)")
     an.add_argument("--out", default=None, help="output directory [<path>/analysis]")
+    an.add_argument("--timeline", action="store_true",
+                    help="instead, draw one run's timeline as a Gantt chart (timeline.png): one "
+                         "lane per client plus the server")
+    an.add_argument("--round", default=None, metavar="R[-S]",
+                    help="with --timeline: the round (or rounds R to S) to draw [first three]")
+    an.add_argument("--window", default=None, metavar="T0,T1",
+                    help="with --timeline: draw simulated seconds T0 to T1 instead of rounds")
     an.set_defaults(func=_cmd_analyze)
 
     sp = sub.add_parser("split-points", help="list a model's split points",

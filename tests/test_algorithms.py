@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -57,3 +61,136 @@ def test_training_after_an_evaluation_runs_every_module_in_train_mode(algorithm,
     assert all(e[2] for e in after), "a module was in eval mode during training"
     assert all(e[3] for e in after if e[0] == "client"), "compressor BN statistics did not move"
     assert all(not e[2] for e in events if not e[1]), "evaluation ran in train mode"
+
+
+def _result(algorithm: str, **overrides):
+    return run_experiment(tiny(**{"train.algorithm": algorithm, **overrides}), out_dir=None,
+                          engine="local", progress=False)
+
+
+SAME_COLUMNS = ["client_id", "epoch", "step", "round", "bytes_up", "bytes_down", "loss",
+                "prune_loss", "sim_start_s", "sim_time_s", "sim_uplink_s", "sim_downlink_s",
+                "client_flops", "server_flops"]
+
+
+def test_vanilla_with_one_client_equals_parallel_with_one_client():
+    one = {"clients.count": 1, "schedule.phases": "[{budget: 2, epochs: 2}, {budget: 8, epochs: 1}]"}
+    vanilla, parallel = _result("vanilla_sl", **one), _result("parallel_sl", **one)
+    pd.testing.assert_frame_equal(vanilla.steps[SAME_COLUMNS], parallel.steps[SAME_COLUMNS])
+    assert (vanilla.steps["bytes_model_up"] == 0).all()
+    pd.testing.assert_frame_equal(vanilla.evals.drop(columns=["run_id", "algorithm", "wall_time_s"]),
+                                  parallel.evals.drop(columns=["run_id", "algorithm", "wall_time_s"]))
+
+
+def test_vanilla_hands_the_client_part_on_through_the_server():
+    result = _result("vanilla_sl", **{"clients.count": 3, "vanilla.handoff": "epoch"})
+    s = result.steps
+    assert s["sim_start_s"].is_monotonic_increasing  # one client at a time
+    assert list(s.groupby("epoch")["client_id"].apply(list).iloc[0]) == [0, 0, 1, 1, 2, 2]
+    turns_end = s[s["bytes_model_up"] > 0]
+    turns_start = s[s["bytes_model_down"] > 0]
+    # Every turn but the run's last hands on; each handoff is one upload and one download.
+    assert len(turns_end) == len(turns_start) == 2 * 3 - 1
+    weights = turns_end["bytes_model_up"].iloc[0]
+    assert (turns_start["bytes_model_down"] == weights).all() and weights > 0
+    assert (turns_end["sim_model_up_s"] > 0).all() and (turns_start["sim_model_down_s"] > 0).all()
+    # The download starts when the upload arrived at the server.
+    ends = turns_end["sim_time_s"].to_numpy()
+    np.testing.assert_allclose(turns_start["sim_start_s"].to_numpy(), ends, rtol=1e-12)
+    per_batch = _result("vanilla_sl", **{"clients.count": 3, "vanilla.handoff": "batch"}).steps
+    assert (per_batch["bytes_model_up"] > 0).sum() == len(per_batch) - 1
+
+
+def test_splitfed_averaging_leaves_every_client_part_identical(monkeypatch):
+    roles: list[ClientRole] = []
+    original = ClientRole.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        roles.append(self)
+
+    monkeypatch.setattr(ClientRole, "__init__", init)
+    result = _result("splitfed", **{"clients.count": 3, "data.partition": "dirichlet"})
+    weights = [r.get_weights() for r in roles]
+    assert len(weights) == 3
+    for name, array in weights[0].items():
+        for other in weights[1:]:
+            np.testing.assert_array_equal(other[name], array, err_msg=name)
+    s = result.steps
+    last_of_epoch = s.groupby("epoch")["step"].transform("max") == s["step"]
+    assert (s.loc[last_of_epoch, "bytes_model_up"] > 0).all()
+    assert (s.loc[~last_of_epoch, "bytes_model_up"] == 0).all()
+    # The average goes down before each client's next step: at the start of epoch 1.
+    assert set(s.loc[s["bytes_model_down"] > 0, "epoch"]) == {1}
+    # Averaging waits for the slowest upload: the next round starts after all of them.
+    first_of_next = s[(s["epoch"] == 1) & (s["step"] == 0)]["sim_start_s"]
+    assert (first_of_next >= s[last_of_epoch & (s["epoch"] == 0)]["sim_time_s"].max()).all()
+
+
+def test_splitfed_every_k_rounds():
+    s = _result("splitfed", **{"splitfed.every_rounds": 3,
+                               "schedule.phases": "[{budget: 2, epochs: 3}]"}).steps
+    assert sorted(s.loc[s["bytes_model_up"] > 0, "round"].unique()) == [2, 5]
+
+
+def test_async_states_cost_what_they_send():
+    # A huge threshold: A for two epochs (the first has no loss to compare), then B, then C.
+    result = _result("async_sl", **{
+        "schedule.phases": "[{budget: 2, epochs: 5}]", "async_sl.loss_threshold": 100,
+        "async_sl.min_epochs_a": 1, "async_sl.epochs_b": 1, "async_sl.epochs_c": 1,
+        "compression.codec_up": "fp8_e4m3", "compression.codec_down": "fp8_e5m2"})
+    s = result.steps
+    assert s.groupby("epoch")["client_state"].first().tolist() == ["A", "A", "B", "C", "A"]
+    a, b, c = (s[s["client_state"] == k] for k in "ABC")
+    assert (c[["bytes_up", "bytes_down", "client_flops", "sim_client_compute_s",
+               "sim_uplink_s", "sim_downlink_s"]] == 0).all().all()
+    assert (c["server_flops"] > 0).all() and (c["sim_server_compute_s"] > 0).all()
+    assert (b["bytes_up"] > 0).all() and (b["bytes_down"] == 0).all()
+    assert (b["client_flops"] < a["client_flops"].iloc[0]).all() and (b["client_flops"] > 0).all()
+    summary = result.summary
+    full = a["bytes_up"].iloc[0] + a["bytes_down"].iloc[0]
+    assert summary["payload_bytes"] == s["bytes_up"].sum() + s["bytes_down"].sum()
+    assert summary["payload_bytes_all_A"] == full * len(s)
+    assert summary["communication_reduction"] == pytest.approx(full * len(s) / summary["payload_bytes"])
+    assert summary["client_compute_reduction"] > 1 and summary["server_cache_bytes"] > 0
+
+
+def test_async_state_machine_switches_on_the_loss_change():
+    from splitray.algorithms.async_sl import ClientState, next_state
+    from splitray.config import AsyncConfig
+
+    rules = AsyncConfig(loss_threshold=0.01, min_epochs_a=2, epochs_b=1, epochs_c=2)
+    c = next_state(ClientState(), 2.0, rules)                 # first epoch: nothing to compare
+    assert c.state == "A"
+    c = next_state(c, 1.5, rules)                             # improved by 0.5: stay in A
+    assert c.state == "A"
+    c = next_state(c, 1.495, rules)                           # improved by 0.005 < 0.01: B
+    assert (c.state, c.epochs) == ("B", 0)
+    c = next_state(c, 1.49, rules)                            # one epoch in B: C
+    assert c.state == "C"
+    assert next_state(c, 1.6, rules).state == "A"            # the loss rose: back to A
+    c = next_state(c, 1.49, rules)
+    assert c.state == "C"
+    assert next_state(c, 1.49, rules).state == "A"           # two epochs in C: A
+
+
+def test_timeline_picture_lays_every_step_out_in_lanes(tmp_path):
+    from splitray.analysis.timeline import lane_summary, step_segments
+    from splitray.cli import main
+
+    result = run_experiment(tiny(**{"train.algorithm": "vanilla_sl", "clients.count": 2}),
+                            out_dir=str(tmp_path), engine="local", progress=False)
+    s = result.steps
+    segments = step_segments(s)
+    # Each client lane covers its steps end to end; the server lane holds the server compute.
+    client_time = segments[segments["lane"] != "server"].groupby("client_id")["duration_s"].sum()
+    np.testing.assert_allclose(client_time.sort_index().to_numpy(),
+                               (s["sim_time_s"] - s["sim_start_s"]).groupby(s["client_id"]).sum()
+                               .sort_index().to_numpy(), rtol=1e-9)
+    server = segments[segments["lane"] == "server"]["duration_s"].sum()
+    assert server == pytest.approx(s["sim_server_compute_s"].sum())
+    table = lane_summary(s, rounds=(0, int(s["round"].max())))
+    assert {"model up", "model down", "forward", "backward"} <= set(table.columns)
+    assert main(["analyze", result.run_dir, "--timeline", "--round", "1-2"]) == 0
+    assert (Path(result.run_dir) / "analysis" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["analyze", result.run_dir, "--timeline", "--round", "999"]) == 2

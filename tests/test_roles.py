@@ -100,3 +100,37 @@ def test_train_after_evaluate_puts_every_module_back_in_train_mode():
     assert log and all(training for _, training in log), sorted(set(log))
     assert {"Compressor", "Decompressor"} <= {kind for kind, _ in log}
     assert not torch.equal(before, _bn_stats(client.compressor)), "compressor BN stats frozen"
+
+
+def test_step_flops_of_depthwise_models_agree_with_split_points():
+    """One FLOP counter serves the roles' compute columns and `splitray split-points`."""
+    from splitray.models import build_model, split_points
+
+    cfg = _cfg(**{"model.name": "mobilenet_v2", "model.split_layer": 4,
+                  "compression.enabled": "false"})
+    data = load_dataset("synthetic", num_samples=8, image_size=32, seed=0)
+    client = ClientRole(0, cfg, data, data, data.num_classes)
+    server = ServerRole(cfg, tuple(data.images.shape[1:]), data.num_classes)
+    model = build_model("mobilenet_v2", num_classes=data.num_classes, input_shape=(3, 32, 32))
+    point = split_points(model, (3, 32, 32))[4]
+    assert client.fwd_flops_per_sample == point.client_flops
+    assert client.fwd_flops_per_sample + client.bwd_flops_per_sample == point.client_train_flops
+    assert server.flops_per_sample == point.server_train_flops
+    # The step's compute columns follow the same counts.
+    client.begin_epoch(0, cfg.train.lr, None)
+    payload, info = client.forward(0)
+    _, sinfo = server.step(payload, 0, 0)
+    assert info.flops == point.client_flops * 8 and sinfo.flops == point.server_train_flops * 8
+
+
+def test_config_names_algorithms_without_importing_them():
+    import subprocess
+    import sys
+
+    code = ("import sys, splitray.config as c; c.load_config(overrides=['train.algorithm=splitfed']);"
+            "assert 'splitray.algorithms' not in sys.modules, 'config imported the algorithms'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from splitray.algorithms import ALGORITHMS
+    from splitray.config import ALGORITHM_NAMES
+
+    assert tuple(ALGORITHMS) == ALGORITHM_NAMES

@@ -24,8 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from splitray.roles import ServerRole
 from splitray.runtime.context import ClientStep
-from splitray.schedules import epoch_plans, reset_kind
+from splitray.schedules import epoch_plans
 
 if TYPE_CHECKING:
     from splitray.config import AsyncConfig
@@ -67,17 +68,8 @@ def run(ctx: RunContext) -> None:
     full_cost: dict[tuple[int, int], tuple[int, float]] = {}  # (client, step) -> bytes, FLOPs in A
     bytes_sent = bytes_full = 0
     flops_spent = flops_full = 0.0
-    budget_now = None
     for plan in epoch_plans(cfg.schedule, cfg.train.lr):
-        budget = plan.budget or ctx.num_channels
-        if plan.phase_start and budget_now is not None and cfg.schedule.reset_filter:
-            kind = reset_kind(budget_now, budget)
-            if kind:
-                get([c.call("reset_filter", kind, budget_now) for c in clients])
-        budget_now = budget
-        steps = get([c.call("begin_epoch", plan.epoch, plan.lr, budget) for c in clients])
-        get(server.call("set_lr", plan.lr))
-        ctx.begin_epoch(sum(steps))
+        budget, steps = ctx.begin_epoch(plan)
 
         losses: dict[int, list[float]] = {i: [] for i in range(n)}
         for step in range(max(steps)):
@@ -104,5 +96,5 @@ def run(ctx: RunContext) -> None:
         "communication_reduction": bytes_full / max(bytes_sent, 1),
         "client_flops": flops_spent, "client_flops_all_A": flops_full,
         "client_compute_reduction": flops_full / max(flops_spent, 1.0),
-        "server_cache_bytes": get(server.call("cache_nbytes")),
+        "server_cache_bytes": get(server.call(ServerRole.cache_nbytes)),
     })

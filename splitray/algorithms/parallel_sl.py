@@ -13,29 +13,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from splitray.runtime.context import ClientStep
-from splitray.schedules import epoch_plans, reset_kind
+from splitray.schedules import epoch_plans
 
 if TYPE_CHECKING:
     from splitray.runtime.context import RunContext
 
 
 def run(ctx: RunContext) -> None:
-    cfg = ctx.cfg
-    clients, server, get = ctx.clients, ctx.server, ctx.get
-    budget_now = None
-    for plan in epoch_plans(cfg.schedule, cfg.train.lr):
-        budget = plan.budget or ctx.num_channels
-        if plan.phase_start and budget_now is not None and cfg.schedule.reset_filter:
-            kind = reset_kind(budget_now, budget)
-            if kind:
-                get([c.call("reset_filter", kind, budget_now) for c in clients])
-        budget_now = budget
-        steps = get([c.call("begin_epoch", plan.epoch, plan.lr, budget) for c in clients])
-        get(server.call("set_lr", plan.lr))
-        ctx.begin_epoch(sum(steps))
-
+    for plan in epoch_plans(ctx.cfg.schedule, ctx.cfg.train.lr):
+        budget, steps = ctx.begin_epoch(plan)
         for step in range(max(steps)):
-            start_s = ctx.timeline.barrier(range(len(clients)))  # the round waits for everyone
+            start_s = ctx.timeline.barrier(range(len(steps)))  # the round waits for everyone
             ctx.run_steps(plan, budget, [ClientStep(i, step, ready_s=start_s)
                                          for i, n in enumerate(steps) if step < n])
 

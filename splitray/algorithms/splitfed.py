@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from splitray.roles import ClientRole
 from splitray.runtime.context import ClientStep
-from splitray.schedules import epoch_plans, reset_kind
+from splitray.schedules import epoch_plans
 
 if TYPE_CHECKING:
     from splitray.runtime.context import RunContext
@@ -37,24 +38,15 @@ def fedavg(weights: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str,
 
 def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
-    clients, server, get = ctx.clients, ctx.server, ctx.get
+    clients, get = ctx.clients, ctx.get
     n = len(clients)
-    first = get(clients[0].call("get_weights"))
+    first = get(clients[0].call(ClientRole.get_weights))
     model_nbytes = int(sum(a.nbytes for a in first.values()))
     every = cfg.splitfed.every_rounds
     waiting_for_average: set[int] = set()  # clients that download the average before computing
     rounds_done = 0
-    budget_now = None
     for plan in epoch_plans(cfg.schedule, cfg.train.lr):
-        budget = plan.budget or ctx.num_channels
-        if plan.phase_start and budget_now is not None and cfg.schedule.reset_filter:
-            kind = reset_kind(budget_now, budget)
-            if kind:
-                get([c.call("reset_filter", kind, budget_now) for c in clients])
-        budget_now = budget
-        steps = get([c.call("begin_epoch", plan.epoch, plan.lr, budget) for c in clients])
-        get(server.call("set_lr", plan.lr))
-        ctx.begin_epoch(sum(steps))
+        budget, steps = ctx.begin_epoch(plan)
 
         for step in range(max(steps)):
             active = [i for i, k in enumerate(steps) if step < k]
@@ -67,9 +59,9 @@ def run(ctx: RunContext) -> None:
                 bytes_model_up=model_nbytes if average else 0) for i in active])
             waiting_for_average -= set(active)
             if average:
-                weights = get([c.call("get_weights") for c in clients])
+                weights = get([c.call(ClientRole.get_weights) for c in clients])
                 avg = fedavg(weights, steps)
-                get([c.call("set_weights", avg) for c in clients])
+                get([c.call(ClientRole.set_weights, avg) for c in clients])
                 waiting_for_average = set(range(n))
 
         ctx.evaluate(plan, budget)

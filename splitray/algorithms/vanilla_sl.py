@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from splitray.roles import ClientRole
 from splitray.runtime.context import ClientStep
-from splitray.schedules import epoch_plans, reset_kind
+from splitray.schedules import epoch_plans
 
 if TYPE_CHECKING:
     from splitray.runtime.context import RunContext
@@ -28,27 +29,18 @@ def weights_nbytes(weights: dict[str, np.ndarray]) -> int:
 
 def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
-    clients, server, get = ctx.clients, ctx.server, ctx.get
+    clients, get = ctx.clients, ctx.get
     n = len(clients)
     plans = list(epoch_plans(cfg.schedule, cfg.train.lr))
     rng = np.random.default_rng(cfg.seed)
     orders = [rng.permutation(n).tolist() if cfg.vanilla.order == "random" else list(range(n))
               for _ in plans]
-    model_nbytes = weights_nbytes(get(clients[0].call("get_weights")))
+    model_nbytes = weights_nbytes(get(clients[0].call(ClientRole.get_weights)))
 
     # Every client starts from the same initial weights (built from the run seed).
     holder: int | None = None  # the client holding the latest client part
-    budget_now = None
     for e, plan in enumerate(plans):
-        budget = plan.budget or ctx.num_channels
-        if plan.phase_start and budget_now is not None and cfg.schedule.reset_filter:
-            kind = reset_kind(budget_now, budget)
-            if kind:
-                get([c.call("reset_filter", kind, budget_now) for c in clients])
-        budget_now = budget
-        steps = get([c.call("begin_epoch", plan.epoch, plan.lr, budget) for c in clients])
-        get(server.call("set_lr", plan.lr))
-        ctx.begin_epoch(sum(steps))
+        budget, steps = ctx.begin_epoch(plan)
 
         if cfg.vanilla.handoff == "epoch":
             turns = [[(i, s) for s in range(steps[i])] for i in orders[e]]
@@ -60,7 +52,7 @@ def run(ctx: RunContext) -> None:
             client = turn[0][0]
             receives = holder is not None and holder != client
             if receives:
-                clients[client].call("set_weights", clients[holder].call("get_weights"))
+                clients[client].call(ClientRole.set_weights, clients[holder].call(ClientRole.get_weights))
             hands_on = next_client is not None and next_client != client
             for k, (i, s) in enumerate(turn):
                 ctx.run_steps(plan, budget, [ClientStep(
@@ -70,6 +62,6 @@ def run(ctx: RunContext) -> None:
             holder = client
 
         # The test set is encoded with the latest client part (evaluation is off the timeline).
-        latest = clients[holder].call("get_weights")
-        get([c.call("set_weights", latest) for i, c in enumerate(clients) if i != holder])
+        latest = clients[holder].call(ClientRole.get_weights)
+        get([c.call(ClientRole.set_weights, latest) for i, c in enumerate(clients) if i != holder])
         ctx.evaluate(plan, budget)

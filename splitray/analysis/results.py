@@ -14,6 +14,12 @@ PARAM_PREFIX = "param."
 EVALS_FILE = "evals.parquet"
 STEPS_FILE = "steps.parquet"
 SWEEP_FILE = "sweep.json"
+# Step columns schema version 2 added, with the value they have in a version-1 run.
+ADDED_IN_V2: dict[str, object] = {
+    "client_state": "A", "bytes_model_up": 0, "bytes_model_down": 0, "client_flops": float("nan"),
+    "server_flops": float("nan"), "sim_model_down_s": 0.0, "sim_client_backward_s": float("nan"),
+    "sim_model_up_s": 0.0,
+}
 
 
 @dataclass
@@ -54,6 +60,9 @@ def _read_checked(path: str, columns: dict, key: str) -> pd.DataFrame:
     if not _is_file(path):
         raise FileNotFoundError(f"missing results table: {path}")
     df = read_table(path)
+    for column, value in ADDED_IN_V2.items():  # runs written before schema version 2
+        if column in columns and column not in df.columns:
+            df[column] = value
     missing = [c for c in [*columns, key] if c not in df.columns]
     if missing:
         raise ValueError(f"{path} lacks columns {missing} of the splitray schema")

@@ -1,4 +1,4 @@
-"""The simulation engine: actors, peers, the virtual clock and the orchestrator."""
+"""The simulation engine: actors, peers, the discrete-event timeline and the orchestrator."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ __all__ = ["ENGINES", "RunResult", "prepare", "run_experiment"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so the pure parts (clock, peers) import without loading torch and the model zoo.
+    # Lazy, so the pure parts (timeline, peers) import without loading torch and the model zoo.
     if name in __all__:
         from splitray.runtime import orchestrator
 

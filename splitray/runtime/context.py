@@ -10,10 +10,10 @@ from typing import Any
 
 from splitray.config import ExperimentConfig
 from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, join_path, write_table
-from splitray.roles import BackwardInfo, ForwardInfo, ServerInfo
+from splitray.roles import BackwardInfo, ClientRole, ForwardInfo, ServerInfo, ServerRole
 from splitray.runtime.peers import Peer
 from splitray.runtime.timeline import ServerWork, StepJob, Timeline
-from splitray.schedules import EpochPlan
+from splitray.schedules import EpochPlan, reset_kind
 
 
 class Progress:
@@ -82,15 +82,28 @@ class RunContext:
         self._epoch_losses: list[float] = []
         self._epoch_steps = 0
         self._epoch_done = 0
+        self._budget: int | None = None  # the budget of the epoch in progress
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.wall_start
 
-    def begin_epoch(self, total_steps: int) -> None:
-        """Start the epoch's loss average and progress count."""
+    def begin_epoch(self, plan: EpochPlan) -> tuple[int, list[int]]:
+        """Start an epoch on every client and the server: reset the filter at a phase change
+        (deprune or prune), shuffle, set lr and budget. Returns the budget and each client's steps."""
+        budget = plan.budget or self.num_channels
+        previous = self._budget
+        if plan.phase_start and previous is not None and self.cfg.schedule.reset_filter:
+            kind = reset_kind(previous, budget)
+            if kind:
+                self.get([c.call(ClientRole.reset_filter, kind, previous) for c in self.clients])
+        self._budget = budget
+        steps = self.get([c.call(ClientRole.begin_epoch, plan.epoch, plan.lr, budget)
+                          for c in self.clients])
+        self.get(self.server.call(ServerRole.set_lr, plan.lr))
         self._epoch_losses = []
-        self._epoch_steps = total_steps
+        self._epoch_steps = sum(steps)
         self._epoch_done = 0
+        return budget, steps
 
     def run_steps(self, plan: EpochPlan, budget: int, steps: list[ClientStep]) -> list[dict]:
         """Run one step of each listed client on the peers and the timeline; record the rows.
@@ -100,7 +113,7 @@ class RunContext:
         """
         timeline, get = self.timeline, self.get
         sending = [s for s in steps if s.state != "C"]
-        fwd = {s.client_id: self.clients[s.client_id].call("forward", s.step, s.state == "A",
+        fwd = {s.client_id: self.clients[s.client_id].call(ClientRole.forward, s.step, s.state == "A",
                                                             num_returns=2) for s in sending}
         fwd_info: dict[int, ForwardInfo] = dict(
             zip(fwd, get([f[1] for f in fwd.values()]), strict=True))
@@ -111,10 +124,10 @@ class RunContext:
             s: ClientStep = job.tag
             i = s.client_id
             if s.state == "C":
-                srv = self.server.call("step_cached", i, s.step, num_returns=2)
+                srv = self.server.call(ServerRole.step_cached, i, s.step, num_returns=2)
             else:
-                srv = self.server.call("step", fwd[i][0], i, s.step, num_returns=2)
-            bwd = self.clients[i].call("backward", srv[0]) if s.state == "A" else None
+                srv = self.server.call(ServerRole.step, fwd[i][0], i, s.step, num_returns=2)
+            bwd = self.clients[i].call(ClientRole.backward, srv[0]) if s.state == "A" else None
             info = srv_info[i] = get(srv[1])
 
             def backward_s() -> float:
@@ -175,8 +188,8 @@ class RunContext:
     def evaluate(self, plan: EpochPlan, budget: int) -> dict:
         """Test every client's encoder with the server on its test slice; record and report."""
         t0 = time.perf_counter()
-        counts = self.get([c.call("num_eval_batches") for c in self.clients])
-        futures = [self.server.call("evaluate", c.call("encode_eval", b))
+        counts = self.get([c.call(ClientRole.num_eval_batches) for c in self.clients])
+        futures = [self.server.call(ServerRole.evaluate, c.call(ClientRole.encode_eval, b))
                    for c, n in zip(self.clients, counts, strict=True) for b in range(n)]
         results = self.get(futures)
         correct = sum(r[0] for r in results)

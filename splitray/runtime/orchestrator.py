@@ -1,4 +1,4 @@
-"""Build a run from its config (data, clients, server, network, clock) and drive the algorithm."""
+"""Build a run from its config (data, clients, server, network, timeline) and drive the algorithm."""
 
 from __future__ import annotations
 
@@ -194,7 +194,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     clients, server = _ray_peers(prepared) if engine == "ray" else _local_peers(prepared)
     get = get_ray if engine == "ray" else get_local
     # Wait until every actor is built, so the run's wall clock starts with training.
-    get([c.call("num_eval_batches") for c in clients] + [server.call("set_lr", cfg.train.lr)])
+    get([c.call(ClientRole.num_eval_batches) for c in clients]
+        + [server.call(ServerRole.set_lr, cfg.train.lr)])
     measured = cfg.engine.compute_time == "measured" or cfg.engine.time_mode == "realtime"
     timeline = Timeline(prepared.network, prepared.devices, prepared.server_device,
                          cpu_share=cfg.clients.cpu_share,

@@ -1,18 +1,21 @@
 """How the driver talks to clients and the server: direct calls in-process, or Ray actor calls.
 
-An algorithm is written once against `Peer.call` and `Peers.get`; with local peers it is the fused
-single-process reference trainer, with Ray peers the distributed engine. Futures returned by one
+An algorithm is written once against `Peer.call` and `get`, naming the role's method itself
+(`peer.call(ClientRole.forward, step)`), so a reader and an editor can follow it into the role;
+with local peers it is the fused single-process reference trainer, with Ray peers the
+distributed engine. Futures returned by one
 call may be passed as arguments to another (Ray resolves ObjectRefs inside the receiving actor, so
 payloads travel client -> server -> client without passing through the driver).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
 class Peer(Protocol):
-    def call(self, method: str, *args: Any, num_returns: int = 1) -> Any: ...
+    def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any: ...
 
 
 class LocalPeer:
@@ -21,8 +24,8 @@ class LocalPeer:
     def __init__(self, obj: Any) -> None:
         self.obj = obj
 
-    def call(self, method: str, *args: Any, num_returns: int = 1) -> Any:
-        return getattr(self.obj, method)(*args)
+    def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any:
+        return method(self.obj, *args)
 
 
 class RayPeer:
@@ -31,8 +34,9 @@ class RayPeer:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    def call(self, method: str, *args: Any, num_returns: int = 1) -> Any:
-        return getattr(self.handle, method).options(num_returns=num_returns).remote(*args)
+    def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any:
+        actor_method = getattr(self.handle, method.__name__)
+        return actor_method.options(num_returns=num_returns).remote(*args)
 
 
 def get_local(futures: Any) -> Any:
