@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
-import torch
+from fused import run_fused
 
 from splitray.compression import payload_nbytes
 from splitray.config import ConfigError, load_config
@@ -43,14 +43,7 @@ def test_engine_losses_equal_fused_trainer_first_20_steps():
     cfg = load_config(overrides=small(**{
         "compression.enabled": "false", "schedule.phases": "[{epochs: 1}]",
         "train.steps_per_epoch": 20}))
-    # The actors run one torch thread each (num_cpus=1); so does the reference, because a
-    # different thread count changes float summation order and SGD amplifies it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fused = run_experiment(cfg, out_dir=None, engine="local", progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    fused = run_fused(cfg)
     engine = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
     assert len(fused.steps) == len(engine.steps) == 20
     np.testing.assert_allclose(engine.steps["loss"], fused.steps["loss"], rtol=1e-4, atol=1e-5)
@@ -164,3 +157,23 @@ def test_results_go_to_a_uri_through_pyarrow(tmp_path):
     loaded = load(result.run_dir)
     assert len(loaded.steps) == 2 and len(loaded.evals) == 1
     assert (tmp_path / "runs" / result.run_id / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("algorithm", ["vanilla_sl", "splitfed", "async_sl"])
+def test_every_algorithm_gives_the_fused_trainers_tables_on_ray(algorithm):
+    cfg = load_config(overrides=small(**{
+        "model.name": "tiny_cnn", "model.split_layer": 3, "data.image_size": 16,
+        "data.train_samples": 64, "data.test_samples": 32, "clients.count": 2,
+        "clients.num_cpus": 0.5, "train.algorithm": algorithm, "train.steps_per_epoch": 2,
+        "schedule.phases": "[{budget: 4, epochs: 4}]", "async_sl.loss_threshold": 100,
+        "async_sl.min_epochs_a": 1, "splitfed.every_rounds": 3}))
+    fused = run_fused(cfg)
+    engine = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
+    exact = [c for c in fused.steps.columns if c.startswith(("sim_", "bytes_", "client_"))]
+    pd.testing.assert_frame_equal(engine.steps[exact], fused.steps[exact])
+    np.testing.assert_allclose(engine.steps["loss"], fused.steps["loss"], rtol=1e-4, atol=1e-5)
+    if algorithm == "async_sl":
+        assert set(engine.steps["client_state"]) == {"A", "B", "C"}
+        assert engine.summary["server_cache_bytes"] == fused.summary["server_cache_bytes"] > 0
+    else:
+        assert engine.steps["bytes_model_up"].sum() > 0

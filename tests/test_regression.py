@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from fused import run_fused
 
 from splitray.config import load_config
-from splitray.runtime import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "regression"
@@ -52,12 +51,7 @@ def trace_config(trace_dir: Path):
 
 
 def _run(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = run_experiment(cfg, out_dir=None, engine="local", progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    result = run_fused(cfg)
     return result.steps, result.evals
 
 

@@ -146,13 +146,13 @@ class RunContext:
                 bytes_up=f.bytes_up if f else None, learn=s.state == "A",
                 bytes_model_down=s.bytes_model_down, bytes_model_up=s.bytes_model_up, tag=s))
         rows = []
-        wall = None
-        for job, t in timeline.run(jobs, serve):
+        timed = timeline.run(jobs, serve)
+        wall = self.wall_s()
+        for job, t in timed:
             s, i = job.tag, job.client_id
             f, srv, bwd = fwd_info.get(i), srv_info[i], bwd_info.get(i)
             bytes_up = f.bytes_up if f else 0
             bytes_down = srv.bytes_down if s.state == "A" else 0
-            wall = self.wall_s() if wall is None else wall
             self.cum_bytes_up += bytes_up + s.bytes_model_up
             self.cum_bytes_down += bytes_down + s.bytes_model_down
             self.samples_seen += srv.batch_size
