@@ -66,20 +66,7 @@ class NetworkModel:
         transfers FIFO (by start, ties by list position); a SharedMedium splits its capacity
         equally among its active clients.
         """
-        for transfer in transfers:
-            self.check(direction, transfer)
-        traffic = self.traffic()
-        handles: dict[int, int] = {}
-        arrivals: dict[int, float] = {}
-        for i in sorted(range(len(transfers)), key=lambda i: (transfers[i].start_s, i)):
-            while traffic.next_drain_s() <= transfers[i].start_s:
-                delivery = traffic.pop()
-                arrivals[delivery.handle] = delivery.arrival_s
-            handles[i] = traffic.start(direction, transfers[i])
-        while not traffic.idle():
-            delivery = traffic.pop()
-            arrivals[delivery.handle] = delivery.arrival_s
-        return [arrivals[handles[i]] for i in range(len(transfers))]
+        return self.traffic().send_all(direction, transfers)
 
     def describe(self, client_id: int) -> str:
         """Short text naming the client's link, e.g. "shared up/down 54.0/54.0 Mbit/s, 2 ms"."""

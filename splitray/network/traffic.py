@@ -134,3 +134,22 @@ class Traffic:
 
     def idle(self) -> bool:
         return not self._started
+
+    def send_all(self, direction: str, transfers: list[Transfer]) -> list[float]:
+        """Start `transfers` at their start times on idle links, run them to the end and return
+        each one's arrival time, in the order given."""
+        if not self.idle():
+            raise RuntimeError("send_all needs idle links")
+        for transfer in transfers:
+            self.network.check(direction, transfer)
+        handles: dict[int, int] = {}
+        arrivals: dict[int, float] = {}
+        for i in sorted(range(len(transfers)), key=lambda i: (transfers[i].start_s, i)):
+            while self.next_drain_s() <= transfers[i].start_s:
+                delivery = self.pop()
+                arrivals[delivery.handle] = delivery.arrival_s
+            handles[i] = self.start(direction, transfers[i])
+        while not self.idle():
+            delivery = self.pop()
+            arrivals[delivery.handle] = delivery.arrival_s
+        return [arrivals[handles[i]] for i in range(len(transfers))]

@@ -121,25 +121,6 @@ class Timeline:
             self.client_free_s[i] = t
         return t
 
-    # ---------------------------------------------------------------- transfers alone
-    def transfer(self, direction: str, starts: dict[int, tuple[float, int]]) -> dict[int, float]:
-        """Arrival time of each client's (start_s, nbytes) transfer, all in flight together
-        (model weights between rounds); the links' state carries over to later steps."""
-        handles = {}
-        arrivals: dict[int, float] = {}
-        owner: dict[int, int] = {}
-        for client_id, (start_s, nbytes) in sorted(starts.items(), key=lambda kv: (kv[1][0], kv[0])):
-            while self.traffic.next_drain_s() <= start_s:
-                d = self.traffic.pop()
-                arrivals[owner[d.handle]] = d.arrival_s
-            handles[client_id] = self.traffic.start(direction, Transfer(client_id, start_s, nbytes))
-            owner[handles[client_id]] = client_id
-        while len(arrivals) < len(starts):
-            d = self.traffic.pop()
-            arrivals[owner[d.handle]] = d.arrival_s
-        self.now_s = max([self.now_s, *arrivals.values()])
-        return arrivals
-
     # ---------------------------------------------------------------- steps
     def run(self, jobs: Iterable[StepJob], serve: Callable[[StepJob], ServerWork],
             then: Callable[[StepJob, StepTimes], Iterable[StepJob]] | None = None,
