@@ -231,7 +231,8 @@ class ClientRole(_Role):
         """Load weights from `get_weights` (another client's, or an average)."""
         for k, m in enumerate(self.modules()):
             prefix = f"{k}."
-            m.load_state_dict({name[len(prefix):]: torch.from_numpy(np.asarray(a))
+            # torch.tensor copies: arrays from the object store are read-only.
+            m.load_state_dict({name[len(prefix):]: torch.tensor(a)
                                for name, a in weights.items() if name.startswith(prefix)})
 
     def num_eval_batches(self) -> int:
