@@ -156,6 +156,9 @@ class NetworkConfig:
     shared: Any = None  # a link profile or spec all clients share (processor sharing); None: own links
     links: list[Any] = field(default_factory=lambda: ["lte"])  # own links, cycled over clients
     traces_root: str | None = None  # None: $SPLITRAY_DATA/net-traces/cellular
+    # none: every trace link replays from its start; random: each client from a seeded offset
+    # within the trace, so clients on the same trace file are not perfectly correlated
+    trace_offset: str = field(default="none", metadata=_choices("none", "random"))
 
 
 @dataclass

@@ -487,3 +487,75 @@ def test_get_device_profile_custom_and_bad():
     ]:
         with pytest.raises(ValueError, match=key):
             get_device_profile(spec)
+
+
+# ---------------------------------------------------------------- half-duplex, shares, offsets
+
+
+def both_directions(model: NetworkModel, up: Transfer, down: Transfer) -> tuple[float, float]:
+    """Arrival of an upload and a download in flight together on one model's links."""
+    traffic = model.traffic()
+    handles = {traffic.start("up", up): "up", traffic.start("down", down): "down"}
+    arrivals = {}
+    while not traffic.idle():
+        d = traffic.pop()
+        arrivals[handles[d.handle]] = d.arrival_s
+    return arrivals["up"], arrivals["down"]
+
+
+def test_half_duplex_medium_shares_airtime_between_directions():
+    # 1 MB/s up, 2 MB/s down. Full duplex: independent (1.0 s and 0.5 s). Half duplex: each
+    # transfer gets half the airtime: the download (1 MB at 1 MB/s) ends at 1.0 s, having let
+    # the upload send 0.5 MB; the upload's last 0.5 MB then goes alone at 1 MB/s -> 1.5 s.
+    up, down = Transfer(0, 0.0, 1_000_000), Transfer(1, 0.0, 1_000_000)
+    full = SharedMedium(8e6, 16e6)
+    assert both_directions(NetworkModel({0: full, 1: full}), up, down) == pytest.approx((1.0, 0.5))
+    half = SharedMedium(8e6, 16e6, half_duplex=True)
+    assert both_directions(NetworkModel({0: half, 1: half}), up, down) == pytest.approx((1.5, 1.0))
+    # One client's own upload and download also compete on a half-duplex channel.
+    assert both_directions(NetworkModel({0: half}), up, Transfer(0, 0.0, 1_000_000)) == \
+        pytest.approx((1.5, 1.0))
+
+
+def test_fixed_shares_do_not_depend_on_who_else_is_busy():
+    medium = SharedMedium(8e6, 8e6, allocation="shares", shares=[0.75, 0.25])
+    model = NetworkModel({0: medium, 1: medium})
+    both = model.schedule("up", [Transfer(0, 0.0, 1_000_000), Transfer(1, 0.0, 1_000_000)])
+    assert both == pytest.approx([1 / 0.75, 1 / 0.25])
+    alone = model.schedule("up", [Transfer(1, 0.0, 1_000_000)])
+    assert alone == pytest.approx([4.0])  # an idle neighbour's share is not lent out
+    # FIFO within a client's share.
+    two = model.schedule("up", [Transfer(0, 0.0, 750_000), Transfer(0, 0.0, 750_000)])
+    assert two == pytest.approx([1.0, 2.0])
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"allocation": "shares", "shares": [0.7, 0.6]}, "sum to 1.3"),
+    ({"allocation": "shares", "shares": [0.5, -0.1]}, "fractions > 0"),
+    ({"allocation": "shares"}, "fractions > 0"),
+    ({"shares": [0.5, 0.5]}, "only allowed with allocation: shares"),
+    ({"allocation": "fair"}, "allocation='fair' is not allowed"),
+    ({"half_duplex": "yes"}, "half_duplex='yes' must be true or false"),
+])
+def test_bad_shared_medium_specs_fail_with_one_line(spec, message):
+    with pytest.raises(ValueError, match=message):
+        build_link({"kind": "shared", "up_bps": 1e6, "down_bps": 1e6, **spec})
+
+
+def test_shares_need_one_share_per_client_of_the_medium():
+    medium = SharedMedium(8e6, 8e6, allocation="shares", shares=[0.5, 0.5])
+    with pytest.raises(ValueError, match="2 given for the 3 clients"):
+        NetworkModel(dict.fromkeys(range(3), medium))
+
+
+def test_trace_offset_replays_the_trace_from_later_on():
+    link = TraceLink(TINY, TINY)  # opportunities at 1, 1, 2, 5 ms, period 5 ms
+    shifted = link.shifted(2)     # time 0 is trace ms 2: opportunities at 0, 3, 4, 4, 5, 8, ...
+    one_packet = [Transfer(0, 0.0, 1500)]
+    assert NetworkModel({0: link}).schedule("up", one_packet) == pytest.approx([0.001])
+    assert NetworkModel({0: shifted}).schedule("up", one_packet) == pytest.approx([0.0])
+    four = [Transfer(0, 0.0, 4 * 1500)]
+    assert NetworkModel({0: shifted}).schedule("up", four) == pytest.approx([0.004])
+    assert "from 2 ms" in shifted.describe() and link.offset_ms == 0
+    with pytest.raises(ValueError, match="offset_ms"):
+        link.shifted(-1)

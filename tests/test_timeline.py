@@ -20,6 +20,8 @@ from splitray.runtime.timeline import ServerWork, StepJob, Timeline
 DEVICE = DeviceProfile("unit", 1e9, "1 GFLOP/s, for arithmetic by hand")
 SERVER = DeviceProfile("unit_server", 1e10, "10 GFLOP/s")
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "net-traces" / "cellular"
+# A synthetic mahimahi trace in the repository (3 s period), so these tests need no shared data.
+TRACE_FILE = Path(__file__).resolve().parent / "fixtures" / "three_second.trace"
 
 
 def timeline(links: dict, devices=None, cpu_share: float = 1.0, seed: int = 0) -> Timeline:
@@ -179,3 +181,36 @@ def test_simulated_times_are_deterministic():
         return out
 
     assert run() == run()
+
+
+def _prepared(**overrides):
+    from splitray.config import load_config
+    from splitray.runtime import prepare
+
+    base = {"model.name": "tiny_cnn", "model.split_layer": 3, "data.image_size": 16,
+            "data.train_samples": 64, "data.test_samples": 16, "clients.count": 3}
+    base.update(overrides)
+    return prepare(load_config(overrides=[f"{k}={v}" for k, v in base.items()]))
+
+
+def test_config_trace_offsets_are_seeded_per_client():
+    trace = {"network.links": f"[{{kind: trace, up: {TRACE_FILE}, down: {TRACE_FILE}}}]"}
+    fixed = _prepared(**trace).network
+    assert {fixed.link(i).offset_ms for i in range(3)} == {0}
+    spread = _prepared(**trace, **{"network.trace_offset": "random"}).network
+    offsets = [spread.link(i).offset_ms for i in range(3)]
+    assert len(set(offsets)) == 3 and all(0 <= o < 3000 for o in offsets)
+    again = _prepared(**trace, **{"network.trace_offset": "random"}).network
+    assert [again.link(i).offset_ms for i in range(3)] == offsets
+
+
+def test_config_shares_give_one_line_errors():
+    from splitray.config import ConfigError
+
+    shared = "{kind: shared, up_bps: 8e6, down_bps: 8e6, allocation: shares, shares: %s}"
+    net = _prepared(**{"network.shared": shared % "[0.5, 0.25, 0.25]"}).network
+    assert [net.share(i) for i in range(3)] == [0.5, 0.25, 0.25]
+    with pytest.raises(ConfigError, match=r"^network: shares: 2 given for the 3 clients"):
+        _prepared(**{"network.shared": shared % "[0.5, 0.5]"})
+    with pytest.raises(ConfigError, match=r"^network: shares=\[0.9, 0.2, 0.1\] sum to 1.2"):
+        _prepared(**{"network.shared": shared % "[0.9, 0.2, 0.1]"})

@@ -6,6 +6,7 @@ which transfers share which link. Rates are in bit/s, times in seconds, trace ti
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -42,6 +43,12 @@ def _check_delay(name: str, value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name}={value!r} must be a finite number of seconds >= 0")
     return value
+
+
+def _check_offset(offset_ms: int) -> int:
+    if isinstance(offset_ms, bool) or not isinstance(offset_ms, (int, np.integer)) or offset_ms < 0:
+        raise ValueError(f"offset_ms={offset_ms!r} must be an integer >= 0 ms")
+    return int(offset_ms)
 
 
 def _mbit(bps: float) -> str:
@@ -91,18 +98,55 @@ class ConstantLink(_FixedRates):
 
 
 class SharedMedium(_FixedRates):
-    """An access point whose up and down capacities are shared by its clients (processor sharing).
+    """An access point whose capacity its clients share.
 
-    The sharing itself is computed by `splitray.network.traffic.Traffic`, transfer by transfer.
-
-    Up and down are separate capacities; a real Wi-Fi channel is half-duplex, so this is
-    optimistic when both directions are busy at once.
+    `allocation="processor_sharing"` (default): the capacity is split equally among the
+    clients with a transfer in flight, recomputed whenever one starts or ends (computed by
+    `splitray.network.traffic.Traffic`). `allocation="shares"`: client k of the medium (in
+    client-id order) always gets `shares[k]` of the capacity, busy or not, as an access point
+    with fixed per-station allocations does; shares sum to at most 1.
+    `half_duplex=False`: up and down are separate capacities; `True`: one channel carries both
+    directions (as Wi-Fi does), each transfer in flight getting an equal share of airtime at
+    its direction's rate.
     """
+
+    def __init__(self, up_bps: float, down_bps: float, latency_s: float = 0.0,
+                 jitter_s: float = 0.0, half_duplex: bool = False,
+                 allocation: str = "processor_sharing",
+                 shares: list[float] | None = None) -> None:
+        super().__init__(up_bps, down_bps, latency_s, jitter_s)
+        if allocation not in ("processor_sharing", "shares"):
+            raise ValueError(f"allocation={allocation!r} is not allowed; use processor_sharing "
+                             "or shares")
+        if allocation == "shares":
+            shares = [float(x) for x in shares or []]
+            if not shares or any(not math.isfinite(x) or x <= 0 for x in shares):
+                raise ValueError(f"shares={shares!r} must be a list of fractions > 0 when "
+                                 "allocation is shares")
+            if sum(shares) > 1 + 1e-9:
+                raise ValueError(f"shares={shares!r} sum to {sum(shares):g}; they must sum to "
+                                 "at most 1")
+        elif shares is not None:
+            raise ValueError("shares are only allowed with allocation: shares")
+        self.half_duplex = bool(half_duplex)
+        self.allocation = allocation
+        self.shares = shares
+
+    def drain_share(self, direction: str, start_s: float, nbytes: int, busy_until_s: float,
+                    share: float) -> tuple[float, float]:
+        """Drain finish of a payload on a fixed `share` of the capacity, FIFO behind the
+        client's earlier payloads; returns (finish, the new busy-until)."""
+        begin_s = max(start_s, busy_until_s)
+        finish_s = begin_s + 8.0 * nbytes / (share * self.rate_bps(direction))
+        return finish_s, finish_s
 
     def describe(self) -> str:
         """Short human-readable summary."""
+        mode = " half-duplex" if self.half_duplex else ""
+        if self.allocation == "shares":
+            mode += f", shares {'/'.join(f'{x:g}' for x in self.shares)}"
         return (
-            f"shared up/down {_mbit(self.up_bps)}/{_mbit(self.down_bps)} Mbit/s, "
+            f"shared up/down {_mbit(self.up_bps)}/{_mbit(self.down_bps)} Mbit/s{mode}, "
             f"{_delays_text(self.latency_s, self.jitter_s)}"
         )
 
@@ -206,11 +250,19 @@ class TraceLink:
         down_trace: str | Path | np.ndarray,
         latency_s: float = 0.0,
         jitter_s: float = 0.0,
+        offset_ms: int = 0,
     ) -> None:
         self.up = self._schedule(up_trace, "up_trace")
         self.down = self._schedule(down_trace, "down_trace")
         self.latency_s = _check_delay("latency_s", latency_s)
         self.jitter_s = _check_delay("jitter_s", jitter_s)
+        self.offset_ms = _check_offset(offset_ms)  # simulated time 0 is this far into the traces
+
+    def shifted(self, offset_ms: int) -> TraceLink:
+        """The same traces, replayed from `offset_ms` into them."""
+        link = copy.copy(self)
+        link.offset_ms = _check_offset(offset_ms)
+        return link
 
     @staticmethod
     def _schedule(trace: str | Path | np.ndarray, arg: str) -> _PacketSchedule:
@@ -229,17 +281,18 @@ class TraceLink:
         """Drain finish of a payload that may use opportunities from index `next_free` on (the
         ones before belong to earlier payloads); returns (finish, the new next free index)."""
         schedule = self.up if direction == "up" else self.down
-        start_ms = math.ceil(start_s * 1e3 - _START_TOLERANCE_MS)
+        start_ms = math.ceil(start_s * 1e3 - _START_TOLERANCE_MS) + self.offset_ms
         first = max(schedule.first_at_or_after(start_ms), next_free)
         last = first + -(-nbytes // MAHIMAHI_PACKET_BYTES) - 1
-        return schedule.time_ms(last) / 1e3, last + 1
+        return (schedule.time_ms(last) - self.offset_ms) / 1e3, last + 1
 
     def describe(self) -> str:
         """Short human-readable summary."""
         return (
             f"trace {self.up.name}/{self.down.name} mean up/down "
             f"{self.up.mean_bps / 1e6:.3g}/{self.down.mean_bps / 1e6:.3g} Mbit/s, "
-            f"{_delays_text(self.latency_s, self.jitter_s)}"
+            + (f"from {self.offset_ms} ms, " if self.offset_ms else "")
+            + f"{_delays_text(self.latency_s, self.jitter_s)}"
         )
 
 

@@ -34,6 +34,14 @@ class NetworkModel:
                 )
         self.links = dict(links)
         self.seed = seed
+        self._shares: dict[int, float] = {}  # client -> its fixed share of a medium's capacity
+        for medium in {id(m): m for m in self.links.values() if isinstance(m, SharedMedium)
+                       and m.allocation == "shares"}.values():
+            clients = sorted(c for c, m in self.links.items() if m is medium)
+            if len(medium.shares) != len(clients):
+                raise ValueError(f"shares: {len(medium.shares)} given for the {len(clients)} "
+                                 f"clients of the medium; give one share per client")
+            self._shares.update(zip(clients, medium.shares, strict=True))
         self._jitter_rngs: dict[tuple[int, str], np.random.Generator] = {}
 
     def link(self, client_id: int) -> Link:
@@ -42,6 +50,10 @@ class NetworkModel:
             return self.links[client_id]
         except KeyError:
             raise ValueError(f"client_id={client_id!r} has no link in the network model") from None
+
+    def share(self, client_id: int) -> float:
+        """The fixed share of its medium's capacity `client_id` gets (allocation: shares)."""
+        return self._shares[client_id]
 
     def delay_s(self, client_id: int, direction: str) -> float:
         """Propagation delay of one transfer after its last byte drains: latency + |N(0, jitter)|."""

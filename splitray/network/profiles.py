@@ -87,7 +87,8 @@ LINK_PROFILES: dict[str, dict] = {
 
 _KEYS = {
     "constant": {"required": {"up_bps", "down_bps"}, "optional": {"latency_s", "jitter_s"}},
-    "shared": {"required": {"up_bps", "down_bps"}, "optional": {"latency_s", "jitter_s"}},
+    "shared": {"required": {"up_bps", "down_bps"},
+               "optional": {"latency_s", "jitter_s", "half_duplex", "allocation", "shares"}},
     "trace": {"required": {"up", "down"}, "optional": {"latency_s", "jitter_s"}},
 }
 
@@ -162,5 +163,16 @@ def build_link(spec: Mapping | str, traces_root: str | Path | None = None) -> Li
     for key, value in (("up_bps", up_bps), ("down_bps", down_bps)):
         if value <= 0:
             raise ValueError(f"link spec {key}={value!r} must be > 0 bit/s")
-    link_type = SharedMedium if kind == "shared" else ConstantLink
-    return link_type(up_bps, down_bps, latency_s=latency_s, jitter_s=jitter_s)
+    if kind == "constant":
+        return ConstantLink(up_bps, down_bps, latency_s=latency_s, jitter_s=jitter_s)
+    half_duplex = spec.get("half_duplex", False)
+    if not isinstance(half_duplex, bool):
+        raise ValueError(f"link spec half_duplex={half_duplex!r} must be true or false")
+    shares = spec.get("shares")
+    if shares is not None and (not isinstance(shares, list)
+                               or any(isinstance(x, bool) or not isinstance(x, numbers.Real)
+                                      for x in shares)):
+        raise ValueError(f"link spec shares={shares!r} must be a list of numbers")
+    return SharedMedium(up_bps, down_bps, latency_s=latency_s, jitter_s=jitter_s,
+                        half_duplex=half_duplex,
+                        allocation=spec.get("allocation", "processor_sharing"), shares=shares)

@@ -4,7 +4,9 @@ The discrete-event timeline starts a transfer when a client or the server sends,
 next moment a transfer drains. Own links (constant, trace) serve one client's transfers FIFO, so
 a drain time is fixed when the transfer starts. A shared medium splits its capacity equally among
 the clients with a transfer in flight: every start and every drain changes the rate of the others,
-so its next drain is recomputed from the bytes each transfer still has to send.
+so its next drain is recomputed from the bytes each transfer still has to send. A half-duplex
+medium is one channel for both directions; a medium with fixed shares is a FIFO link per client
+at its share of the capacity.
 """
 
 from __future__ import annotations
@@ -33,43 +35,50 @@ class Delivery:
 
 
 class _SharedFlow:
-    """One direction of a shared medium: processor sharing among clients, FIFO within a client."""
+    """One shared channel (a direction of a medium, or both when half-duplex): every transfer
+    at the head of its queue gets an equal share of the time, at its direction's rate; queues
+    (one per client and direction) are FIFO."""
 
-    def __init__(self, capacity_bytes_per_s: float) -> None:
-        self.capacity = capacity_bytes_per_s
-        self.queues: dict[int, deque[tuple[int, int]]] = {}  # client -> (handle, nbytes) FIFO
-        self.left: dict[int, float] = {}  # handle of each client's head transfer -> bytes left
+    def __init__(self) -> None:
+        self.queues: dict[tuple[int, str], deque[tuple[int, int, float]]] = {}
+        self.left: dict[int, float] = {}  # handle of each queue's head transfer -> bytes left
+        self.rate: dict[int, float] = {}  # handle -> bytes/s when it has the channel alone
         self.last_s = 0.0
 
     def advance(self, now_s: float) -> None:
         if self.left:
-            sent = (now_s - self.last_s) * self.capacity / len(self.left)
+            elapsed_s = (now_s - self.last_s) / len(self.left)
             for handle in self.left:
-                self.left[handle] -= sent
+                self.left[handle] -= elapsed_s * self.rate[handle]
         self.last_s = now_s
 
-    def add(self, now_s: float, client_id: int, handle: int, nbytes: int) -> None:
+    def _activate(self, handle: int, nbytes: int, rate: float) -> None:
+        self.left[handle] = float(nbytes)
+        self.rate[handle] = rate
+
+    def add(self, now_s: float, queue_key: tuple[int, str], handle: int, nbytes: int,
+            bytes_per_s: float) -> None:
         self.advance(now_s)
-        queue = self.queues.setdefault(client_id, deque())
-        queue.append((handle, nbytes))
+        queue = self.queues.setdefault(queue_key, deque())
+        queue.append((handle, nbytes, bytes_per_s))
         if len(queue) == 1:
-            self.left[handle] = float(nbytes)
+            self._activate(handle, nbytes, bytes_per_s)
 
     def next_drain(self) -> tuple[float, int]:
         """(time, handle) of the next transfer to drain at today's rates; (inf, -1) when idle."""
         if not self.left:
             return math.inf, -1
-        handle = min(self.left, key=lambda h: (self.left[h], h))
-        wait_s = max(self.left[handle], 0.0) * len(self.left) / self.capacity
+        n = len(self.left)
+        wait_s, handle = min((max(left, 0.0) * n / self.rate[h], h) for h, left in self.left.items())
         return self.last_s + wait_s, handle
 
-    def drain(self, now_s: float, client_id: int, handle: int) -> None:
+    def drain(self, now_s: float, queue_key: tuple[int, str], handle: int) -> None:
         self.advance(now_s)
-        del self.left[handle]
-        queue = self.queues[client_id]
+        del self.left[handle], self.rate[handle]
+        queue = self.queues[queue_key]
         queue.popleft()
         if queue:
-            self.left[queue[0][0]] = float(queue[0][1])
+            self._activate(*queue[0])
 
 
 class Traffic:
@@ -90,18 +99,26 @@ class Traffic:
         self._next_handle += 1
         self._started[handle] = (direction, transfer)
         link = self.network.link(transfer.client_id)
+        client = transfer.client_id
         if transfer.nbytes == 0:  # nothing to send: latency only, the link stays free
             heapq.heappush(self._own, (transfer.start_s, handle))
-        elif isinstance(link, SharedMedium):
-            key = (id(link), direction)
+        elif isinstance(link, SharedMedium) and link.allocation == "processor_sharing":
+            key = (id(link), "both" if link.half_duplex else direction)
             if key not in self._flows:
-                self._flows[key] = _SharedFlow(link.rate_bps(direction) / 8.0)
-            self._flows[key].add(transfer.start_s, transfer.client_id, handle, transfer.nbytes)
-        else:
-            key = (transfer.client_id, direction)
-            idle = -math.inf if isinstance(link, ConstantLink) else 0
-            drained_s, self._own_state[key] = link.drain_one(
-                direction, transfer.start_s, transfer.nbytes, self._own_state.get(key, idle))
+                self._flows[key] = _SharedFlow()
+            self._flows[key].add(transfer.start_s, (client, direction), handle, transfer.nbytes,
+                                 link.rate_bps(direction) / 8.0)
+        else:  # FIFO per client: an own link, or a fixed share of a medium
+            key = (client, "both" if isinstance(link, SharedMedium) and link.half_duplex
+                   else direction)
+            if isinstance(link, SharedMedium):
+                drained_s, self._own_state[key] = link.drain_share(
+                    direction, transfer.start_s, transfer.nbytes,
+                    self._own_state.get(key, -math.inf), self.network.share(client))
+            else:
+                idle = -math.inf if isinstance(link, ConstantLink) else 0
+                drained_s, self._own_state[key] = link.drain_one(
+                    direction, transfer.start_s, transfer.nbytes, self._own_state.get(key, idle))
             heapq.heappush(self._own, (drained_s, handle))
         return handle
 
@@ -128,7 +145,7 @@ class Traffic:
         if flow is None:
             heapq.heappop(self._own)
         else:
-            flow.drain(drained_s, transfer.client_id, handle)
+            flow.drain(drained_s, (transfer.client_id, direction), handle)
         arrival_s = drained_s + self.network.delay_s(transfer.client_id, direction)
         return Delivery(handle, direction, transfer, drained_s, arrival_s)
 

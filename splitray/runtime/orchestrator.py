@@ -21,7 +21,9 @@ from splitray.metrics import join_path, manifest, now_iso, write_manifest, write
 from splitray.models import build_model
 from splitray.network import (
     DeviceProfile,
+    Link,
     NetworkModel,
+    TraceLink,
     build_link,
     get_device_profile,
 )
@@ -117,19 +119,29 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         server_device = get_device_profile(cfg.server.device)
     except ValueError as e:
         raise ConfigError(f"clients.devices: {e}") from None
-    net = cfg.network
     try:
-        if net.shared is not None:
-            medium = build_link(net.shared, net.traces_root)
-            links = dict.fromkeys(range(n), medium)
-        else:
-            links = {i: build_link(net.links[i % len(net.links)], net.traces_root)
-                     for i in range(n)}
+        network = NetworkModel(_links(cfg), seed=cfg.seed)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"network: {e}") from None
     return Prepared(cfg, [train.subset(p) for p in parts], [test.subset(p) for p in test_parts],
-                    train.num_classes, input_shape, num_channels, devices, server_device,
-                    NetworkModel(links, seed=cfg.seed))
+                    train.num_classes, input_shape, num_channels, devices, server_device, network)
+
+
+def _links(cfg: ExperimentConfig) -> dict[int, Link]:
+    """Each client's link: the one shared medium, or own links cycled over the clients (trace
+    links replayed from a seeded random offset each when network.trace_offset is random)."""
+    net, n = cfg.network, cfg.clients.count
+    if net.shared is not None:
+        return dict.fromkeys(range(n), build_link(net.shared, net.traces_root))
+    links: dict[int, Link] = {}
+    for i in range(n):
+        link = build_link(net.links[i % len(net.links)], net.traces_root)
+        if isinstance(link, TraceLink) and net.trace_offset == "random":
+            period_ms = max(link.up.period_ms, link.down.period_ms)
+            offset_ms = np.random.default_rng([cfg.seed, i]).integers(period_ms)
+            link = link.shifted(int(offset_ms))
+        links[i] = link
+    return links
 
 
 def run_id_for(cfg: ExperimentConfig) -> str:
