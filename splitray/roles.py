@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from splitray.compression import Compressor, Decompressor, Payload, encoded_shape, prune_loss
+from splitray.compression import (
+    Compressor,
+    Decompressor,
+    Payload,
+    encoded_shape,
+    payload_nbytes,
+    prune_loss,
+)
 from splitray.config import ExperimentConfig
 from splitray.data import ArrayDataset
 from splitray.models import build_model, split
@@ -221,6 +228,33 @@ class ClientRole(_Role):
         n = sent.shape[0]
         return BackwardInfo(self.client_id, p_loss, self.bwd_flops_per_sample * n,
                             time.perf_counter() - t0)
+
+    def _batch_sizes(self) -> list[int]:
+        """Samples in each step of the epoch in progress."""
+        bs = self.cfg.train.batch_size
+        steps = self.num_steps(bs, self.cfg.train.steps_per_epoch)
+        return [len(self._order[k * bs:(k + 1) * bs]) for k in range(steps)]
+
+    def state_a_cost(self) -> tuple[int, float]:
+        """Bytes (up + down) and client FLOPs of this epoch's steps, were each a full step: what
+        async SL's savings are measured against. Payload sizes are the analytic wire sizes."""
+        c = self.cfg.compression
+        if self.compressor is None:
+            channels, height, width = self.act_shape
+            with_indices = False
+        else:
+            _, height, width = encoded_shape(tuple(self.act_shape), c.resolution_factor, c.channels)
+            channels, with_indices = self.budget, True
+        total_bytes, flops = 0, 0.0
+        for n in self._batch_sizes():
+            total_bytes += payload_nbytes(n, channels, height, width, c.codec_up, with_indices, True)
+            total_bytes += payload_nbytes(n, channels, height, width, c.codec_down, False, False)
+            flops += (self.fwd_flops_per_sample + self.bwd_flops_per_sample) * n
+        return total_bytes, flops
+
+    def weights_nbytes(self) -> int:
+        """Bytes of `get_weights`: what handing the client part on sends (fp32 weights)."""
+        return sum(a.nbytes for a in self.get_weights().values())
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Every weight and buffer of the client part and compressor, as numpy arrays."""

@@ -133,11 +133,15 @@ def test_splitfed_every_k_rounds():
     assert sorted(s.loc[s["bytes_model_up"] > 0, "round"].unique()) == [2, 5]
 
 
-def test_async_states_cost_what_they_send():
-    # A huge threshold: A for two epochs (the first has no loss to compare), then B, then C.
+def test_async_states_cost_what_they_send(monkeypatch):
+    from splitray.algorithms import async_sl
+
+    # The states by epoch are scripted here; the loss-based rules have a test of their own.
+    script = iter("ABCAA")  # the state after each of the 5 epochs
+    monkeypatch.setattr(async_sl, "next_state",
+                        lambda c, loss, rules: async_sl.ClientState(next(script)))
     result = _result("async_sl", **{
-        "schedule.phases": "[{budget: 2, epochs: 5}]", "async_sl.loss_threshold": 100,
-        "async_sl.min_epochs_a": 1, "async_sl.epochs_b": 1, "async_sl.epochs_c": 1,
+        "schedule.phases": "[{budget: 2, epochs: 5}]", "clients.count": 1,
         "compression.codec_up": "fp8_e4m3", "compression.codec_down": "fp8_e5m2"})
     s = result.steps
     assert s.groupby("epoch")["client_state"].first().tolist() == ["A", "A", "B", "C", "A"]
@@ -194,3 +198,24 @@ def test_timeline_picture_lays_every_step_out_in_lanes(tmp_path):
     assert main(["analyze", result.run_dir, "--timeline", "--round", "1-2"]) == 0
     assert (Path(result.run_dir) / "analysis" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["analyze", result.run_dir, "--timeline", "--round", "999"]) == 2
+
+
+def test_splitfed_averages_only_the_clients_that_trained_and_charges_their_uploads(monkeypatch):
+    # Uneven shards: with an average after every round, a client whose shard is used up does
+    # not upload, and its stale part is not in the average.
+    from splitray.algorithms import splitfed
+
+    averaged: list[list[int]] = []
+    original = splitfed.fedavg
+    monkeypatch.setattr(splitfed, "fedavg",
+                        lambda weights, counts: averaged.append(counts) or original(weights, counts))
+    s = _result("splitfed", **{"clients.count": 3, "data.partition": "dirichlet",
+                               "data.dirichlet_alpha": 0.3, "train.steps_per_epoch": "null",
+                               "splitfed.every_rounds": 1,
+                               "schedule.phases": "[{budget: 2, epochs: 1}]"}).steps
+    per_client = s.groupby("client_id")["step"].count()
+    assert per_client.nunique() > 1, "the shards should be uneven"
+    assert (s["bytes_model_up"] > 0).all()  # every step is followed by an average
+    # Each client downloads the average before each of its steps but the first.
+    assert ((s["bytes_model_down"] > 0) == (s["step"] > 0)).all()
+    assert [len(c) for c in averaged] == s.groupby("round").size().tolist()

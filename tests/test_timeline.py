@@ -214,3 +214,19 @@ def test_config_shares_give_one_line_errors():
         _prepared(**{"network.shared": shared % "[0.5, 0.5]"})
     with pytest.raises(ConfigError, match=r"^network: shares=\[0.9, 0.2, 0.1\] sum to 1.2"):
         _prepared(**{"network.shared": shared % "[0.9, 0.2, 0.1]"})
+
+
+def test_server_tie_at_zero_latency_goes_to_the_lower_client_id():
+    # Client 1 sends first on a slow link, client 0 later on a fast one: both arrive at 2.0 s.
+    tl = timeline({0: ConstantLink(8e6, 8e6), 1: ConstantLink(4e6, 4e6)})
+    order = []
+
+    def serve(job):
+        order.append(job.client_id)
+        return ServerWork(0.1, 0, lambda: 0.0)
+
+    jobs = [StepJob(0, 0.0, forward_s=1.0, bytes_up=1_000_000),
+            StepJob(1, 0.0, forward_s=0.0, bytes_up=1_000_000)]
+    times = {j.client_id: t for j, t in tl.run(jobs, serve)}
+    assert order == [0, 1]
+    assert times[1].server_wait_s == pytest.approx(0.1)

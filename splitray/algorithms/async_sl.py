@@ -9,8 +9,9 @@ Rounds run as in parallel SL, but each client is in one of three states for a wh
 
 After every epoch each client's mean training loss decides its next state: A moves to B once it
 has spent `async_sl.min_epochs_a` epochs in A and the loss improved by less than
-`async_sl.loss_threshold` over the epoch; B moves to C after `epochs_b` epochs, C back to A after
-`epochs_c` epochs, and a loss that rises by more than the threshold sends B or C back to A. Project
+`async_sl.loss_threshold` over the epoch (a loss that rose keeps it in A); B moves to C after
+`epochs_b` epochs, C back to A after `epochs_c` epochs, and a loss that rises by more than the
+threshold sends B or C back to A. Project
 choices where the paper is not public (METHODS.md section 4): the interval is an epoch, the cache
 lives on the server, the schedule is config. FP8 is the codec pair `compression.codec_up:
 fp8_e4m3` and `codec_down: fp8_e5m2` (per-tensor scale, sent with the payload).
@@ -24,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from splitray.roles import ServerRole
+from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.context import ClientStep
 from splitray.schedules import epoch_plans
 
@@ -48,7 +49,7 @@ def next_state(c: ClientState, loss: float, rules: AsyncConfig) -> ClientState:
     gain = None if c.last_loss is None else c.last_loss - loss
     rose = gain is not None and -gain > rules.loss_threshold
     if c.state == "A":
-        if epochs >= rules.min_epochs_a and gain is not None and gain < rules.loss_threshold:
+        if epochs >= rules.min_epochs_a and gain is not None and 0 <= gain < rules.loss_threshold:
             return ClientState("B" if rules.epochs_b else "C" if rules.epochs_c else "A", 0, loss)
     elif c.state == "B":
         if rose:
@@ -65,11 +66,14 @@ def run(ctx: RunContext) -> None:
     clients, server, get = ctx.clients, ctx.server, ctx.get
     n = len(clients)
     states = [ClientState() for _ in range(n)]
-    full_cost: dict[tuple[int, int], tuple[int, float]] = {}  # (client, step) -> bytes, FLOPs in A
     bytes_sent = bytes_full = 0
     flops_spent = flops_full = 0.0
     for plan in epoch_plans(cfg.schedule, cfg.train.lr):
         budget, steps = ctx.begin_epoch(plan)
+        # What this epoch's steps would cost with every client in state A, at this budget.
+        for full_bytes, full_flops in get([c.call(ClientRole.state_a_cost) for c in clients]):
+            bytes_full += full_bytes
+            flops_full += full_flops
 
         losses: dict[int, list[float]] = {i: [] for i in range(n)}
         for step in range(max(steps)):
@@ -77,14 +81,8 @@ def run(ctx: RunContext) -> None:
             rows = ctx.run_steps(plan, budget, [ClientStep(i, step, states[i].state, start_s)
                                                 for i, k in enumerate(steps) if step < k])
             for r in rows:
-                key = (r["client_id"], r["step"])
-                if r["client_state"] == "A":
-                    full_cost[key] = (r["bytes_up"] + r["bytes_down"], r["client_flops"])
-                full_bytes, full_flops = full_cost[key]
                 bytes_sent += r["bytes_up"] + r["bytes_down"]
                 flops_spent += r["client_flops"]
-                bytes_full += full_bytes
-                flops_full += full_flops
                 losses[r["client_id"]].append(r["loss"])
 
         ctx.evaluate(plan, budget)

@@ -1,11 +1,13 @@
 """SplitFed (Thapa et al.): parallel split learning plus FedAvg of the client parts.
 
-Rounds run as in parallel SL. Every `splitfed.every_rounds` rounds (or at the end of every epoch
-when unset) each client of the round uploads its client part and compressor; the server waits for
-the slowest upload, averages the weights (weighted by each client's steps per epoch) and every
-client downloads the average before its next step. Uploads and downloads are bytes on the links
-and time on the timeline. After the last averaging of the run nothing is sent down again: the
-server holds the final client part, and the evaluation uses it.
+Rounds run as in parallel SL. After every `splitfed.every_rounds`-th round (or the last round of
+every epoch when unset) the server averages the client parts and compressors of the clients that
+trained since the last average, weighted by their steps in that window. Each of them uploads its
+weights right after its last step before the average (its row carries `bytes_model_up`); the
+average waits for the slowest upload (the next round starts after it); every client downloads
+the average before its next step (`bytes_model_down`). Each client evaluates with its own client
+part, identical across clients right after an average; after the run's last average nothing is
+sent down.
 """
 
 from __future__ import annotations
@@ -36,32 +38,43 @@ def fedavg(weights: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str,
     return out
 
 
+def _averages(first: int, end: int, period: int) -> bool:
+    """Whether an average follows one of the global rounds first..end-1."""
+    return any((r + 1) % period == 0 for r in range(first, end))
+
+
 def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
     clients, get = ctx.clients, ctx.get
     n = len(clients)
-    first = get(clients[0].call(ClientRole.get_weights))
-    model_nbytes = int(sum(a.nbytes for a in first.values()))
-    every = cfg.splitfed.every_rounds
-    waiting_for_average: set[int] = set()  # clients that download the average before computing
-    rounds_done = 0
+    model_nbytes = get(clients[0].call(ClientRole.weights_nbytes))
+    trained: dict[int, int] = {}  # client -> steps since the last average
+    needs_average: set[int] = set()  # clients that download the average before computing
+    round_index = 0
     for plan in epoch_plans(cfg.schedule, cfg.train.lr):
         budget, steps = ctx.begin_epoch(plan)
-
-        for step in range(max(steps)):
-            active = [i for i, k in enumerate(steps) if step < k]
-            rounds_done += 1
-            average = (rounds_done % every == 0) if every else step == max(steps) - 1
-            start_s = ctx.timeline.barrier(range(n))  # the round (and the average) waits for all
+        rounds = max(steps)
+        period = cfg.splitfed.every_rounds or rounds
+        for step in range(rounds):
+            # A client's next step is the next round, or the first round of the next epoch.
+            next_round = {i: round_index + 1 if step + 1 < k else round_index + rounds - step
+                          for i, k in enumerate(steps) if step < k}
+            start_s = ctx.timeline.barrier(range(n))  # the round (and an average) waits for all
             ctx.run_steps(plan, budget, [ClientStep(
                 i, step, ready_s=start_s,
-                bytes_model_down=model_nbytes if i in waiting_for_average else 0,
-                bytes_model_up=model_nbytes if average else 0) for i in active])
-            waiting_for_average -= set(active)
-            if average:
-                weights = get([c.call(ClientRole.get_weights) for c in clients])
-                avg = fedavg(weights, steps)
-                get([c.call(ClientRole.set_weights, avg) for c in clients])
-                waiting_for_average = set(range(n))
+                bytes_model_down=model_nbytes if i in needs_average else 0,
+                bytes_model_up=model_nbytes if _averages(round_index, nxt, period) else 0)
+                for i, nxt in next_round.items()])
+            for i in next_round:
+                trained[i] = trained.get(i, 0) + 1
+                needs_average.discard(i)
+            if (round_index + 1) % period == 0:
+                ids = sorted(trained)
+                weights = get([clients[i].call(ClientRole.get_weights) for i in ids])
+                average = fedavg(weights, [trained[i] for i in ids])
+                get([c.call(ClientRole.set_weights, average) for c in clients])
+                trained.clear()
+                needs_average = set(range(n))
+            round_index += 1
 
         ctx.evaluate(plan, budget)

@@ -23,10 +23,6 @@ if TYPE_CHECKING:
     from splitray.runtime.context import RunContext
 
 
-def weights_nbytes(weights: dict[str, np.ndarray]) -> int:
-    return int(sum(a.nbytes for a in weights.values()))
-
-
 def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
     clients, get = ctx.clients, ctx.get
@@ -35,7 +31,7 @@ def run(ctx: RunContext) -> None:
     rng = np.random.default_rng(cfg.seed)
     orders = [rng.permutation(n).tolist() if cfg.vanilla.order == "random" else list(range(n))
               for _ in plans]
-    model_nbytes = weights_nbytes(get(clients[0].call(ClientRole.get_weights)))
+    model_nbytes = get(clients[0].call(ClientRole.weights_nbytes))
 
     # Every client starts from the same initial weights (built from the run seed).
     holder: int | None = None  # the client holding the latest client part
@@ -52,7 +48,8 @@ def run(ctx: RunContext) -> None:
             client = turn[0][0]
             receives = holder is not None and holder != client
             if receives:
-                clients[client].call(ClientRole.set_weights, clients[holder].call(ClientRole.get_weights))
+                get(clients[client].call(ClientRole.set_weights,
+                                         clients[holder].call(ClientRole.get_weights)))
             hands_on = next_client is not None and next_client != client
             for k, (i, s) in enumerate(turn):
                 ctx.run_steps(plan, budget, [ClientStep(

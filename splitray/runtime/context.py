@@ -112,6 +112,8 @@ class RunContext:
         payloads in simulated-arrival order, each gradient going straight back to its client.
         """
         timeline, get = self.timeline, self.get
+        if len({s.client_id for s in steps}) != len(steps):
+            raise ValueError("run_steps takes at most one step per client")
         sending = [s for s in steps if s.state != "C"]
         fwd = {s.client_id: self.clients[s.client_id].call(ClientRole.forward, s.step, s.state == "A",
                                                             num_returns=2) for s in sending}
@@ -135,7 +137,7 @@ class RunContext:
                 return timeline.client_compute_s(i, b.flops, b.compute_s)
 
             return ServerWork(timeline.server_compute_s(info.flops, info.compute_s),
-                              info.bytes_down if s.state == "A" else 0, backward_s)
+                              info.bytes_down, backward_s)
 
         jobs = []
         for s in steps:

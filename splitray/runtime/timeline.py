@@ -66,6 +66,7 @@ class StepTimes:
 @dataclass
 class _Progress:
     job: StepJob
+    rank: int = 0  # position among the jobs of the run, for the order of the results
     start_s: float = 0.0
     model_down_s: float = 0.0
     forward_done_s: float = 0.0
@@ -136,14 +137,12 @@ class Timeline:
         order = itertools.count()
         queue: list[tuple[float, int, int, _Progress]] = []  # server queue: arrival, client, seq
         in_flight: dict[int, tuple[_Progress, str]] = {}
-        ranks: dict[int, int] = {}
 
         def push(t: float, kind: str, p: _Progress, priority: int = _FIRST) -> None:
             heapq.heappush(events, (t, priority, next(seq), kind, p))
 
         def submit(job: StepJob) -> None:
-            p = _Progress(job)
-            ranks[id(p)] = next(order)
+            p = _Progress(job, next(order))
             # Never in the past: a job handed back by `then` starts no earlier than now.
             push(max(job.ready_s, self.client_free_s[job.client_id], self.now_s), "begin", p)
 
@@ -164,7 +163,7 @@ class Timeline:
                 downlink_s=p.downlink_done_s - p.server_done_s if job.learn else 0.0,
                 model_up_s=end_s - p.model_up_start_s if job.bytes_model_up else 0.0,
                 end_s=end_s)
-            done.append((ranks[id(p)], job, times))
+            done.append((p.rank, job, times))
             if then is not None:
                 for nxt in then(job, times):
                     submit(nxt)
@@ -179,7 +178,9 @@ class Timeline:
         for job in jobs:
             submit(job)
         while events or not self.traffic.idle():
-            if not events or self.traffic.next_drain_s() < events[0][0]:
+            # A transfer that drains at t is delivered before the events at t, so a payload
+            # arriving at t with no latency is in the server's queue when it picks at t.
+            if not events or self.traffic.next_drain_s() <= events[0][0]:
                 delivery = self.traffic.pop()
                 self.now_s = max(self.now_s, delivery.drained_s)
                 p, what = in_flight.pop(delivery.handle)
