@@ -9,13 +9,22 @@ import sys
 
 from splitray.config import ConfigError
 
+EXIT_CONFIG_ERROR = 2  # bad input: nothing ran, nothing was written
+EXIT_DIVERGED = 3      # the loss became NaN or infinite; the rows up to it are kept
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from splitray.config import load_config
-    from splitray.runtime import run_experiment
+    from splitray.runtime import RunDiverged, run_experiment
 
     cfg = load_config(args.config, args.set)
-    result = run_experiment(cfg, out_dir=args.out, engine=args.engine, progress=not args.quiet)
+    try:
+        result = run_experiment(cfg, out_dir=args.out, engine=args.engine,
+                                progress=not args.quiet)
+    except RunDiverged as e:
+        print(f"splitray: run diverged: {e}; status 'diverged', the rows up to it are in "
+              f"{e.run_dir}", file=sys.stderr)
+        return EXIT_DIVERGED
     last = result.evals.iloc[-1] if len(result.evals) else None
     if last is not None:
         print(f"done: accuracy {last['test_accuracy']:.4f}, "
@@ -231,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         print(f"splitray: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG_ERROR
 
 
 if __name__ == "__main__":

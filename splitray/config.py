@@ -35,6 +35,13 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: what is wrong and where (PyYAML's message spans lines)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 class ConfigError(ValueError):
     """A config value is not allowed; the message is one line naming the field, the value and the rule."""
 
@@ -395,7 +402,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = read_yaml(p.read_text())
         except yaml.YAMLError as e:
-            raise ConfigError(f"config: {str(p)!r} is not valid YAML ({e})") from None
+            raise ConfigError(f"config: {str(p)!r} is not valid YAML: {yaml_problem(e)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config: {str(p)!r} must hold a mapping at the top level")
         data.update(loaded or {})

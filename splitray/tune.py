@@ -39,6 +39,7 @@ from splitray.config import (
     parse_key,
     read_yaml,
     set_dotted,
+    yaml_problem,
 )
 from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, read_table, write_table, write_text
 
@@ -65,7 +66,8 @@ class SearchSpace:
 
 @dataclass
 class TrialRecord:
-    """One trial's outcome: `status` is finished, stopped (by the scheduler) or failed."""
+    """One trial's outcome: `status` is finished, stopped (by the scheduler), diverged (the loss
+    became NaN or infinite) or failed."""
 
     trial_id: str
     status: str
@@ -177,8 +179,7 @@ def _read_yaml(path: Path, what: str) -> Any:
     try:
         return read_yaml(path.read_text())
     except yaml.YAMLError as e:
-        problem = str(e).replace("\n", " ")
-        raise ConfigError(f"{what}: {str(path)!r} is not valid YAML ({problem})") from None
+        raise ConfigError(f"{what}: {str(path)!r} is not valid YAML: {yaml_problem(e)}") from None
 
 
 def _validation_samples(space: SearchSpace) -> list[dict[str, Any]]:
@@ -295,12 +296,15 @@ def run_trial(config: dict, base: dict, trials_dir: str, metric: str) -> None:
     """Tune function trainable: one full simulation whose epochs are reported to Tune."""
     from ray import tune
 
-    from splitray.runtime import run_experiment
+    from splitray.runtime import RunDiverged, run_experiment
 
     cfg = trial_config(base, config)
     run_dir = str(Path(trials_dir) / tune.get_context().get_trial_id())
-    run_experiment(cfg, out_dir=None, engine="ray", progress=False, run_dir=run_dir,
-                   on_epoch=lambda row: tune.report(_report_row(row, metric)))
+    try:
+        run_experiment(cfg, out_dir=None, engine="ray", progress=False, run_dir=run_dir,
+                       on_epoch=lambda row: tune.report(_report_row(row, metric)))
+    except RunDiverged:
+        pass  # the trial's manifest says diverged; the sweep goes on
 
 
 def _param_cell(value: Any) -> Any:
@@ -319,6 +323,12 @@ def _param_columns(trials: list[TrialRecord], keys: list[str]) -> dict[str, dict
                 v = json.dumps(v)  # one Arrow type per column
             by_trial[t.trial_id][PARAM_PREFIX + key] = v
     return by_trial
+
+
+def _trial_status(trials_dir: Path, trial_id: str) -> str | None:
+    """The status a trial's run wrote into its manifest, if it got that far."""
+    path = trials_dir / trial_id / "manifest.json"
+    return json.loads(path.read_text()).get("status") if path.is_file() else None
 
 
 def _trial_table(trials_dir: Path, trial_id: str, name: str) -> pd.DataFrame | None:
@@ -400,6 +410,8 @@ def _records(results: Any, space: SearchSpace, trials_dir: Path) -> list[TrialRe
             final = float(evals.sort_values("epoch", kind="stable")[space.metric].iloc[-1])
         if result.error is not None:
             status = "failed"
+        elif _trial_status(trials_dir, trial_id) == "diverged":
+            status = "diverged"
         else:
             total = trial_config(space.base, params).total_epochs
             status = "finished" if epochs >= total else "stopped"
@@ -494,10 +506,10 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
 def format_summary(result: SweepResult) -> str:
     """A few lines for the terminal: trials with status and final metric, the best, the failures."""
     counts = {s: sum(t.status == s for t in result.trials)
-              for s in ("finished", "stopped", "failed")}
+              for s in ("finished", "stopped", "diverged", "failed")}
     lines = [f"sweep: {len(result.trials)} trials ({counts['finished']} finished, "
-             f"{counts['stopped']} stopped early, {counts['failed']} failed) in "
-             f"{result.wall_time_s:.1f} s"]
+             f"{counts['stopped']} stopped early, {counts['diverged']} diverged, "
+             f"{counts['failed']} failed) in {result.wall_time_s:.1f} s"]
     if result.trials:
         table = pd.DataFrame([{"trial_id": t.trial_id, "status": t.status, "epochs": t.epochs,
                                f"final {result.metric}": t.final_metric,

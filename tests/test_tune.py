@@ -323,3 +323,18 @@ def test_asha_stops_the_worse_trial_and_keeps_its_rows(ray_cluster, tmp_path: Pa
     assert result.best_trial_id == by_budget[4].trial_id
     with pytest.raises(ConfigError, match="already holds a sweep"):
         sweep.run_sweep(space, tmp_path / "sweep")
+
+
+def test_a_diverging_trial_is_recorded_as_diverged_and_the_sweep_goes_on(
+        ray_cluster, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write_space(tmp_path, {"train.lr": {"grid": [0.05, 1e9]}})
+    out = tmp_path / "sweep"
+    assert main(["tune", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((out / "sweep.json").read_text())
+    status = {t["params"]["train.lr"]: t["status"] for t in meta["trials"]}
+    assert status == {0.05: "finished", 1e9: "diverged"}
+    assert "1 diverged" in printed
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert steps.groupby("param.train.lr")["loss"].apply(lambda x: x.isna().any()).to_dict() == \
+        {0.05: False, 1e9: True}

@@ -25,6 +25,18 @@ STL10_IMAGE_SIZE = 96
 _RESIZE_CHUNK = 2048
 
 
+class DataFileError(ValueError):
+    """A dataset file exists but cannot be read (truncated, corrupt, another format)."""
+
+
+class SampleCountError(ValueError):
+    """More samples asked for than the dataset split has; `available` says how many it has."""
+
+    def __init__(self, message: str, available: int) -> None:
+        super().__init__(message)
+        self.available = available
+
+
 def resolve_data_root(root: str | os.PathLike | None) -> Path | None:
     """The data root: `root` if given, else $SPLITRAY_DATA if set, else None."""
     if root is not None and str(root) != "":
@@ -168,10 +180,17 @@ def _load_cifar(
         path = folder / file
         if not path.is_file():
             raise FileNotFoundError(f"{name}: missing file {path}")
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[label_key], dtype=np.int64))
+            if len(images[-1]) != len(labels[-1]):
+                raise ValueError("image and label counts differ")
+        except Exception as e:  # truncated, corrupt or foreign: name the file, not the unpickler
+            raise DataFileError(f"{name}: {path} is not a readable {name} batch file "
+                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                                "; download it again") from None
     return np.concatenate(images), np.concatenate(labels), classes
 
 
@@ -289,7 +308,8 @@ def _subsample(total: int, num_samples: int | None, seed: int, name: str) -> np.
     if num_samples is None:
         return None
     if num_samples > total:
-        raise ValueError(f"{name}: num_samples={num_samples} exceeds the {total} samples available")
+        raise SampleCountError(
+            f"{name}: num_samples={num_samples} exceeds the {total} samples available", total)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(total, size=num_samples, replace=False))
 

@@ -2,7 +2,7 @@
 
 from .core import Normalize, SplittableModel, split
 from .flops import SplitPoint, format_split_points_table, split_points
-from .zoo import MODEL_NAMES, build_model
+from .zoo import MODEL_NAMES, build_model, min_input_px
 
 __all__ = [
     "MODEL_NAMES",
@@ -11,6 +11,7 @@ __all__ = [
     "SplittableModel",
     "build_model",
     "format_split_points_table",
+    "min_input_px",
     "split",
     "split_points",
 ]

@@ -26,7 +26,8 @@ MODEL_NAMES: tuple[str, ...] = (
 )
 
 
-def _min_input_px(name: str) -> int:
+def min_input_px(name: str) -> int:
+    """The smallest image height and width `name` accepts."""
     if name == "tiny_cnn":
         return TINY_MIN_INPUT_PX
     if name.startswith("vgg"):
@@ -64,7 +65,7 @@ def build_model(
         raise ValueError(f"num_classes={num_classes!r} must be a positive int")
     channels, height, width = check_input_shape(input_shape)
     head_kind = resolve_head(head, (channels, height, width))
-    min_px = _min_input_px(name)
+    min_px = min_input_px(name)
     if min(height, width) < min_px:
         raise ValueError(
             f"input_shape={tuple(input_shape)} is too small for {name}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -14,6 +15,12 @@ from splitray.roles import BackwardInfo, ClientRole, ForwardInfo, ServerInfo, Se
 from splitray.runtime.peers import Peer
 from splitray.runtime.timeline import ServerWork, StepJob, Timeline
 from splitray.schedules import EpochPlan, reset_kind
+
+
+class RunDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the rows up to that step are kept."""
+
+    run_dir: str | None = None
 
 
 class Progress:
@@ -177,6 +184,10 @@ class RunContext:
                 "wall_time_s": wall,
             })
         self.step_rows += rows
+        diverged = next((r for r in rows if not math.isfinite(r["loss"])), None)
+        if diverged is not None:
+            raise RunDiverged(f"loss {diverged['loss']} at epoch {plan.epoch} step "
+                              f"{diverged['step']} (client {diverged['client_id']})")
         self.round += 1
         self._epoch_done += len(steps)
         if self.cfg.engine.time_mode == "realtime":

@@ -16,9 +16,15 @@ import torch
 
 from splitray.algorithms import ALGORITHMS
 from splitray.config import ConfigError, ExperimentConfig
-from splitray.data import ArrayDataset, load_dataset, partition
+from splitray.data import (
+    ArrayDataset,
+    DataFileError,
+    SampleCountError,
+    load_dataset,
+    partition,
+)
 from splitray.metrics import join_path, manifest, now_iso, write_manifest, write_text
-from splitray.models import build_model
+from splitray.models import build_model, min_input_px
 from splitray.network import (
     DeviceProfile,
     Link,
@@ -28,7 +34,7 @@ from splitray.network import (
     get_device_profile,
 )
 from splitray.roles import ClientRole, ServerRole
-from splitray.runtime.context import RunContext
+from splitray.runtime.context import RunContext, RunDiverged
 from splitray.runtime.peers import LocalPeer, RayPeer, get_local, get_ray
 from splitray.runtime.timeline import Timeline
 
@@ -63,7 +69,13 @@ class Prepared:
 
 def _split_channels(cfg: ExperimentConfig, input_shape: tuple[int, int, int],
                     num_classes: int) -> int:
-    """Channels the compressor chooses from at the split; checks split_layer and budgets."""
+    """Channels the compressor chooses from at the split; checks image size, split_layer and
+    budgets."""
+    min_px = min_input_px(cfg.model.name)
+    if min(input_shape[1:]) < min_px:
+        raise ConfigError(f"data.image_size: {cfg.data.image_size!r} is not allowed; "
+                          f"{cfg.model.name} needs images of at least {min_px} px, the data has "
+                          f"{input_shape[1]} x {input_shape[2]}")
     model = build_model(cfg.model.name, num_classes=num_classes, input_shape=input_shape,
                         head=cfg.model.head)
     n_units = len(model.units)
@@ -91,13 +103,16 @@ def _split_channels(cfg: ExperimentConfig, input_shape: tuple[int, int, int],
 
 def _load(cfg: ExperimentConfig, split: str) -> ArrayDataset:
     d = cfg.data
+    field_name = "train_samples" if split == "train" else "test_samples"
     try:
         return load_dataset(
-            d.name, split, d.root, download=d.download,
-            num_samples=d.train_samples if split == "train" else d.test_samples,
+            d.name, split, d.root, download=d.download, num_samples=getattr(d, field_name),
             image_size=d.image_size, num_classes=d.num_classes, channels=d.channels,
             seed=cfg.seed)
-    except FileNotFoundError as e:
+    except SampleCountError as e:
+        raise ConfigError(f"data.{field_name}: {getattr(d, field_name)} is not allowed; the "
+                          f"{d.name} {split} split has {e.available} samples") from None
+    except (FileNotFoundError, DataFileError) as e:
         raise ConfigError(f"data.root: {d.root!r} is not allowed; {e}") from None
 
 
@@ -108,6 +123,13 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     input_shape = tuple(train.images.shape[1:])
     num_channels = _split_channels(cfg, input_shape, train.num_classes)
     n = cfg.clients.count
+    if n > len(train):
+        raise ConfigError(f"clients.count: {n} is not allowed; the {len(train)} training samples "
+                          "give each client at most one")
+    if cfg.data.partition == "shards" and n * cfg.data.shards_per_client > len(train):
+        raise ConfigError(f"data.shards_per_client: {cfg.data.shards_per_client} is not allowed; "
+                          f"{n} clients x {cfg.data.shards_per_client} shards exceed the "
+                          f"{len(train)} training samples")
     parts = partition(train.labels.numpy(), n, cfg.data.partition, alpha=cfg.data.dirichlet_alpha,
                       shards_per_client=cfg.data.shards_per_client, seed=cfg.seed)
     if any(len(p) < 1 for p in parts):
@@ -195,7 +217,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
 
     engine "ray": client and server actors exchanging ObjectRefs; engine "local": the fused
     single-process reference trainer, the same step code called directly. With both `out_dir`
-    and `run_dir` None nothing is written.
+    and `run_dir` None nothing is written. A loss that turns NaN or infinite ends the run with
+    status "diverged" and raises RunDiverged; the rows up to that step are written.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine: {engine!r} is not allowed; choose one of {', '.join(ENGINES)}")
@@ -231,6 +254,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     try:
         ALGORITHMS[cfg.train.algorithm](ctx)
         status = "finished"
+    except RunDiverged as e:
+        status, extra["reason"], e.run_dir = "diverged", str(e), run_dir
+        raise
     finally:
         ctx.flush()
         if run_dir is not None:

@@ -1,0 +1,154 @@
+"""Every user mistake fails before any work: one line naming the field or file, exit code 2, and
+no run or sweep directory written. A run whose loss turns NaN ends `diverged` with exit code 3."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splitray.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
+TINY = ["--set", "model.name=tiny_cnn", "--set", "model.split_layer=3", "--set",
+        "data.image_size=16", "--set", "data.train_samples=64", "--set", "data.test_samples=16",
+        "--set", "schedule.phases=[{budget: 4, epochs: 1}]"]
+OWN_LINKS = ["run", QUICKSTART, *TINY, "--set", "network.shared=null", "--set"]
+
+
+def _cifar_batch(path: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    batch = {"data": rng.integers(0, 255, (n, 3 * 32 * 32), dtype=np.uint8),
+             "labels": rng.integers(0, 10, n).tolist()}
+    path.write_bytes(pickle.dumps(batch))
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    """A tiny CIFAR-10 copy (20 train, 10 test images), broken copies of it, and bad files."""
+    def cifar(name: str) -> Path:
+        folder = tmp_path / name / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for i in range(1, 6):
+            _cifar_batch(folder / f"data_batch_{i}", 4)
+        _cifar_batch(folder / "test_batch", 10)
+        return folder
+
+    cifar("good")
+    truncated = cifar("truncated") / "data_batch_3"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    (cifar("garbage") / "test_batch").write_bytes(b"not a pickle at all")
+    (tmp_path / "empty.trace").write_text("")
+    (tmp_path / "words.trace").write_text("1\n2\nthree\n")
+    (tmp_path / "broken.yaml").write_text("model:\n  name: [vgg11\n")
+    (tmp_path / "list.yaml").write_text("- name: x\n")
+    (tmp_path / "space_bad_key.yaml").write_text(
+        f"base: {QUICKSTART}\nspace:\n  train.nope: {{grid: [1, 2]}}\n")
+    (tmp_path / "space_bad_kind.yaml").write_text(
+        f"base: {QUICKSTART}\nspace:\n  train.lr: {{normal: [1, 2]}}\n")
+    (tmp_path / "space_bad_value.yaml").write_text(
+        f"base: {QUICKSTART}\nspace:\n  train.lr: {{grid: [0.1, -1]}}\n")
+    (tmp_path / "space_broken.yaml").write_text("base: [\n")
+    return {"root": str(tmp_path), **{k: str(tmp_path / k) for k in ("good", "truncated", "garbage")}}
+
+
+# (id, command line after `splitray`, text the one error line must contain). {root}, {good}, ...
+# are the fixture's paths; runs use --engine local and --out {out}.
+CASES = [
+    ("image too small", ["run", QUICKSTART, "--set", "data.image_size=16"],
+     "data.image_size: 16 is not allowed; vgg11_bn needs images of at least 32 px"),
+    ("more clients than samples", ["run", QUICKSTART, "--set", "clients.count=2000"],
+     "clients.count: 2000 is not allowed"),
+    ("more shards than samples", ["run", QUICKSTART, "--set", "data.partition=shards", "--set",
+                                  "data.shards_per_client=600"], "data.shards_per_client: 600"),
+    ("more train samples than the data", ["run", QUICKSTART, "--set", "data.name=cifar10",
+                                          "--set", "data.root={good}", "--set",
+                                          "data.train_samples=500"],
+     "data.train_samples: 500 is not allowed; the cifar10 train split has 20 samples"),
+    ("more test samples than the data", ["run", QUICKSTART, "--set", "data.name=cifar10",
+                                         "--set", "data.root={good}", "--set",
+                                         "data.train_samples=20", "--set", "data.test_samples=50"],
+     "data.test_samples: 50 is not allowed; the cifar10 test split has 10 samples"),
+    ("truncated cifar batch", ["run", QUICKSTART, "--set", "data.name=cifar10", "--set",
+                               "data.root={truncated}", "--set", "data.train_samples=null"],
+     "data_batch_3 is not a readable cifar10 batch file"),
+    ("corrupt cifar batch", ["run", QUICKSTART, "--set", "data.name=cifar10", "--set",
+                             "data.root={garbage}", "--set", "data.train_samples=20", "--set",
+                             "data.test_samples=null"],
+     "test_batch is not a readable cifar10 batch file"),
+    ("missing data root", ["run", QUICKSTART, "--set", "data.name=cifar10", "--set",
+                           "data.root={root}/nowhere"], "data.root:"),
+    ("malformed yaml", ["run", "{root}/broken.yaml"], "is not valid YAML: expected ',' or ']'"),
+    ("yaml not a mapping", ["run", "{root}/list.yaml"], "must hold a mapping at the top level"),
+    ("missing config file", ["run", "{root}/none.yaml"], "is not a file"),
+    ("unknown section key", ["run", QUICKSTART, "--set", "train.nope=1"], "train.nope"),
+    ("override without =", ["run", QUICKSTART, "--set", "train.lr"], "train.lr"),
+    ("wrong type", ["run", QUICKSTART, "--set", "train.batch_size=big"], "train.batch_size"),
+    ("out of range", ["run", QUICKSTART, "--set", "compression.lam=2"], "compression.lam: 2"),
+    ("unknown model", ["run", QUICKSTART, "--set", "model.name=vgg99"], "model.name: 'vgg99'"),
+    ("split layer too deep", ["run", QUICKSTART, "--set", "model.split_layer=99"],
+     "model.split_layer: 99"),
+    ("budget above the channels", ["run", QUICKSTART, "--set",
+                                   "schedule.phases=[{budget: 999, epochs: 1}]"],
+     "schedule.phases[0].budget: 999"),
+    ("unknown codec", ["run", QUICKSTART, "--set", "compression.codec_up=fp7"],
+     "compression.codec_up"),
+    ("unknown algorithm", ["run", QUICKSTART, "--set", "train.algorithm=magic"],
+     "train.algorithm: 'magic' is not allowed"),
+    ("bad vanilla handoff", ["run", QUICKSTART, "--set", "vanilla.handoff=week"],
+     "vanilla.handoff"),
+    ("unknown device", ["run", QUICKSTART, "--set", "clients.devices=[toaster]"],
+     "clients.devices[0]: 'toaster'"),
+    ("unknown link profile", ["run", QUICKSTART, "--set", "network.shared=null", "--set",
+                              "network.links=[carrier_pigeon]"], "network.links[0]"),
+    ("missing trace file", [*OWN_LINKS, "network.links=[{kind: trace, up: "
+                            "{root}/none.up, down: {root}/none.down}]"], "none.up"),
+    ("empty trace file", [*OWN_LINKS, "network.links=[{kind: trace, up: "
+                          "{root}/empty.trace, down: {root}/empty.trace}]"], "empty.trace"),
+    ("non-numeric trace file", [*OWN_LINKS, "network.links=[{kind: trace, up: "
+                                "{root}/words.trace, down: {root}/words.trace}]"], "words.trace"),
+    ("shares above one", ["run", QUICKSTART, *TINY, "--set", "network.shared={kind: shared, up_bps: 1e6, "
+                          "down_bps: 1e6, allocation: shares, shares: [0.9, 0.9]}"],
+     "sum to 1.8"),
+    ("a share per client", ["run", QUICKSTART, *TINY, "--set", "clients.count=3", "--set",
+                            "network.shared={kind: shared, up_bps: 1e6, down_bps: 1e6, "
+                            "allocation: shares, shares: [0.5, 0.5]}"], "2 given for the 3"),
+    ("space: unknown key", ["tune", "{root}/space_bad_key.yaml"], "train.nope"),
+    ("space: unknown kind", ["tune", "{root}/space_bad_kind.yaml"], "normal"),
+    ("space: bad candidate", ["tune", "{root}/space_bad_value.yaml"], "train.lr: -1"),
+    ("space: malformed yaml", ["tune", "{root}/space_broken.yaml"], "is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("args, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_nothing_written(args, expected, files, tmp_path, capsys):
+    out = tmp_path / "out"
+    for name, path in files.items():
+        args = [a.replace("{" + name + "}", path) for a in args]
+    args += ["--engine", "local", "--out", str(out)] if args[0] == "run" else ["--out", str(out)]
+    assert main(args) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("splitray: error: ") and expected in err, err
+    assert not out.exists()
+
+
+def test_a_run_whose_loss_turns_nan_ends_diverged_and_keeps_its_rows(tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "out"
+    code = main(["run", QUICKSTART, *TINY, "--set", "train.lr=1e9", "--set", "clients.count=1",
+                 "--engine", "local", "--quiet", "--out", str(out)])
+    assert code == EXIT_DIVERGED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run diverged: loss nan at epoch 0" in err, err
+    [run_dir] = list(out.iterdir())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "diverged" and "loss nan" in manifest["reason"]
+    steps = pd.read_parquet(run_dir / "steps.parquet")
+    assert len(steps) >= 2 and np.isnan(steps["loss"].iloc[-1])
+    assert np.isfinite(steps["loss"].iloc[:-1]).all()
