@@ -17,6 +17,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 2
+STEPS_TABLE = "steps.parquet"  # in a run directory: a directory of part files
+EVALS_TABLE = "evals.parquet"
 
 # Column -> (arrow type, meaning with unit). One row per client step.
 STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
@@ -103,20 +105,24 @@ def _open_uri_output(uri: str):
     return fs.open_output_stream(p)
 
 
-def write_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]],
-                path: str) -> None:
-    """Write rows as Parquet atomically: a local file is written beside and renamed into place."""
+def _arrow_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]]) -> pa.Table:
     schema = arrow_schema(columns)
     extra = [k for k in (rows[0] if rows else {}) if k not in columns]
     table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
     for name in extra:  # e.g. trial parameters added by a sweep
         table = table.append_column(name, pa.array([r.get(name) for r in rows]))
+    return table
+
+
+def _write_parquet(table: pa.Table, path: str) -> None:
+    """Write a Parquet file atomically: locally under a hidden temporary name (readers of a
+    table directory skip names starting with '.') renamed into place; a URI as one object."""
     if "://" in path:
         with _open_uri_output(path) as f:
             pq.write_table(table, f)
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".", suffix=".tmp")
     os.close(fd)
     try:
         pq.write_table(table, tmp)
@@ -124,6 +130,33 @@ def write_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]]
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]],
+                path: str) -> None:
+    """Write rows as one Parquet file, atomically."""
+    _write_parquet(_arrow_table(rows, columns), path)
+
+
+def append_part(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]],
+                table_dir: str) -> str:
+    """Add `rows` to the table directory `table_dir` as its next part file; returns its path.
+
+    A run's tables are directories of part files: a flush writes only its new rows (O(new
+    rows), not a rewrite), and a run killed at any moment leaves a table pandas reads
+    (`pd.read_parquet(table_dir)`), since a part appears only once it is complete."""
+    fs, p = _filesystem(table_dir)
+    fs.create_dir(p, recursive=True)
+    parts = [i for i in fs.get_file_info(pafs.FileSelector(p)) if i.base_name.startswith("part-")]
+    path = join_path(table_dir, f"part-{len(parts):05d}.parquet")
+    _write_parquet(_arrow_table(rows, columns), path)
+    return path
+
+
+def table_exists(path: str) -> bool:
+    """Whether a table (one Parquet file or a directory of part files) is at `path`."""
+    fs, p = _filesystem(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
 def write_text(text: str, path: str) -> None:
@@ -139,7 +172,7 @@ def write_text(text: str, path: str) -> None:
 
 
 def read_table(path: str) -> pd.DataFrame:
-    """Read a Parquet table from a local path or URI into pandas."""
+    """Read a Parquet table (one file or a directory of part files), local path or URI."""
     fs, p = _filesystem(path)
     return pq.read_table(p, filesystem=fs).to_pandas()
 
@@ -174,7 +207,7 @@ def manifest(run_id: str, seed: int, started: str, ended: str | None, status: st
         "versions": {"splitray": __version__, "torch": torch.__version__, "ray": ray.__version__,
                      "numpy": numpy.__version__, "pandas": pd.__version__, "pyarrow": pa.__version__},
         "schema_version": SCHEMA_VERSION,
-        "tables": {"steps": "steps.parquet", "evals": "evals.parquet"},
+        "tables": {"steps": STEPS_TABLE, "evals": EVALS_TABLE},
         **(dict(extra) if extra else {}),
     }
 

@@ -333,7 +333,7 @@ def _trial_status(trials_dir: Path, trial_id: str) -> str | None:
 
 def _trial_table(trials_dir: Path, trial_id: str, name: str) -> pd.DataFrame | None:
     path = trials_dir / trial_id / name
-    return read_table(str(path)) if path.is_file() else None
+    return read_table(str(path)) if path.exists() else None
 
 
 def combine_trials(out_dir: str | Path, trials: list[TrialRecord],

@@ -61,11 +61,21 @@ def test_run_directory_tables_and_payload_bytes(tmp_path):
         "train.steps_per_epoch": 3}))
     result = run_experiment(cfg, out_dir=str(tmp_path), engine="ray", progress=False)
     run_dir = result.run_dir
-    for name in ("config.yaml", "manifest.json", "steps.parquet", "evals.parquet"):
+    for name in ("config.yaml", "manifest.json"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
+    # Tables are directories of part files, one per flush (after each epoch's evaluation).
+    for name in ("steps.parquet", "evals.parquet"):
+        assert sorted(os.listdir(os.path.join(run_dir, name))) == [
+            "part-00000.parquet", "part-00001.parquet"], name
     steps = pd.read_parquet(os.path.join(run_dir, "steps.parquet"))
     evals = pd.read_parquet(os.path.join(run_dir, "evals.parquet"))
     assert len(steps) == 2 * 2 * 3 and len(evals) == 2
+    assert len(pd.read_parquet(os.path.join(run_dir, "steps.parquet", "part-00001.parquet"))) == 6
+    pd.testing.assert_frame_equal(result.steps, steps)
+    # A part being written (hidden temporary name) is not part of the table.
+    with open(os.path.join(run_dir, "steps.parquet", ".tmp123.tmp"), "wb") as f:
+        f.write(b"PAR1 half written")
+    assert len(pd.read_parquet(os.path.join(run_dir, "steps.parquet"))) == len(steps)
     assert set(steps["budget"]) == {4, 128}
     # Every row's bytes equal the payload formula (activations 128 x 8 x 8 at split 5).
     for row in steps.itertuples():

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, join_path, read_table
+from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, join_path, read_table, table_exists
 
 PARAM_PREFIX = "param."
 EVALS_FILE = "evals.parquet"
@@ -57,7 +57,7 @@ def _subdir_names(path: str) -> list[str]:
 
 def _read_checked(path: str, columns: dict, key: str) -> pd.DataFrame:
     """Read one table and check it holds the splitray schema and at least one row."""
-    if not _is_file(path):
+    if not table_exists(path):
         raise FileNotFoundError(f"missing results table: {path}")
     df = read_table(path)
     for column, value in ADDED_IN_V2.items():  # runs written before schema version 2
@@ -114,14 +114,14 @@ def load(path: str) -> Results:
     evals_path = join_path(path, EVALS_FILE)
     if _is_file(join_path(path, SWEEP_FILE)):
         return _load_sweep(path)
-    if _is_file(evals_path) or _is_file(join_path(path, STEPS_FILE)):
+    if table_exists(evals_path) or table_exists(join_path(path, STEPS_FILE)):
         # A sweep's tables carry trial_id even if its sweep.json is missing.
         if _is_file(evals_path) and "trial_id" in _column_names(evals_path):
             return _load_sweep(path)
         return _load_runs(path, [path])
     run_dirs = [join_path(path, name) for name in _subdir_names(path)]
     run_dirs = [d for d in run_dirs
-                if _is_file(join_path(d, EVALS_FILE)) or _is_file(join_path(d, STEPS_FILE))]
+                if table_exists(join_path(d, EVALS_FILE)) or table_exists(join_path(d, STEPS_FILE))]
     if not run_dirs:
         raise FileNotFoundError(f"no splitray results in {path}: expected {EVALS_FILE} and "
                                 f"{STEPS_FILE} there or in its subdirectories")

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from splitray.config import ExperimentConfig
-from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, join_path, write_table
+from splitray.metrics import (
+    EVAL_COLUMNS,
+    EVALS_TABLE,
+    STEP_COLUMNS,
+    STEPS_TABLE,
+    append_part,
+    join_path,
+)
 from splitray.roles import BackwardInfo, ClientRole, ForwardInfo, ServerInfo, ServerRole
 from splitray.runtime.peers import Peer
 from splitray.runtime.timeline import ServerWork, StepJob, Timeline
@@ -227,8 +234,13 @@ class RunContext:
         return row
 
     def flush(self) -> None:
-        """Rewrite both tables atomically, so a crash leaves readable results."""
+        """Append the rows since the last flush to both tables as new part files, then let them
+        go: the driver's memory does not grow with the rows already written."""
         if self.run_dir is None:
             return
-        write_table(self.step_rows, STEP_COLUMNS, join_path(self.run_dir, "steps.parquet"))
-        write_table(self.eval_rows, EVAL_COLUMNS, join_path(self.run_dir, "evals.parquet"))
+        if self.step_rows:
+            append_part(self.step_rows, STEP_COLUMNS, join_path(self.run_dir, STEPS_TABLE))
+            self.step_rows = []
+        if self.eval_rows:
+            append_part(self.eval_rows, EVAL_COLUMNS, join_path(self.run_dir, EVALS_TABLE))
+            self.eval_rows = []

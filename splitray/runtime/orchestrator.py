@@ -23,7 +23,17 @@ from splitray.data import (
     load_dataset,
     partition,
 )
-from splitray.metrics import join_path, manifest, now_iso, write_manifest, write_text
+from splitray.metrics import (
+    EVALS_TABLE,
+    STEPS_TABLE,
+    join_path,
+    manifest,
+    now_iso,
+    read_table,
+    table_exists,
+    write_manifest,
+    write_text,
+)
 from splitray.models import build_model, min_input_px
 from splitray.network import (
     DeviceProfile,
@@ -268,5 +278,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
 
             for peer in [*clients, server]:
                 ray.kill(peer.handle)
-    return RunResult(run_id, run_dir, pd.DataFrame(ctx.step_rows), pd.DataFrame(ctx.eval_rows),
-                     ctx.summary)
+    if run_dir is None:
+        steps, evals = pd.DataFrame(ctx.step_rows), pd.DataFrame(ctx.eval_rows)
+    else:  # the rows were flushed to disk as they came
+        steps, evals = (read_table(join_path(run_dir, name)) if table_exists(join_path(run_dir, name))
+                        else pd.DataFrame() for name in (STEPS_TABLE, EVALS_TABLE))
+    return RunResult(run_id, run_dir, steps, evals, ctx.summary)
