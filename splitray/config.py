@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 _SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
 
 
@@ -303,6 +304,11 @@ def _check_semantics(cfg: ExperimentConfig) -> None:
     """Cross-field rules that a single field's type cannot express."""
     from splitray.models import MODEL_NAMES
     from splitray.network import DEVICE_PROFILES, LINK_PROFILES
+
+    if not _RUN_NAME.fullmatch(cfg.name):
+        # The name starts the run directory's name: it must not reach outside --out.
+        raise ConfigError(f"name: {cfg.name!r} is not allowed; use letters, digits, '.', '_' "
+                          "and '-' (at most 64, not starting with '.')")
 
     if cfg.model.name not in MODEL_NAMES:
         raise ConfigError(f"model.name: {cfg.model.name!r} is not allowed; choose one of "

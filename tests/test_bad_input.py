@@ -85,6 +85,8 @@ CASES = [
     ("malformed yaml", ["run", "{root}/broken.yaml"], "is not valid YAML: expected ',' or ']'"),
     ("yaml not a mapping", ["run", "{root}/list.yaml"], "must hold a mapping at the top level"),
     ("missing config file", ["run", "{root}/none.yaml"], "is not a file"),
+    ("name outside --out", ["run", QUICKSTART, "--set", "name=../../escape"],
+     "name: '../../escape' is not allowed"),
     ("unknown section key", ["run", QUICKSTART, "--set", "train.nope=1"], "train.nope"),
     ("override without =", ["run", QUICKSTART, "--set", "train.lr"], "train.lr"),
     ("wrong type", ["run", QUICKSTART, "--set", "train.batch_size=big"], "train.batch_size"),
