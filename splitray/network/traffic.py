@@ -4,7 +4,7 @@ The discrete-event timeline starts a transfer when a client or the server sends,
 next moment a transfer drains. Own links (constant, trace) serve one client's transfers FIFO, so
 a drain time is fixed when the transfer starts. A shared medium splits its capacity equally among
 the clients with a transfer in flight: every start and every drain changes the rate of the others,
-so its next drain is recomputed from the bytes each transfer still has to send. A half-duplex
+so its next drain is recomputed (in virtual airtime, O(log n) per event). A half-duplex
 medium is one channel for both directions; a medium with fixed shares is a FIFO link per client
 at its share of the capacity.
 """
@@ -37,24 +37,26 @@ class Delivery:
 class _SharedFlow:
     """One shared channel (a direction of a medium, or both when half-duplex): every transfer
     at the head of its queue gets an equal share of the time, at its direction's rate; queues
-    (one per client and direction) are FIFO."""
+    (one per client and direction) are FIFO.
+
+    Computed in virtual airtime, O(log n) per event: `airtime_s` is the channel time each head
+    in flight has had so far (it grows at 1/n per second with n heads), and a head drains when
+    `airtime_s` reaches its start value plus nbytes / rate.
+    """
 
     def __init__(self) -> None:
         self.queues: dict[tuple[int, str], deque[tuple[int, int, float]]] = {}
-        self.left: dict[int, float] = {}  # handle of each queue's head transfer -> bytes left
-        self.rate: dict[int, float] = {}  # handle -> bytes/s when it has the channel alone
+        self.heads: list[tuple[float, int]] = []  # heap of (airtime at which it drains, handle)
+        self.airtime_s = 0.0
         self.last_s = 0.0
 
     def advance(self, now_s: float) -> None:
-        if self.left:
-            elapsed_s = (now_s - self.last_s) / len(self.left)
-            for handle in self.left:
-                self.left[handle] -= elapsed_s * self.rate[handle]
+        if self.heads:
+            self.airtime_s += (now_s - self.last_s) / len(self.heads)
         self.last_s = now_s
 
-    def _activate(self, handle: int, nbytes: int, rate: float) -> None:
-        self.left[handle] = float(nbytes)
-        self.rate[handle] = rate
+    def _activate(self, handle: int, nbytes: int, bytes_per_s: float) -> None:
+        heapq.heappush(self.heads, (self.airtime_s + nbytes / bytes_per_s, handle))
 
     def add(self, now_s: float, queue_key: tuple[int, str], handle: int, nbytes: int,
             bytes_per_s: float) -> None:
@@ -66,15 +68,15 @@ class _SharedFlow:
 
     def next_drain(self) -> tuple[float, int]:
         """(time, handle) of the next transfer to drain at today's rates; (inf, -1) when idle."""
-        if not self.left:
+        if not self.heads:
             return math.inf, -1
-        n = len(self.left)
-        wait_s, handle = min((max(left, 0.0) * n / self.rate[h], h) for h, left in self.left.items())
-        return self.last_s + wait_s, handle
+        target_s, handle = self.heads[0]
+        return self.last_s + max(target_s - self.airtime_s, 0.0) * len(self.heads), handle
 
     def drain(self, now_s: float, queue_key: tuple[int, str], handle: int) -> None:
         self.advance(now_s)
-        del self.left[handle], self.rate[handle]
+        _, first = heapq.heappop(self.heads)
+        assert first == handle, "only the next transfer to drain can drain"
         queue = self.queues[queue_key]
         queue.popleft()
         if queue:
