@@ -15,12 +15,19 @@ EXIT_DIVERGED = 3      # the loss became NaN or infinite; the rows up to it are 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from splitray.config import load_config
-    from splitray.runtime import RunDiverged, run_experiment
+    from splitray.runtime import RunDiverged, resume_experiment, run_experiment
 
-    cfg = load_config(args.config, args.set)
+    if (args.config is None) == (args.resume is None):
+        raise ConfigError("run: give a config file or --resume RUN_DIR, not both or neither")
+    if args.resume is not None and args.set:
+        raise ConfigError("--set is not allowed with --resume; a run continues with its config")
     try:
-        result = run_experiment(cfg, out_dir=args.out, engine=args.engine,
-                                progress=not args.quiet)
+        if args.resume is not None:
+            result = resume_experiment(args.resume, engine=args.engine, progress=not args.quiet)
+        else:
+            cfg = load_config(args.config, args.set)
+            result = run_experiment(cfg, out_dir=args.out, engine=args.engine,
+                                    progress=not args.quiet)
     except RunDiverged as e:
         print(f"splitray: run diverged: {e}; status 'diverged', the rows up to it are in "
               f"{e.run_dir}", file=sys.stderr)
@@ -166,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one experiment from a YAML config",
                          description="Run one experiment and write its run directory "
                                      "(config.yaml, manifest.json, steps.parquet, evals.parquet).")
-    run.add_argument("config", help="experiment YAML file, e.g. experiments/quickstart.yaml")
+    run.add_argument("config", nargs="?",
+                     help="experiment YAML file, e.g. experiments/quickstart.yaml")
+    run.add_argument("--resume", default=None, metavar="RUN_DIR",
+                     help="continue a killed run from its last checkpoint (instead of a config; "
+                          "the run's own config.yaml is used)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set train.lr=0.05 (repeatable)")
     run.add_argument("--out", default="runs",

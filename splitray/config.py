@@ -152,6 +152,13 @@ class AsyncConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When a run saves everything it needs to continue (`splitray run --resume RUN_DIR`)."""
+
+    every_epochs: int | None = field(default=None, metadata=_range(1))  # also at each phase end
+
+
+@dataclass
 class ClientsConfig:
     count: int = field(default=1, metadata=_range(1))
     num_cpus: float = field(default=1.0, metadata=_range(0, lo_open=True))  # logical CPUs per client
@@ -200,6 +207,7 @@ class ExperimentConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     @property
     def total_epochs(self) -> int:

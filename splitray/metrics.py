@@ -147,8 +147,7 @@ def append_part(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]]
     (`pd.read_parquet(table_dir)`), since a part appears only once it is complete."""
     fs, p = _filesystem(table_dir)
     fs.create_dir(p, recursive=True)
-    parts = [i for i in fs.get_file_info(pafs.FileSelector(p)) if i.base_name.startswith("part-")]
-    path = join_path(table_dir, f"part-{len(parts):05d}.parquet")
+    path = join_path(table_dir, f"part-{len(table_parts(table_dir)):05d}.parquet")
     _write_parquet(_arrow_table(rows, columns), path)
     return path
 
@@ -161,14 +160,40 @@ def table_exists(path: str) -> bool:
 
 def write_text(text: str, path: str) -> None:
     """Write a small text file atomically (local) or as one object (URI)."""
+    write_bytes(text.encode(), path)
+
+
+def write_bytes(data: bytes, path: str) -> None:
+    """Write a file atomically (local: a temporary name renamed into place) or as one object."""
     if "://" in path:
         with _open_uri_output(path) as f:
-            f.write(text.encode())
+            f.write(data)
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp"
-    Path(tmp).write_text(text)
+    Path(tmp).write_bytes(data)
     os.replace(tmp, path)
+
+
+def read_bytes(path: str) -> bytes:
+    """The bytes of a file at a local path or URI."""
+    fs, p = _filesystem(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
+def table_parts(table_dir: str) -> list[str]:
+    """The part files of a table directory, in order (none when it does not exist)."""
+    fs, p = _filesystem(table_dir)
+    if fs.get_file_info(p).type != pafs.FileType.Directory:
+        return []
+    return sorted(join_path(table_dir, i.base_name) for i in fs.get_file_info(pafs.FileSelector(p))
+                  if i.base_name.startswith("part-"))
+
+
+def delete_file(path: str) -> None:
+    fs, p = _filesystem(path)
+    fs.delete_file(p)
 
 
 def read_table(path: str) -> pd.DataFrame:

@@ -117,6 +117,22 @@ class _Role:
         for m in self.modules():
             m.train(training)
 
+    def checkpoint(self) -> dict:
+        """Everything training changes in this role, as tensors and plain values (loads with
+        `torch.load(..., weights_only=True)`)."""
+        optimizer = getattr(self, "optimizer", None)
+        return {"modules": [m.state_dict() for m in self.modules()],
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "torch_rng": torch.get_rng_state()}
+
+    def restore(self, state: dict) -> None:
+        """Return to a `checkpoint()`."""
+        for m, saved in zip(self.modules(), state["modules"], strict=True):
+            m.load_state_dict(saved)
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+
 
 class ClientRole(_Role):
     """A client device: its data shard, client part, compressor and optimizer."""
@@ -143,6 +159,15 @@ class ClientRole(_Role):
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.client_part, self.compressor) if m is not None]
+
+    def checkpoint(self) -> dict:
+        return {**super().checkpoint(), "generator": self.generator.get_state(),
+                "budget": self.budget}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self.generator.set_state(state["generator"])
+        self.budget = state["budget"]
 
     @property
     def num_channels(self) -> int:
@@ -305,6 +330,17 @@ class ServerRole(_Role):
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.server_part, self.decompressor) if m is not None]
+
+    def checkpoint(self) -> dict:
+        cache = None if self.cache is None else [
+            [client, step, payload.to_state()] for (client, step), payload in self.cache.items()]
+        return {**super().checkpoint(), "cache": cache}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        if state["cache"] is not None:
+            self.cache = {(client, step): Payload.from_state(saved)
+                          for client, step, saved in state["cache"]}
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.context import ClientStep
-from splitray.schedules import epoch_plans
 
 if TYPE_CHECKING:
     from splitray.config import AsyncConfig
@@ -61,38 +60,50 @@ def next_state(c: ClientState, loss: float, rules: AsyncConfig) -> ClientState:
     return ClientState(c.state, epochs, loss)
 
 
+@dataclass
+class AsyncState:
+    """What the scheme carries across epochs: each client's state and the savings so far."""
+
+    states: list[ClientState]
+    bytes_sent: int = 0
+    bytes_all_a: int = 0
+    flops_spent: float = 0.0
+    flops_all_a: float = 0.0
+
+    def __post_init__(self) -> None:  # from a checkpoint the states come back as dicts
+        self.states = [c if isinstance(c, ClientState) else ClientState(**c) for c in self.states]
+
+
 def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
     clients, server, get = ctx.clients, ctx.server, ctx.get
     n = len(clients)
-    states = [ClientState() for _ in range(n)]
-    bytes_sent = bytes_full = 0
-    flops_spent = flops_full = 0.0
-    for plan in epoch_plans(cfg.schedule, cfg.train.lr):
+    s = ctx.keep(AsyncState([ClientState() for _ in range(n)]))
+    for plan in ctx.epochs():
         budget, steps = ctx.begin_epoch(plan)
         # What this epoch's steps would cost with every client in state A, at this budget.
         for full_bytes, full_flops in get([c.call(ClientRole.state_a_cost) for c in clients]):
-            bytes_full += full_bytes
-            flops_full += full_flops
+            s.bytes_all_a += full_bytes
+            s.flops_all_a += full_flops
 
         losses: dict[int, list[float]] = {i: [] for i in range(n)}
         for step in range(max(steps)):
             start_s = ctx.timeline.barrier(range(n))
-            rows = ctx.run_steps(plan, budget, [ClientStep(i, step, states[i].state, start_s)
+            rows = ctx.run_steps(plan, budget, [ClientStep(i, step, s.states[i].state, start_s)
                                                 for i, k in enumerate(steps) if step < k])
             for r in rows:
-                bytes_sent += r["bytes_up"] + r["bytes_down"]
-                flops_spent += r["client_flops"]
+                s.bytes_sent += r["bytes_up"] + r["bytes_down"]
+                s.flops_spent += r["client_flops"]
                 losses[r["client_id"]].append(r["loss"])
 
         ctx.evaluate(plan, budget)
         for i in range(n):
-            states[i] = next_state(states[i], sum(losses[i]) / len(losses[i]), cfg.async_sl)
+            s.states[i] = next_state(s.states[i], sum(losses[i]) / len(losses[i]), cfg.async_sl)
 
     ctx.summary.update({
-        "payload_bytes": bytes_sent, "payload_bytes_all_A": bytes_full,
-        "communication_reduction": bytes_full / max(bytes_sent, 1),
-        "client_flops": flops_spent, "client_flops_all_A": flops_full,
-        "client_compute_reduction": flops_full / max(flops_spent, 1.0),
+        "payload_bytes": s.bytes_sent, "payload_bytes_all_A": s.bytes_all_a,
+        "communication_reduction": s.bytes_all_a / max(s.bytes_sent, 1),
+        "client_flops": s.flops_spent, "client_flops_all_A": s.flops_all_a,
+        "client_compute_reduction": s.flops_all_a / max(s.flops_spent, 1.0),
         "server_cache_bytes": get(server.call(ServerRole.cache_nbytes)),
     })

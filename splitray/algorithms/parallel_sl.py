@@ -13,14 +13,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from splitray.runtime.context import ClientStep
-from splitray.schedules import epoch_plans
 
 if TYPE_CHECKING:
     from splitray.runtime.context import RunContext
 
 
 def run(ctx: RunContext) -> None:
-    for plan in epoch_plans(ctx.cfg.schedule, ctx.cfg.train.lr):
+    for plan in ctx.epochs():
         budget, steps = ctx.begin_epoch(plan)
         for step in range(max(steps)):
             start_s = ctx.timeline.barrier(range(len(steps)))  # the round waits for everyone

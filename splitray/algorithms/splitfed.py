@@ -12,13 +12,13 @@ sent down.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from splitray.roles import ClientRole
 from splitray.runtime.context import ClientStep
-from splitray.schedules import epoch_plans
 
 if TYPE_CHECKING:
     from splitray.runtime.context import RunContext
@@ -43,38 +43,44 @@ def _averages(first: int, end: int, period: int) -> bool:
     return any((r + 1) % period == 0 for r in range(first, end))
 
 
+@dataclass
+class SplitFedState:
+    trained: list[int]          # each client's steps since the last average
+    needs_average: list[bool]   # whether it downloads the average before its next step
+    round_index: int = 0
+
+
 def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
     clients, get = ctx.clients, ctx.get
     n = len(clients)
     model_nbytes = get(clients[0].call(ClientRole.weights_nbytes))
-    trained: dict[int, int] = {}  # client -> steps since the last average
-    needs_average: set[int] = set()  # clients that download the average before computing
-    round_index = 0
-    for plan in epoch_plans(cfg.schedule, cfg.train.lr):
+    state = ctx.keep(SplitFedState(trained=[0] * n, needs_average=[False] * n))
+    for plan in ctx.epochs():
         budget, steps = ctx.begin_epoch(plan)
         rounds = max(steps)
         period = cfg.splitfed.every_rounds or rounds
         for step in range(rounds):
+            r = state.round_index
             # A client's next step is the next round, or the first round of the next epoch.
-            next_round = {i: round_index + 1 if step + 1 < k else round_index + rounds - step
+            next_round = {i: r + 1 if step + 1 < k else r + rounds - step
                           for i, k in enumerate(steps) if step < k}
             start_s = ctx.timeline.barrier(range(n))  # the round (and an average) waits for all
             ctx.run_steps(plan, budget, [ClientStep(
                 i, step, ready_s=start_s,
-                bytes_model_down=model_nbytes if i in needs_average else 0,
-                bytes_model_up=model_nbytes if _averages(round_index, nxt, period) else 0)
+                bytes_model_down=model_nbytes if state.needs_average[i] else 0,
+                bytes_model_up=model_nbytes if _averages(r, nxt, period) else 0)
                 for i, nxt in next_round.items()])
             for i in next_round:
-                trained[i] = trained.get(i, 0) + 1
-                needs_average.discard(i)
-            if (round_index + 1) % period == 0:
-                ids = sorted(trained)
+                state.trained[i] += 1
+                state.needs_average[i] = False
+            if (r + 1) % period == 0:
+                ids = [i for i in range(n) if state.trained[i]]
                 weights = get([clients[i].call(ClientRole.get_weights) for i in ids])
-                average = fedavg(weights, [trained[i] for i in ids])
+                average = fedavg(weights, [state.trained[i] for i in ids])
                 get([c.call(ClientRole.set_weights, average) for c in clients])
-                trained.clear()
-                needs_average = set(range(n))
-            round_index += 1
+                state.trained = [0] * n
+                state.needs_average = [True] * n
+            state.round_index += 1
 
         ctx.evaluate(plan, budget)

@@ -11,31 +11,36 @@ optimizer state.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from splitray.roles import ClientRole
 from splitray.runtime.context import ClientStep
-from splitray.schedules import epoch_plans
 
 if TYPE_CHECKING:
     from splitray.runtime.context import RunContext
+
+
+@dataclass
+class VanillaState:
+    holder: int | None = None  # the client holding the latest client part
 
 
 def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
     clients, get = ctx.clients, ctx.get
     n = len(clients)
-    plans = list(epoch_plans(cfg.schedule, cfg.train.lr))
     rng = np.random.default_rng(cfg.seed)
     orders = [rng.permutation(n).tolist() if cfg.vanilla.order == "random" else list(range(n))
-              for _ in plans]
+              for _ in range(cfg.total_epochs)]
     model_nbytes = get(clients[0].call(ClientRole.weights_nbytes))
 
     # Every client starts from the same initial weights (built from the run seed).
-    holder: int | None = None  # the client holding the latest client part
-    for e, plan in enumerate(plans):
+    state = ctx.keep(VanillaState())
+    for plan in ctx.epochs():
+        e = plan.epoch
         budget, steps = ctx.begin_epoch(plan)
 
         if cfg.vanilla.handoff == "epoch":
@@ -46,19 +51,20 @@ def run(ctx: RunContext) -> None:
                                                     else None]
         for turn, next_client in zip(turns, following, strict=True):
             client = turn[0][0]
-            receives = holder is not None and holder != client
+            receives = state.holder is not None and state.holder != client
             if receives:
                 get(clients[client].call(ClientRole.set_weights,
-                                         clients[holder].call(ClientRole.get_weights)))
+                                         clients[state.holder].call(ClientRole.get_weights)))
             hands_on = next_client is not None and next_client != client
             for k, (i, s) in enumerate(turn):
                 ctx.run_steps(plan, budget, [ClientStep(
                     i, s, ready_s=ctx.timeline.now_s,
                     bytes_model_down=model_nbytes if receives and k == 0 else 0,
                     bytes_model_up=model_nbytes if hands_on and k == len(turn) - 1 else 0)])
-            holder = client
+            state.holder = client
 
         # The test set is encoded with the latest client part (evaluation is off the timeline).
-        latest = clients[holder].call(ClientRole.get_weights)
-        get([c.call(ClientRole.set_weights, latest) for i, c in enumerate(clients) if i != holder])
+        latest = clients[state.holder].call(ClientRole.get_weights)
+        get([c.call(ClientRole.set_weights, latest) for i, c in enumerate(clients)
+             if i != state.holder])
         ctx.evaluate(plan, budget)

@@ -94,6 +94,23 @@ class Payload:
         data, scale = encode(t, codec)
         return cls(data=data, codec=codec, scale=scale, channel_indices=indices, labels=label_arr)
 
+    def to_state(self) -> dict:
+        """The payload as tensors and plain values, for a checkpoint."""
+        def tensor(a: np.ndarray | None) -> Tensor | None:
+            return None if a is None else torch.from_numpy(a.copy())
+
+        return {"data": tensor(self.data), "codec": self.codec, "scale": self.scale,
+                "channel_indices": tensor(self.channel_indices), "labels": tensor(self.labels)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Payload:
+        """The payload `to_state` saved."""
+        def array(t: Tensor | None) -> np.ndarray | None:
+            return None if t is None else t.numpy()
+
+        return cls(data=array(state["data"]), codec=state["codec"], scale=state["scale"],
+                   channel_indices=array(state["channel_indices"]), labels=array(state["labels"]))
+
     def to_tensor(self) -> Tensor:
         """The data decoded to a writable float32 CPU tensor of the data's shape."""
         return decode(self.data, self.codec, self.scale, self.data.shape)

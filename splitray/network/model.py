@@ -66,6 +66,18 @@ class NetworkModel:
             self._jitter_rngs[key] = np.random.default_rng([self.seed, client_id, stream])
         return link.latency_s + abs(float(self._jitter_rngs[key].standard_normal())) * link.jitter_s
 
+    def jitter_state(self) -> list:
+        """The jitter generators' states, as plain values (for a checkpoint)."""
+        return [[c, d, rng.bit_generator.state] for (c, d), rng in self._jitter_rngs.items()]
+
+    def restore_jitter(self, state: list) -> None:
+        """Return the jitter generators to a `jitter_state()`."""
+        self._jitter_rngs = {}
+        for client_id, direction, saved in state:
+            rng = np.random.default_rng()
+            rng.bit_generator.state = saved
+            self._jitter_rngs[(client_id, direction)] = rng
+
     def traffic(self) -> Traffic:
         """An empty set of transfers in flight on these links (every link idle)."""
         return Traffic(self)

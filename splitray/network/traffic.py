@@ -154,6 +154,26 @@ class Traffic:
     def idle(self) -> bool:
         return not self._started
 
+    def checkpoint(self) -> dict:
+        """The links' state between transfers, as plain values: FIFO positions of own links and
+        each shared channel's clock (keyed by the medium's lowest client id)."""
+        if not self.idle():
+            raise RuntimeError("a checkpoint needs idle links")
+        first_client = {id(link): min(c for c, other in self.network.links.items() if other is link)
+                        for link in self.network.links.values()}
+        return {"own": [[c, d, v] for (c, d), v in self._own_state.items()],
+                "flows": [[first_client[link_id], d, f.airtime_s, f.last_s]
+                          for (link_id, d), f in self._flows.items()]}
+
+    def restore(self, state: dict) -> None:
+        """Return idle links to a `checkpoint()`."""
+        self._own_state = {(c, d): v for c, d, v in state["own"]}
+        self._flows = {}
+        for client_id, direction, airtime_s, last_s in state["flows"]:
+            flow = _SharedFlow()
+            flow.airtime_s, flow.last_s = airtime_s, last_s
+            self._flows[(id(self.network.link(client_id)), direction)] = flow
+
     def send_all(self, direction: str, transfers: list[Transfer]) -> list[float]:
         """Start `transfers` at their start times on idle links, run them to the end and return
         each one's arrival time, in the order given."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ENGINES", "RunDiverged", "RunResult", "prepare", "run_experiment"]
+__all__ = ["ENGINES", "RunDiverged", "RunResult", "prepare", "resume_experiment",
+           "run_experiment"]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import torch
 
 from splitray.config import ExperimentConfig
 from splitray.metrics import (
@@ -17,11 +21,17 @@ from splitray.metrics import (
     STEPS_TABLE,
     append_part,
     join_path,
+    table_parts,
+    write_bytes,
 )
 from splitray.roles import BackwardInfo, ClientRole, ForwardInfo, ServerInfo, ServerRole
 from splitray.runtime.peers import Peer
 from splitray.runtime.timeline import ServerWork, StepJob, Timeline
-from splitray.schedules import EpochPlan, reset_kind
+from splitray.schedules import EpochPlan, epoch_plans, reset_kind
+
+T = TypeVar("T")
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
 
 
 class RunDiverged(RuntimeError):
@@ -97,9 +107,71 @@ class RunContext:
         self._epoch_steps = 0
         self._epoch_done = 0
         self._budget: int | None = None  # the budget of the epoch in progress
+        self.epochs_done = 0
+        self._algorithm_state: Any = None
+        self._resumed_algorithm: dict | None = None
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.wall_start
+
+    # ---------------------------------------------------------------- epochs and checkpoints
+    def epochs(self) -> Iterator[EpochPlan]:
+        """The schedule's epochs from where the run stands (after `--resume`, the first not
+        done). When the algorithm asks for the next one, the last is complete, and a checkpoint
+        follows every `checkpoint.every_epochs`-th epoch and the last epoch of each phase."""
+        plans = list(epoch_plans(self.cfg.schedule, self.cfg.train.lr))
+        every = self.cfg.checkpoint.every_epochs
+        for k in range(self.epochs_done, len(plans)):
+            yield plans[k]
+            self.epochs_done = k + 1
+            phase_end = k + 1 == len(plans) or plans[k + 1].phase_start
+            if every is not None and (self.epochs_done % every == 0 or phase_end):
+                self.save_checkpoint()
+
+    def keep(self, state: T) -> T:
+        """Register the algorithm's state across epochs (a dataclass of plain values) so that
+        checkpoints hold it; after `--resume`, returns the state the checkpoint held."""
+        if self._resumed_algorithm is not None:
+            state = type(state)(**self._resumed_algorithm)
+        self._algorithm_state = state
+        return state
+
+    def save_checkpoint(self) -> None:
+        """Write RUN_DIR/checkpoint.pt: every model, optimizer, filter and RNG state, the
+        timeline, the run's counters, the algorithm's state and how many table parts it had."""
+        if self.run_dir is None:
+            return
+        self.flush()
+        state = {
+            "format": CHECKPOINT_FORMAT, "epochs_done": self.epochs_done,
+            "parts": {name: len(table_parts(join_path(self.run_dir, name)))
+                      for name in (STEPS_TABLE, EVALS_TABLE)},
+            "clients": self.get([c.call(ClientRole.checkpoint) for c in self.clients]),
+            "server": self.get(self.server.call(ServerRole.checkpoint)),
+            "timeline": self.timeline.checkpoint(),
+            "context": {"cum_bytes_up": self.cum_bytes_up, "cum_bytes_down": self.cum_bytes_down,
+                        "samples_seen": self.samples_seen, "round": self.round,
+                        "budget": self._budget},
+            "algorithm": (dataclasses.asdict(self._algorithm_state)
+                          if self._algorithm_state is not None else None),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes(buffer.getvalue(), join_path(self.run_dir, CHECKPOINT_FILE))
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint: every role, the timeline and the counters (the algorithm's
+        state is handed back by `keep`)."""
+        self.get([c.call(ClientRole.restore, s)
+                  for c, s in zip(self.clients, state["clients"], strict=True)])
+        self.get(self.server.call(ServerRole.restore, state["server"]))
+        self.timeline.restore(state["timeline"])
+        saved = state["context"]
+        self.cum_bytes_up, self.cum_bytes_down = saved["cum_bytes_up"], saved["cum_bytes_down"]
+        self.samples_seen, self.round, self._budget = (saved["samples_seen"], saved["round"],
+                                                       saved["budget"])
+        self.epochs_done = state["epochs_done"]
+        self._resumed_algorithm = state["algorithm"]
 
     def begin_epoch(self, plan: EpochPlan) -> tuple[int, list[int]]:
         """Start an epoch on every client and the server: reset the filter at a phase change

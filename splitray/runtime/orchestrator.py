@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import math
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ import pandas as pd
 import torch
 
 from splitray.algorithms import ALGORITHMS
-from splitray.config import ConfigError, ExperimentConfig
+from splitray.config import ConfigError, ExperimentConfig, load_config
 from splitray.data import (
     ArrayDataset,
     DataFileError,
@@ -26,11 +28,14 @@ from splitray.data import (
 from splitray.metrics import (
     EVALS_TABLE,
     STEPS_TABLE,
+    delete_file,
     join_path,
     manifest,
     now_iso,
+    read_bytes,
     read_table,
     table_exists,
+    table_parts,
     write_manifest,
     write_text,
 )
@@ -44,7 +49,12 @@ from splitray.network import (
     get_device_profile,
 )
 from splitray.roles import ClientRole, ServerRole
-from splitray.runtime.context import RunContext, RunDiverged
+from splitray.runtime.context import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_FORMAT,
+    RunContext,
+    RunDiverged,
+)
 from splitray.runtime.peers import LocalPeer, RayPeer, get_local, get_ray
 from splitray.runtime.timeline import Timeline
 
@@ -222,18 +232,19 @@ def _local_peers(p: Prepared) -> tuple[list[LocalPeer], LocalPeer]:
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: str = "ray",
                    on_epoch: Callable[[dict], None] | None = None, progress: bool = True,
-                   run_dir: str | None = None) -> RunResult:
+                   run_dir: str | None = None, resume: dict | None = None) -> RunResult:
     """Run one simulation and write its run directory under `out_dir` (or exactly at `run_dir`).
 
     engine "ray": client and server actors exchanging ObjectRefs; engine "local": the fused
     single-process reference trainer, the same step code called directly. With both `out_dir`
     and `run_dir` None nothing is written. A loss that turns NaN or infinite ends the run with
-    status "diverged" and raises RunDiverged; the rows up to that step are written.
+    status "diverged" and raises RunDiverged; the rows up to that step are written. `resume`
+    (from `resume_experiment`) continues the run at `run_dir` from its checkpoint.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine: {engine!r} is not allowed; choose one of {', '.join(ENGINES)}")
     prepared = prepare(cfg)
-    run_id = run_id_for(cfg)
+    run_id = resume["manifest"]["run_id"] if resume else run_id_for(cfg)
     if run_dir is None and out_dir is not None:
         run_dir = join_path(out_dir, run_id)
     clients, server = _ray_peers(prepared) if engine == "ray" else _local_peers(prepared)
@@ -252,6 +263,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     extra = {"engine": engine, "config": "config.yaml", "clients": [
         {"client_id": i, "device": d.name, "link": prepared.network.describe(i),
          "train_samples": len(prepared.train_shards[i])} for i, d in enumerate(prepared.devices)]}
+    if resume:
+        ctx.restore(resume["checkpoint"])
+        started = resume["manifest"]["started"]
+        extra["resumes"] = [*resume["manifest"].get("resumes", []),
+                            {"at": now_iso(), "engine": engine,
+                             "epochs_done": resume["checkpoint"]["epochs_done"]}]
     if run_dir is not None:
         if "://" not in run_dir:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -284,3 +301,25 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
         steps, evals = (read_table(join_path(run_dir, name)) if table_exists(join_path(run_dir, name))
                         else pd.DataFrame() for name in (STEPS_TABLE, EVALS_TABLE))
     return RunResult(run_id, run_dir, steps, evals, ctx.summary)
+
+
+def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True) -> RunResult:
+    """Continue a killed run from its last checkpoint: the rows written after it are dropped
+    first, so the final tables equal those of an uninterrupted run (wall-clock columns aside)."""
+    path = join_path(run_dir, CHECKPOINT_FILE)
+    if not table_exists(path):
+        raise ConfigError(f"--resume: {run_dir!r} is not allowed; it holds no {CHECKPOINT_FILE} "
+                          "(set checkpoint.every_epochs to write one)")
+    cfg = load_config(join_path(run_dir, "config.yaml"))
+    saved = torch.load(io.BytesIO(read_bytes(path)), weights_only=True)
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"--resume: {path} has checkpoint format {saved.get('format')!r}; "
+                          f"this splitray reads format {CHECKPOINT_FORMAT}")
+    for name, kept in saved["parts"].items():
+        for part in table_parts(join_path(run_dir, name))[kept:]:
+            delete_file(part)
+    previous = json.loads(read_bytes(join_path(run_dir, "manifest.json")))
+    if progress:
+        print(f"resuming {previous['run_id']} after epoch {saved['epochs_done']}", flush=True)
+    return run_experiment(cfg, out_dir=None, engine=engine, progress=progress, run_dir=run_dir,
+                          resume={"checkpoint": saved, "manifest": previous})

@@ -101,6 +101,19 @@ class Timeline:
         self.server_free_s = 0.0
         self.client_free_s = [0.0] * len(client_devices)
 
+    def checkpoint(self) -> dict:
+        """The timeline between steps, as plain values (clocks, links, jitter generators)."""
+        return {"now_s": self.now_s, "server_free_s": self.server_free_s,
+                "client_free_s": list(self.client_free_s), "traffic": self.traffic.checkpoint(),
+                "jitter": self.network.jitter_state()}
+
+    def restore(self, state: dict) -> None:
+        """Return to a `checkpoint()`."""
+        self.now_s, self.server_free_s = state["now_s"], state["server_free_s"]
+        self.client_free_s = list(state["client_free_s"])
+        self.traffic.restore(state["traffic"])
+        self.network.restore_jitter(state["jitter"])
+
     # ---------------------------------------------------------------- compute time
     def _compute_s(self, flops: float, host_s: float, device: DeviceProfile, share: float) -> float:
         if self.compute_time == "measured":

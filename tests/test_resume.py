@@ -1,0 +1,84 @@
+"""A run killed after a checkpoint and resumed ends with the tables of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from splitray.config import ALGORITHM_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
+EPOCHS = 8
+SETTINGS = {
+    "model.name": "tiny_cnn", "model.split_layer": 3, "data.image_size": 16,
+    "data.train_samples": 512, "data.test_samples": 64, "train.batch_size": 8,
+    "clients.count": 2, "clients.devices": "[raspberry_pi_4, laptop_cpu]",
+    "network.shared": "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.01, jitter_s: 0.002}",
+    "schedule.phases": f"[{{budget: 4, epochs: {EPOCHS // 2}}}, {{budget: 16, epochs: {EPOCHS // 2}}}]",
+    "checkpoint.every_epochs": 1, "splitfed.every_rounds": 5,
+}
+
+
+def _command(algorithm: str, out: Path) -> list[str]:
+    sets = [a for k, v in {**SETTINGS, "train.algorithm": algorithm}.items()
+            for a in ("--set", f"{k}={v}")]
+    return [sys.executable, "-m", "splitray.cli", "run", QUICKSTART, *sets, "--engine", "local",
+            "--quiet", "--out", str(out)]
+
+
+def _env() -> dict:
+    # One thread: the same float summation order in every process.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _epochs_done(out: Path) -> int:
+    for checkpoint in out.glob("*/checkpoint.pt"):
+        try:
+            return torch.load(checkpoint, weights_only=True)["epochs_done"]
+        except Exception:  # replaced while we read it
+            return 0
+    return 0
+
+
+def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    # Wall-clock columns aside; the run id differs between the two runs, not within one.
+    return tuple(pd.read_parquet(run_dir / name).drop(columns=["wall_time_s", "run_id"])
+                 for name in ("steps.parquet", "evals.parquet"))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(algorithm, tmp_path):
+    subprocess.run(_command(algorithm, tmp_path / "whole"), check=True, env=_env(),
+                   capture_output=True)
+    [whole] = (tmp_path / "whole").iterdir()
+
+    killed_out = tmp_path / "killed"
+    proc = subprocess.Popen(_command(algorithm, killed_out), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _epochs_done(killed_out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    [run_dir] = killed_out.iterdir()
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "splitray.cli", "run", "--resume", str(run_dir), "--engine",
+         "local", "--quiet"], env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    for got, expected in zip(_tables(run_dir), _tables(whole), strict=True):
+        pd.testing.assert_frame_equal(got, expected)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and len(manifest["resumes"]) == 1
+    assert manifest["resumes"][0]["epochs_done"] >= 2
