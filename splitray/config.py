@@ -168,7 +168,7 @@ class ClientsConfig:
 
 @dataclass
 class NetworkConfig:
-    shared: Any = None  # a link profile or spec all clients share (processor sharing); None: own links
+    shared: Any = None  # a link profile or spec all clients share (see SharedMedium); None: own links
     links: list[Any] = field(default_factory=lambda: ["lte"])  # own links, cycled over clients
     traces_root: str | None = None  # None: $SPLITRAY_DATA/net-traces/cellular
     # none: every trace link replays from its start; random: each client from a seeded offset
@@ -194,7 +194,7 @@ class EngineConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0))
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)

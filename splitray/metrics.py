@@ -99,7 +99,7 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 
 def _open_uri_output(uri: str):
     """An output stream for a URI (file://, s3://, ...); object stores replace whole objects on
-    close, so the write is atomic there."""
+    close, so a write is atomic there (file:// tables go through a hidden name, see below)."""
     fs, p = _filesystem(uri)
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
     return fs.open_output_stream(p)
@@ -118,8 +118,16 @@ def _write_parquet(table: pa.Table, path: str) -> None:
     """Write a Parquet file atomically: locally under a hidden temporary name (readers of a
     table directory skip names starting with '.') renamed into place; a URI as one object."""
     if "://" in path:
-        with _open_uri_output(path) as f:
-            pq.write_table(table, f)
+        fs, p = _filesystem(path)
+        if fs.type_name == "local":  # file://: a hidden name moved into place, as below
+            parent, name = p.rsplit("/", 1)
+            tmp = f"{parent}/.{name}.tmp"
+            with _open_uri_output(path.rsplit("/", 1)[0] + f"/.{name}.tmp") as f:
+                pq.write_table(table, f)
+            fs.move(tmp, p)
+        else:
+            with _open_uri_output(path) as f:
+                pq.write_table(table, f)
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".", suffix=".tmp")
@@ -143,8 +151,8 @@ def append_part(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]]
     """Add `rows` to the table directory `table_dir` as its next part file; returns its path.
 
     A run's tables are directories of part files: a flush writes only its new rows (O(new
-    rows), not a rewrite), and a run killed at any moment leaves a table pandas reads
-    (`pd.read_parquet(table_dir)`), since a part appears only once it is complete."""
+    rows), not a rewrite), and once the first part exists, a run killed at any moment leaves a
+    table pandas reads (`pd.read_parquet(table_dir)`): a part appears only once complete."""
     fs, p = _filesystem(table_dir)
     fs.create_dir(p, recursive=True)
     path = join_path(table_dir, f"part-{len(table_parts(table_dir)):05d}.parquet")

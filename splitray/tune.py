@@ -421,7 +421,8 @@ def _records(results: Any, space: SearchSpace, trials_dir: Path) -> list[TrialRe
 
 
 def _best(trials: list[TrialRecord], mode: str) -> str | None:
-    scored = [t for t in trials if t.final_metric is not None and not math.isnan(t.final_metric)]
+    scored = [t for t in trials if t.final_metric is not None and not math.isnan(t.final_metric)
+              and t.status != "diverged"]
     if not scored:
         return None
     pick = max if mode == "max" else min

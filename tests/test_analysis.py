@@ -304,3 +304,20 @@ def test_example_script_prints_frontier(runs_dir: Path, tmp_path: Path, monkeypa
     assert "3 of 4 runs" in text
     assert all(f"  {r}:" in frontier for r in "abc") and "  d:" not in frontier
     assert_png(str(plot))
+
+
+def test_a_run_with_no_evaluation_yet_is_left_out_and_part_files_load(tmp_path: Path) -> None:
+    from splitray.metrics import append_part
+
+    root = tmp_path / "runs"
+    write_run(root / "done", "done", RUNS["a"])
+    early = root / "early"  # killed before its first evaluation: steps only
+    append_part(step_rows("early", RUNS["b"])[:2], STEP_COLUMNS, str(early / "steps.parquet"))
+    parts = root / "parts"  # the layout runs write: directories of part files
+    for epoch in range(len(RUNS["c"])):
+        append_part(eval_rows("parts", RUNS["c"])[epoch:epoch + 1], EVAL_COLUMNS,
+                    str(parts / "evals.parquet"))
+    append_part(step_rows("parts", RUNS["c"]), STEP_COLUMNS, str(parts / "steps.parquet"))
+    results = load(str(root))
+    assert sorted(results.runs()) == ["done", "parts"]
+    assert len(results.evals[results.evals["run_id"] == "parts"]) == len(RUNS["c"])

@@ -82,3 +82,17 @@ def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(algorithm, t
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "finished" and len(manifest["resumes"]) == 1
     assert manifest["resumes"][0]["epochs_done"] >= 2
+
+
+def test_a_new_run_never_appends_to_an_existing_runs_tables(tmp_path):
+    from splitray.config import ConfigError, load_config
+    from splitray.runtime import run_experiment
+
+    cfg = load_config(QUICKSTART, [f"{k}={v}" for k, v in {
+        **SETTINGS, "data.train_samples": 32, "schedule.phases": "[{budget: 4, epochs: 1}]",
+        "checkpoint.every_epochs": "null"}.items()])
+    first = run_experiment(cfg, out_dir=str(tmp_path), engine="local", progress=False)
+    again = run_experiment(cfg, out_dir=str(tmp_path), engine="local", progress=False)
+    assert again.run_dir != first.run_dir and len(again.steps) == len(first.steps)
+    with pytest.raises(ConfigError, match="already holds a run's tables"):
+        run_experiment(cfg, run_dir=first.run_dir, engine="local", progress=False)

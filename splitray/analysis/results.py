@@ -120,8 +120,8 @@ def load(path: str) -> Results:
             return _load_sweep(path)
         return _load_runs(path, [path])
     run_dirs = [join_path(path, name) for name in _subdir_names(path)]
-    run_dirs = [d for d in run_dirs
-                if table_exists(join_path(d, EVALS_FILE)) or table_exists(join_path(d, STEPS_FILE))]
+    # A run killed or diverged before its first evaluation has no evals yet: not a result.
+    run_dirs = [d for d in run_dirs if table_exists(join_path(d, EVALS_FILE))]
     if not run_dirs:
         raise FileNotFoundError(f"no splitray results in {path}: expected {EVALS_FILE} and "
                                 f"{STEPS_FILE} there or in its subdirectories")

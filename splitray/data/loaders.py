@@ -215,8 +215,10 @@ def _load_stl10(
             raise FileNotFoundError(f"stl10: missing file {path}")
     labels = np.fromfile(y_path, dtype=np.uint8).astype(np.int64) - 1
     image_bytes = 3 * STL10_IMAGE_SIZE * STL10_IMAGE_SIZE
+    if labels.size and labels.min() < 0:
+        raise DataFileError(f"stl10: {y_path} holds a label 0; labels are 1..10")
     if x_path.stat().st_size != len(labels) * image_bytes:
-        raise ValueError(
+        raise DataFileError(
             f"stl10: {x_path} holds {x_path.stat().st_size} bytes, expected "
             f"{len(labels)} images x {image_bytes} bytes"
         )
@@ -258,7 +260,7 @@ def _load_imagefolder(
     labels: list[int] = []
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
         if class_dir.name not in class_index:
-            raise ValueError(
+            raise DataFileError(
                 f"imagefolder: class {class_dir.name!r} in {split_dir} is not among the "
                 f"{len(classes)} classes of {class_root}"
             )
@@ -288,6 +290,13 @@ def _read_image(path: Path, size: int) -> np.ndarray:
     """(size, size, 3) uint8: shorter side resized to `size`, then centre-cropped."""
     from PIL import Image
 
+    try:
+        return _decode_image(Image, path, size)
+    except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise DataFileError(f"imagefolder: {path} is not a readable image ({e})") from None
+
+
+def _decode_image(Image, path: Path, size: int) -> np.ndarray:  # noqa: N803 (the PIL module)
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when that is enough
         img = img.convert("RGB")

@@ -87,8 +87,8 @@ class NetworkModel:
         idle links: what the timeline computes for transfers that start at these times.
 
         finish = drain finish + latency_s + |normal(0, jitter_s)|. Own links serve a client's
-        transfers FIFO (by start, ties by list position); a SharedMedium splits its capacity
-        equally among its active clients.
+        transfers FIFO (by start, ties by list position); a SharedMedium splits its capacity as
+        its allocation says (see SharedMedium).
         """
         return self.traffic().send_all(direction, transfers)
 

@@ -4,9 +4,9 @@ The discrete-event timeline starts a transfer when a client or the server sends,
 next moment a transfer drains. Own links (constant, trace) serve one client's transfers FIFO, so
 a drain time is fixed when the transfer starts. A shared medium splits its capacity equally among
 the clients with a transfer in flight: every start and every drain changes the rate of the others,
-so its next drain is recomputed (in virtual airtime, O(log n) per event). A half-duplex
-medium is one channel for both directions; a medium with fixed shares is a FIFO link per client
-at its share of the capacity.
+so its next drain is recomputed (in virtual airtime, O(log n) per event); the shares are per
+client and direction, so a client sending both ways on a half-duplex medium holds two. A medium
+with fixed shares (`allocation: shares`) is instead a FIFO link per client at its share.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ class _SharedFlow:
         self.advance(now_s)
         _, first = heapq.heappop(self.heads)
         assert first == handle, "only the next transfer to drain can drain"
+        if not self.heads:
+            self.airtime_s = 0.0  # idle: restart the virtual clock, so rounding cannot build up
         queue = self.queues[queue_key]
         queue.popleft()
         if queue:

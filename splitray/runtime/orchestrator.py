@@ -154,13 +154,19 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
                       shards_per_client=cfg.data.shards_per_client, seed=cfg.seed)
     if any(len(p) < 1 for p in parts):
         raise ConfigError(f"clients.count: {n} is not allowed; some clients get no training data")
+    if n > len(test):
+        raise ConfigError(f"data.test_samples: {len(test)} test samples are not allowed for "
+                          f"{n} clients; every client evaluates on its own slice, give >= {n}")
     test_parts = np.array_split(np.arange(len(test)), n)
     try:
         devices = [get_device_profile(cfg.clients.devices[i % len(cfg.clients.devices)])
                    for i in range(n)]
-        server_device = get_device_profile(cfg.server.device)
     except ValueError as e:
         raise ConfigError(f"clients.devices: {e}") from None
+    try:
+        server_device = get_device_profile(cfg.server.device)
+    except ValueError as e:
+        raise ConfigError(f"server.device: {e}") from None
     try:
         network = NetworkModel(_links(cfg), seed=cfg.seed)
     except (ValueError, FileNotFoundError) as e:
@@ -247,6 +253,15 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     run_id = resume["manifest"]["run_id"] if resume else run_id_for(cfg)
     if run_dir is None and out_dir is not None:
         run_dir = join_path(out_dir, run_id)
+        # Two runs of one config started in the same second: the second gets its own directory.
+        suffix = 1
+        while _has_tables(run_dir):
+            suffix += 1
+            run_dir = join_path(out_dir, f"{run_id}-{suffix}")
+        run_id = run_dir.rstrip("/").rsplit("/", 1)[-1]
+    elif run_dir is not None and not resume and _has_tables(run_dir):
+        raise ConfigError(f"run_dir: {run_dir!r} is not allowed; it already holds a run's tables "
+                          "(continue it with --resume, or choose another directory)")
     clients, server = _ray_peers(prepared) if engine == "ray" else _local_peers(prepared)
     get = get_ray if engine == "ray" else get_local
     # Wait until every actor is built, so the run's wall clock starts with training.
@@ -301,6 +316,10 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
         steps, evals = (read_table(join_path(run_dir, name)) if table_exists(join_path(run_dir, name))
                         else pd.DataFrame() for name in (STEPS_TABLE, EVALS_TABLE))
     return RunResult(run_id, run_dir, steps, evals, ctx.summary)
+
+
+def _has_tables(run_dir: str) -> bool:
+    return any(table_exists(join_path(run_dir, name)) for name in (STEPS_TABLE, EVALS_TABLE))
 
 
 def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True) -> RunResult:
