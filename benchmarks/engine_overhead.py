@@ -5,12 +5,15 @@ Prints samples/s of both and ends with `ratio <engine/fused>`.
 
     python benchmarks/engine_overhead.py                 # VGG11 split 5, batch 64, 1 client
     python benchmarks/engine_overhead.py --clients 8     # 8 clients on a shared Wi-Fi medium
+    python benchmarks/engine_overhead.py --checkpoint    # engine with vs without a checkpoint
+                                                         # after each of 3 epochs (ratio)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 
 import ray
 import torch
@@ -38,6 +41,9 @@ def main() -> None:
     parser.add_argument("--compression", action="store_true", help="budget 16, fp16 codecs")
     parser.add_argument("--repeats", type=int, default=2,
                         help="alternate fused and engine runs this often; report each one's best")
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="instead compare the engine writing a run directory with and "
+                             "without checkpoint.every_epochs=1, over 3 epochs")
     args = parser.parse_args()
 
     cores = os.cpu_count() or 2
@@ -52,25 +58,35 @@ def main() -> None:
         f"clients.num_cpus={client_cpus}", f"server.num_cpus={cores}",
         "clients.devices=[laptop_cpu]", "network.shared=wifi6_shared",
     ]
-    overrides += (["schedule.phases=[{budget: 16, epochs: 1}]", "compression.codec_up=fp16",
-                   "compression.codec_down=fp16"] if args.compression else
-                  ["compression.enabled=false", "schedule.phases=[{epochs: 1}]"])
-    cfg = load_config(overrides=overrides)
+    epochs = 3 if args.checkpoint else 1
+    overrides += ([f"schedule.phases=[{{budget: 16, epochs: {epochs}}}]",
+                   "compression.codec_up=fp16", "compression.codec_down=fp16"]
+                  if args.compression else
+                  ["compression.enabled=false", f"schedule.phases=[{{epochs: {epochs}}}]"])
+    variants = ({"without": (load_config(overrides=[*overrides, "checkpoint.every_epochs=null"]),
+                             "ray"),
+                 "with": (load_config(overrides=[*overrides, "checkpoint.every_epochs=1"]), "ray")}
+                if args.checkpoint else
+                {"fused": (load_config(overrides=overrides), "local"),
+                 "engine": (load_config(overrides=overrides), "ray")})
     ray.init(num_cpus=2 * cores, include_dashboard=False, log_to_driver=False)
 
     print(f"{args.model} split {args.split_layer}, batch {args.batch_size}, {args.clients} "
           f"client(s), {args.steps} steps each, torch threads {torch.get_num_threads()}")
     # Alternating and keeping the best of each damps the host's noise (other tenants, Ray's
     # own daemons on the same two cores) without favouring either side.
-    best = {"fused": 0.0, "engine": 0.0}
-    for _ in range(args.repeats):
-        for name, engine in (("fused", "local"), ("engine", "ray")):
-            steps = run_experiment(cfg, out_dir=None, engine=engine, progress=False).steps
-            rate = samples_per_s(steps)
-            best[name] = max(best[name], rate)
-            print(f"{name:7s} {rate:8.1f} samples/s")
-    print(f"best: fused {best['fused']:.1f}, engine {best['engine']:.1f} samples/s")
-    print(f"ratio {best['engine'] / best['fused']:.3f}")
+    best = dict.fromkeys(variants, 0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            for name, (cfg, engine) in variants.items():
+                out = tmp if args.checkpoint else None  # checkpoints live in run directories
+                steps = run_experiment(cfg, out_dir=out, engine=engine, progress=False).steps
+                rate = samples_per_s(steps)
+                best[name] = max(best[name], rate)
+                print(f"{name:7s} {rate:8.1f} samples/s")
+    (a, rate_a), (b, rate_b) = best.items()
+    print(f"best: {a} {rate_a:.1f}, {b} {rate_b:.1f} samples/s")
+    print(f"ratio {rate_b / rate_a:.3f}")
 
 
 if __name__ == "__main__":

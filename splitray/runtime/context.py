@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -155,9 +156,14 @@ class RunContext:
             "algorithm": (dataclasses.asdict(self._algorithm_state)
                           if self._algorithm_state is not None else None),
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_bytes(buffer.getvalue(), join_path(self.run_dir, CHECKPOINT_FILE))
+        path = join_path(self.run_dir, CHECKPOINT_FILE)
+        if "://" in path:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            write_bytes(buffer.getvalue(), path)
+        else:  # straight to disk under a temporary name, then into place
+            torch.save(state, f"{path}.tmp")
+            os.replace(f"{path}.tmp", path)
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint: every role, the timeline and the counters (the algorithm's
