@@ -41,7 +41,14 @@ from splitray.config import (
     set_dotted,
     yaml_problem,
 )
-from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, read_table, write_table, write_text
+from splitray.metrics import (
+    EVAL_COLUMNS,
+    STEP_COLUMNS,
+    read_table,
+    write_manifest,
+    write_table,
+    write_text,
+)
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SPACE_FILE_KEYS = ("base", "set", "metric", "mode", "num_samples", "space")
@@ -325,6 +332,16 @@ def _param_columns(trials: list[TrialRecord], keys: list[str]) -> dict[str, dict
     return by_trial
 
 
+def _mark_stopped(run_dir: Path) -> None:
+    """Tune ends a trial its scheduler stops without letting the run finish: say so in the run's
+    manifest, which the run left at "running"."""
+    path = run_dir / "manifest.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        data["status"] = "stopped"
+        write_manifest(data, str(run_dir))
+
+
 def _trial_status(trials_dir: Path, trial_id: str) -> str | None:
     """The status a trial's run wrote into its manifest, if it got that far."""
     path = trials_dir / trial_id / "manifest.json"
@@ -415,6 +432,8 @@ def _records(results: Any, space: SearchSpace, trials_dir: Path) -> list[TrialRe
         else:
             total = trial_config(space.base, params).total_epochs
             status = "finished" if epochs >= total else "stopped"
+            if status == "stopped":
+                _mark_stopped(trials_dir / trial_id)
         records.append(TrialRecord(trial_id, status, _error_line(result.error), params, epochs,
                                    final))
     return sorted(records, key=lambda r: r.trial_id)

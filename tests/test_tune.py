@@ -317,6 +317,9 @@ def test_asha_stops_the_worse_trial_and_keeps_its_rows(ray_cluster, tmp_path: Pa
     by_budget = {t.params["schedule.phases[0].budget"]: t for t in result.trials}
     assert (by_budget[4].status, by_budget[4].epochs) == ("finished", 2)
     assert (by_budget[16].status, by_budget[16].epochs) == ("stopped", 1)
+    for budget, status in ((4, "finished"), (16, "stopped")):
+        manifest = tmp_path / "sweep" / "trials" / by_budget[budget].trial_id / "manifest.json"
+        assert json.loads(manifest.read_text())["status"] == status
     evals = pd.read_parquet(tmp_path / "sweep" / "evals.parquet")
     assert evals.groupby("trial_id").size().to_dict() == {by_budget[4].trial_id: 2,
                                                            by_budget[16].trial_id: 1}
