@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import platform
 import socket
-import tempfile
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -97,12 +97,27 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
 
 
-def _open_uri_output(uri: str):
-    """An output stream for a URI (file://, s3://, ...); object stores replace whole objects on
-    close, so a write is atomic there (file:// tables go through a hidden name, see below)."""
-    fs, p = _filesystem(uri)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    return fs.open_output_stream(p)
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[pa.NativeFile]:
+    """A binary stream whose file appears at `path` only once complete. Local paths and file://
+    URIs are written under a hidden temporary name (readers of a table directory skip names
+    starting with '.') and moved into place; object stores replace whole objects on close."""
+    fs, p = _filesystem(path)
+    parent, name = p.rsplit("/", 1) if "/" in p else (".", p)
+    fs.create_dir(parent, recursive=True)
+    if fs.type_name != "local":
+        with fs.open_output_stream(p) as f:
+            yield f
+        return
+    tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with fs.open_output_stream(tmp) as f:
+            yield f
+        fs.move(tmp, p)
+    except BaseException:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+        raise
 
 
 def _arrow_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]]) -> pa.Table:
@@ -114,36 +129,11 @@ def _arrow_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]
     return table
 
 
-def _write_parquet(table: pa.Table, path: str) -> None:
-    """Write a Parquet file atomically: locally under a hidden temporary name (readers of a
-    table directory skip names starting with '.') renamed into place; a URI as one object."""
-    if "://" in path:
-        fs, p = _filesystem(path)
-        if fs.type_name == "local":  # file://: a hidden name moved into place, as below
-            parent, name = p.rsplit("/", 1)
-            tmp = f"{parent}/.{name}.tmp"
-            with _open_uri_output(path.rsplit("/", 1)[0] + f"/.{name}.tmp") as f:
-                pq.write_table(table, f)
-            fs.move(tmp, p)
-        else:
-            with _open_uri_output(path) as f:
-                pq.write_table(table, f)
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=".", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_table(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]],
                 path: str) -> None:
     """Write rows as one Parquet file, atomically."""
-    _write_parquet(_arrow_table(rows, columns), path)
+    with atomic_output(path) as f:
+        pq.write_table(_arrow_table(rows, columns), f)
 
 
 def append_part(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]],
@@ -156,7 +146,7 @@ def append_part(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]]
     fs, p = _filesystem(table_dir)
     fs.create_dir(p, recursive=True)
     path = join_path(table_dir, f"part-{len(table_parts(table_dir)):05d}.parquet")
-    _write_parquet(_arrow_table(rows, columns), path)
+    write_table(rows, columns, path)
     return path
 
 
@@ -172,15 +162,9 @@ def write_text(text: str, path: str) -> None:
 
 
 def write_bytes(data: bytes, path: str) -> None:
-    """Write a file atomically (local: a temporary name renamed into place) or as one object."""
-    if "://" in path:
-        with _open_uri_output(path) as f:
-            f.write(data)
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp"
-    Path(tmp).write_bytes(data)
-    os.replace(tmp, path)
+    """Write a file atomically (see `atomic_output`), local path or URI."""
+    with atomic_output(path) as f:
+        f.write(data)
 
 
 def read_bytes(path: str) -> bytes:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,9 +19,9 @@ from splitray.metrics import (
     STEP_COLUMNS,
     STEPS_TABLE,
     append_part,
+    atomic_output,
     join_path,
     table_parts,
-    write_bytes,
 )
 from splitray.roles import BackwardInfo, ClientRole, ForwardInfo, ServerInfo, ServerRole
 from splitray.runtime.peers import Peer
@@ -156,14 +154,8 @@ class RunContext:
             "algorithm": (dataclasses.asdict(self._algorithm_state)
                           if self._algorithm_state is not None else None),
         }
-        path = join_path(self.run_dir, CHECKPOINT_FILE)
-        if "://" in path:
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-            write_bytes(buffer.getvalue(), path)
-        else:  # straight to disk under a temporary name, then into place
-            torch.save(state, f"{path}.tmp")
-            os.replace(f"{path}.tmp", path)
+        with atomic_output(join_path(self.run_dir, CHECKPOINT_FILE)) as f:
+            torch.save(state, f)
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint: every role, the timeline and the counters (the algorithm's
