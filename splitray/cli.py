@@ -10,12 +10,13 @@ import sys
 from splitray.config import ConfigError
 
 EXIT_CONFIG_ERROR = 2  # bad input: nothing ran, nothing was written
+EXIT_FAILED = 1        # the run failed (e.g. more actor deaths than faults.max_failures)
 EXIT_DIVERGED = 3      # the loss became NaN or infinite; the rows up to it are kept
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from splitray.config import load_config
-    from splitray.runtime import RunDiverged, resume_experiment, run_experiment
+    from splitray.runtime import RunDiverged, RunFailed, resume_experiment, run_experiment
 
     if (args.config is None) == (args.resume is None):
         raise ConfigError("run: give a config file or --resume RUN_DIR, not both or neither")
@@ -32,6 +33,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"splitray: run diverged: {e}; status 'diverged', the rows up to it are in "
               f"{e.run_dir}", file=sys.stderr)
         return EXIT_DIVERGED
+    except RunFailed as e:
+        print(f"splitray: run failed: {e}; status 'failed', the rows up to the last checkpoint "
+              f"are in {e.run_dir}", file=sys.stderr)
+        return EXIT_FAILED
     last = result.evals.iloc[-1] if len(result.evals) else None
     if last is not None:
         print(f"done: accuracy {last['test_accuracy']:.4f}, "
@@ -70,13 +75,18 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
 
-    from splitray.tune import format_summary, load_space, run_sweep
+    from splitray.tune import format_summary, load_space, resume_sweep, run_sweep
 
-    space = load_space(args.space)
-    out = args.out or str(Path("runs") / "sweeps" /
-                          f"{Path(args.space).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    result = run_sweep(space, out, num_samples=args.num_samples, scheduler=args.scheduler,
-                       max_concurrent=args.max_concurrent)
+    if (args.space is None) == (args.resume is None):
+        raise ConfigError("tune: give a space file or --resume SWEEP_DIR, not both or neither")
+    if args.resume is not None:
+        result = resume_sweep(args.resume)
+    else:
+        space = load_space(args.space)
+        out = args.out or str(Path("runs") / "sweeps" /
+                              f"{Path(args.space).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        result = run_sweep(space, out, num_samples=args.num_samples, scheduler=args.scheduler,
+                           max_concurrent=args.max_concurrent, max_failures=args.max_failures)
     print(format_summary(result))
     return 1 if result.trials and all(t.status == "failed" for t in result.trials) else 0
 
@@ -194,7 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "placement group; writes DIR/evals.parquet, DIR/steps.parquet "
                                     "(all trials, with trial_id and param.* columns), "
                                     "DIR/sweep.json, DIR/trials/<trial_id>/ and DIR/tune/.")
-    tn.add_argument("space", help="search-space YAML, e.g. tune_spaces/deprune_small.yaml")
+    tn.add_argument("space", nargs="?", default=None,
+                    help="search-space YAML, e.g. tune_spaces/deprune_small.yaml")
+    tn.add_argument("--resume", default=None, metavar="SWEEP_DIR",
+                    help="continue an interrupted sweep: finished trials stay, running ones go "
+                         "on from their last checkpoint (checkpoint.every_epochs), the rest start")
     tn.add_argument("--out", default=None, metavar="DIR",
                     help="sweep directory, a new local path [runs/sweeps/<space>-<time>]")
     tn.add_argument("--num-samples", type=int, default=None, metavar="N",
@@ -205,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(grace period 1 epoch, on the file's metric) [fifo]")
     tn.add_argument("--max-concurrent", type=int, default=None, metavar="K",
                     help="at most K trials at once [as many as the cluster fits]")
+    tn.add_argument("--max-failures", type=int, default=0, metavar="N",
+                    help="retry a failed trial up to N times, from its last checkpoint [0]")
     tn.set_defaults(func=_cmd_tune)
 
     an = sub.add_parser("analyze", help="summarise and plot results",

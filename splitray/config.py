@@ -159,11 +159,21 @@ class CheckpointConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """How many actor deaths (client or server) a run survives; each one rolls the run back to
+    its last checkpoint (or its start) and replays from there, so no row is lost or doubled."""
+
+    max_failures: int = field(default=3, metadata=_range(0))
+
+
+@dataclass
 class ClientsConfig:
     count: int = field(default=1, metadata=_range(1))
     num_cpus: float = field(default=1.0, metadata=_range(0, lo_open=True))  # logical CPUs per client
     devices: list[Any] = field(default_factory=lambda: ["laptop_cpu"])  # cycled over clients
     cpu_share: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))  # e.g. 0.4 core
+    # Each client's split point, cycled over clients like devices; None: model.split_layer for all
+    split_layers: list[int] | None = None
 
 
 @dataclass
@@ -208,6 +218,7 @@ class ExperimentConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     @property
     def total_epochs(self) -> int:
@@ -334,6 +345,12 @@ def _check_semantics(cfg: ExperimentConfig) -> None:
         if isinstance(d, str) and d not in DEVICE_PROFILES:
             raise ConfigError(f"clients.devices[{i}]: {d!r} is not allowed; choose one of "
                               f"{', '.join(DEVICE_PROFILES)} or give {{name, flops_per_s}}")
+    if cfg.clients.split_layers is not None:
+        if not cfg.clients.split_layers:
+            raise ConfigError("clients.split_layers: [] is not allowed; give split points or null")
+        for i, s in enumerate(cfg.clients.split_layers):
+            if s < 0:
+                raise ConfigError(f"clients.split_layers[{i}]: {s!r} is not allowed; must be >= 0")
     links = [(f"network.links[{i}]", s) for i, s in enumerate(cfg.network.links)]
     if cfg.network.shared is not None:
         links.append(("network.shared", cfg.network.shared))

@@ -183,9 +183,15 @@ def table_parts(table_dir: str) -> list[str]:
                   if i.base_name.startswith("part-"))
 
 
-def delete_file(path: str) -> None:
-    fs, p = _filesystem(path)
-    fs.delete_file(p)
+def drop_parts_after(run_dir: str | None, kept: dict[str, int]) -> None:
+    """Delete each table's part files past the first `kept[table]`: the rows written after a
+    checkpoint, before a run continues from it."""
+    if run_dir is None:
+        return
+    for name, count in kept.items():
+        for part in table_parts(join_path(run_dir, name))[count:]:
+            fs, p = _filesystem(part)
+            fs.delete_file(p)
 
 
 def read_table(path: str) -> pd.DataFrame:

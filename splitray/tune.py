@@ -24,6 +24,8 @@ import copy
 import functools
 import json
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ from splitray.metrics import (
     EVAL_COLUMNS,
     STEP_COLUMNS,
     read_table,
+    write_bytes,
     write_manifest,
     write_table,
     write_text,
@@ -54,6 +57,8 @@ SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SPACE_FILE_KEYS = ("base", "set", "metric", "mode", "num_samples", "space")
 SCHEDULERS = ("fifo", "asha")
 PARAM_PREFIX = "param."
+SWEEP_SETTINGS = "settings.yaml"  # in the sweep directory: what `--resume` needs to go on
+TUNE_EXPERIMENT = "sweep"  # Tune's experiment directory under SWEEP_DIR/tune
 # Logical CPUs of a trial's first bundle, where Tune runs the trial driver (the orchestrator, which
 # mostly waits on its actors); the server and client actors get bundles of their own num_cpus.
 TRIAL_DRIVER_CPUS = 0.25
@@ -300,16 +305,39 @@ def _report_row(row: dict, metric: str) -> dict[str, float]:
 
 
 def run_trial(config: dict, base: dict, trials_dir: str, metric: str) -> None:
-    """Tune function trainable: one full simulation whose epochs are reported to Tune."""
+    """Tune function trainable: one full simulation whose epochs are reported to Tune, with the
+    run's checkpoint whenever it writes one. A retried or restored trial continues from Tune's
+    latest checkpoint (rows after it dropped), or starts over with its run directory cleared: a
+    trial's tables never hold a step twice."""
     from ray import tune
 
-    from splitray.runtime import RunDiverged, run_experiment
+    from splitray.runtime import RunDiverged, resume_experiment, run_experiment
+    from splitray.runtime.context import CHECKPOINT_FILE
 
     cfg = trial_config(base, config)
-    run_dir = str(Path(trials_dir) / tune.get_context().get_trial_id())
+    run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
+
+    def report(row: dict, checkpoint: str | None) -> None:
+        metrics = _report_row(row, metric)
+        if checkpoint is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copyfile(checkpoint, Path(d) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    latest = tune.get_checkpoint()
     try:
-        run_experiment(cfg, out_dir=None, engine="ray", progress=False, run_dir=run_dir,
-                       on_epoch=lambda row: tune.report(_report_row(row, metric)))
+        if latest is not None and (run_dir / "manifest.json").is_file():
+            with latest.as_directory() as d:
+                write_bytes((Path(d) / CHECKPOINT_FILE).read_bytes(),
+                            str(run_dir / CHECKPOINT_FILE))
+            resume_experiment(str(run_dir), engine="ray", progress=False, on_epoch=report)
+        else:
+            if run_dir.exists():  # an earlier attempt's rows, with no checkpoint to continue
+                shutil.rmtree(run_dir)
+            run_experiment(cfg, out_dir=None, engine="ray", progress=False, run_dir=str(run_dir),
+                           on_epoch=report)
     except RunDiverged:
         pass  # the trial's manifest says diverged; the sweep goes on
 
@@ -450,13 +478,15 @@ def _best(trials: list[TrialRecord], mode: str) -> str | None:
 
 def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None = None,
               scheduler: str = "fifo", max_concurrent: int | None = None,
-              verbose: int = 1) -> SweepResult:
+              max_failures: int = 0, verbose: int = 1) -> SweepResult:
     """Run every trial of the space with Ray Tune and write the combined sweep directory.
 
     Each trial is one `run_experiment` (engine "ray") in `out_dir/trials/<trial_id>`, its actors
     reserved by the trial's placement group; per-epoch metrics go to Tune, so ASHA can stop
-    trials early. `out_dir` gets evals.parquet, steps.parquet (all trials' rows with `trial_id`
-    and `param.*` columns) and sweep.json; Tune's own records go to `out_dir/tune`.
+    trials early, and the run's checkpoints too, so a trial that fails is retried from its last
+    checkpoint up to `max_failures` times. `out_dir` gets evals.parquet, steps.parquet (all
+    trials' rows with `trial_id` and `param.*` columns) and sweep.json; Tune's own records go to
+    `out_dir/tune`, from where `resume_sweep` continues an interrupted sweep.
     """
     import ray
     from ray import tune
@@ -470,11 +500,14 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
         raise ConfigError(f"--num-samples: {num_samples} is not allowed; must be >= 1")
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(f"--max-concurrent: {max_concurrent} is not allowed; must be >= 1")
+    if max_failures < 0:
+        raise ConfigError(f"--max-failures: {max_failures} is not allowed; must be >= 0")
     if "://" in str(out_dir):
         raise ConfigError(f"--out: {str(out_dir)!r} is not allowed; give a local directory")
     out = Path(out_dir).resolve()
-    if (out / "sweep.json").exists():
-        raise ConfigError(f"--out: {str(out_dir)!r} already holds a sweep; choose a new directory")
+    if (out / "sweep.json").exists() or (out / SWEEP_SETTINGS).exists():
+        raise ConfigError(f"--out: {str(out_dir)!r} already holds a sweep; choose a new directory "
+                          "(or continue it with splitray tune --resume)")
     base_cfg = config_from_dict(space.base)
     if not ray.is_initialized():
         ray.init(address=base_cfg.engine.ray_address)
@@ -483,19 +516,15 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     _check_fits(space, cluster, has_gpu)
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text(yaml.safe_dump({"base": space.base, "metric": space.metric, "mode": space.mode,
+    write_text(yaml.safe_dump({"source": space.path, "base": space.base, "metric": space.metric,
+                               "mode": space.mode, "scheduler": scheduler,
                                "space": {k: {kind: args} for k, (kind, args)
                                          in space.params.items()}}, sort_keys=False),
-               str(out / "space.yaml"))
-    trials_dir = out / "trials"
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=space.base, trials_dir=str(trials_dir),
-                             metric=space.metric),
-        functools.partial(trial_resources, space.base, has_gpu))
+               str(out / SWEEP_SETTINGS))
     sched = (ASHAScheduler(grace_period=1, max_t=_max_epochs_bound(space), stop_last_trials=False)
              if scheduler == "asha" else FIFOScheduler())
     tuner = tune.Tuner(
-        trainable,
+        _trainable(space, out, has_gpu),
         param_space=param_space(space),
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, scheduler=sched,
@@ -503,12 +532,55 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
             search_alg=BasicVariantGenerator(max_concurrent=max_concurrent or 0,
                                              random_state=base_cfg.seed),
             trial_dirname_creator=lambda trial: trial.trial_id),
-        run_config=tune.RunConfig(name="sweep", storage_path=str(out / "tune"), verbose=verbose),
+        run_config=tune.RunConfig(
+            name=TUNE_EXPERIMENT, storage_path=str(out / "tune"), verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     t0 = time.perf_counter()
     results = tuner.fit()
-    wall_s = time.perf_counter() - t0
-    trials = _records(results, space, trials_dir)
+    return _finish_sweep(results, space, out, scheduler, time.perf_counter() - t0)
+
+
+def resume_sweep(out_dir: str | Path, verbose: int = 1) -> SweepResult:
+    """Continue an interrupted sweep (`Tuner.restore`): finished trials stay, trials that were
+    running continue from their last checkpoint, the rest start; then the sweep's tables and
+    sweep.json are written as by `run_sweep`."""
+    import ray
+    from ray import tune
+
+    out = Path(out_dir).resolve()
+    experiment = out / "tune" / TUNE_EXPERIMENT
+    if not (out / SWEEP_SETTINGS).is_file() or not tune.Tuner.can_restore(str(experiment)):
+        raise ConfigError(f"--resume: {str(out_dir)!r} is not allowed; it holds no sweep that "
+                          f"Tune can continue ({SWEEP_SETTINGS} and tune/{TUNE_EXPERIMENT}/)")
+    settings = _read_yaml(out / SWEEP_SETTINGS, "--resume")
+    params = {str(k): _check_domain(str(k), v) for k, v in settings["space"].items()}
+    space = SearchSpace(settings["source"], settings["base"], params, settings["metric"],
+                        settings["mode"])
+    if not ray.is_initialized():
+        ray.init(address=config_from_dict(space.base).engine.ray_address)
+    has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    tuner = tune.Tuner.restore(str(experiment), trainable=_trainable(space, out, has_gpu),
+                               resume_unfinished=True, resume_errored=True)
+    t0 = time.perf_counter()
+    results = tuner.fit()
+    return _finish_sweep(results, space, out, settings["scheduler"], time.perf_counter() - t0)
+
+
+def _trainable(space: SearchSpace, out: Path, has_gpu: bool) -> Any:
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(run_trial, base=space.base, trials_dir=str(out / "trials"),
+                             metric=space.metric),
+        functools.partial(trial_resources, space.base, has_gpu))
+
+
+def _finish_sweep(results: Any, space: SearchSpace, out: Path, scheduler: str,
+                  wall_s: float) -> SweepResult:
+    """Record each trial's outcome, combine the trials' tables and write sweep.json."""
+    trials = _records(results, space, out / "trials")
     keys = list(space.params)
     evals, steps = combine_trials(out, trials, keys)
     best = _best(trials, space.mode)

@@ -341,3 +341,57 @@ def test_a_diverging_trial_is_recorded_as_diverged_and_the_sweep_goes_on(
     steps = pd.read_parquet(out / "steps.parquet")
     assert steps.groupby("param.train.lr")["loss"].apply(lambda x: x.isna().any()).to_dict() == \
         {0.05: False, 1e9: True}
+
+
+def _epochs_checkpointed(trials_dir: Path) -> int:
+    import torch
+
+    done = 0
+    for checkpoint in trials_dir.glob("*/checkpoint.pt"):
+        try:
+            done = max(done, torch.load(checkpoint, weights_only=True)["epochs_done"])
+        except Exception:  # replaced while we read it
+            pass
+    return done
+
+
+def test_a_killed_sweep_resumes_with_every_trial_finished_and_no_duplicate_rows(
+        tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    epochs, clients, steps_per_epoch = 10, 2, 4
+    path = write_space(tmp_path, {"schedule.phases[0].budget": {"grid": [4, 8]}},
+                       set={"schedule.phases[0].epochs": epochs, "data.train_samples": 128,
+                            "checkpoint.every_epochs": 1})
+    out = tmp_path / "sweep"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    command = [sys.executable, "-m", "splitray.cli", "tune"]
+    # One trial at a time: when the driver dies, one trial is part-way, the other not started.
+    proc = subprocess.Popen([*command, str(path), "--out", str(out), "--max-concurrent", "1"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while (_epochs_checkpointed(out / "trials") < 2 and proc.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    assert not (out / "sweep.json").exists(), "the sweep ended before it could be killed"
+
+    resumed = subprocess.run([*command, "--resume", str(out)], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    meta = json.loads((out / "sweep.json").read_text())
+    assert [t["status"] for t in meta["trials"]] == ["finished", "finished"]
+    steps = pd.read_parquet(out / "steps.parquet")
+    key = ["trial_id", "client_id", "epoch", "step"]
+    assert not steps.duplicated(key).any()
+    assert steps.groupby("trial_id").size().tolist() == [epochs * clients * steps_per_epoch] * 2
+    evals = pd.read_parquet(out / "evals.parquet")
+    assert evals.groupby("trial_id")["epoch"].apply(sorted).tolist() == [list(range(epochs))] * 2
+    manifests = [json.loads((out / "trials" / t["trial_id"] / "manifest.json").read_text())
+                 for t in meta["trials"]]
+    assert sum(len(m.get("resumes", [])) for m in manifests) >= 1

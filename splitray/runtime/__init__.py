@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ENGINES", "RunDiverged", "RunResult", "prepare", "resume_experiment",
+__all__ = ["ENGINES", "RunDiverged", "RunFailed", "RunResult", "prepare", "resume_experiment",
            "run_experiment"]
 
 

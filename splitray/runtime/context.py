@@ -20,7 +20,9 @@ from splitray.metrics import (
     STEPS_TABLE,
     append_part,
     atomic_output,
+    drop_parts_after,
     join_path,
+    table_exists,
     table_parts,
 )
 from splitray.roles import BackwardInfo, ClientRole, ForwardInfo, ServerInfo, ServerRole
@@ -29,12 +31,20 @@ from splitray.runtime.timeline import ServerWork, StepJob, Timeline
 from splitray.schedules import EpochPlan, epoch_plans, reset_kind
 
 T = TypeVar("T")
+# Called after each epoch with its evals row and, when a checkpoint was just written, its path.
+EpochCallback = Callable[[dict, str | None], None]
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
 
 class RunDiverged(RuntimeError):
     """The training loss became NaN or infinite; the rows up to that step are kept."""
+
+    run_dir: str | None = None
+
+
+class RunFailed(RuntimeError):
+    """More actors died than `faults.max_failures` allows; the run can go on with --resume."""
 
     run_dir: str | None = None
 
@@ -81,7 +91,7 @@ class RunContext:
     def __init__(self, cfg: ExperimentConfig, run_id: str, run_dir: str | None,
                  clients: list[Peer], server: Peer, get: Callable[[Any], Any],
                  timeline: Timeline, devices: list[str], num_channels: int,
-                 on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> None:
+                 on_epoch: EpochCallback | None = None, progress: bool = True) -> None:
         self.cfg = cfg
         self.run_id = run_id
         self.run_dir = run_dir
@@ -109,6 +119,8 @@ class RunContext:
         self.epochs_done = 0
         self._algorithm_state: Any = None
         self._resumed_algorithm: dict | None = None
+        self._committed: dict | None = None  # what a fault rolls back to
+        self._epoch_row: dict | None = None  # the evals row of the epoch in progress
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.wall_start
@@ -121,11 +133,16 @@ class RunContext:
         plans = list(epoch_plans(self.cfg.schedule, self.cfg.train.lr))
         every = self.cfg.checkpoint.every_epochs
         for k in range(self.epochs_done, len(plans)):
+            self._epoch_row = None
             yield plans[k]
             self.epochs_done = k + 1
             phase_end = k + 1 == len(plans) or plans[k + 1].phase_start
-            if every is not None and (self.epochs_done % every == 0 or phase_end):
+            saved = every is not None and (self.epochs_done % every == 0 or phase_end)
+            if saved:
                 self.save_checkpoint()
+            if self.on_epoch is not None and self._epoch_row is not None:
+                checkpoint = join_path(self.run_dir, CHECKPOINT_FILE) if saved and self.run_dir else None
+                self.on_epoch(self._epoch_row, checkpoint)
 
     def keep(self, state: T) -> T:
         """Register the algorithm's state across epochs (a dataclass of plain values) so that
@@ -135,16 +152,15 @@ class RunContext:
         self._algorithm_state = state
         return state
 
-    def save_checkpoint(self) -> None:
-        """Write RUN_DIR/checkpoint.pt: every model, optimizer, filter and RNG state, the
-        timeline, the run's counters, the algorithm's state and how many table parts it had."""
-        if self.run_dir is None:
-            return
+    def commit(self) -> dict:
+        """The run's state now, kept as the point a fault rolls back to: every role's state, the
+        timeline, the run's counters, the algorithm's state and how many rows were written."""
         self.flush()
-        state = {
+        self._committed = {
             "format": CHECKPOINT_FORMAT, "epochs_done": self.epochs_done,
-            "parts": {name: len(table_parts(join_path(self.run_dir, name)))
-                      for name in (STEPS_TABLE, EVALS_TABLE)},
+            "parts": ({name: len(table_parts(join_path(self.run_dir, name)))
+                       for name in (STEPS_TABLE, EVALS_TABLE)} if self.run_dir else {}),
+            "rows": {STEPS_TABLE: len(self.step_rows), EVALS_TABLE: len(self.eval_rows)},
             "clients": self.get([c.call(ClientRole.checkpoint) for c in self.clients]),
             "server": self.get(self.server.call(ServerRole.checkpoint)),
             "timeline": self.timeline.checkpoint(),
@@ -154,8 +170,14 @@ class RunContext:
             "algorithm": (dataclasses.asdict(self._algorithm_state)
                           if self._algorithm_state is not None else None),
         }
-        with atomic_output(join_path(self.run_dir, CHECKPOINT_FILE)) as f:
-            torch.save(state, f)
+        return self._committed
+
+    def save_checkpoint(self) -> None:
+        """Commit, and write the state to RUN_DIR/checkpoint.pt for `--resume`."""
+        state = self.commit()
+        if self.run_dir is not None:
+            with atomic_output(join_path(self.run_dir, CHECKPOINT_FILE)) as f:
+                torch.save(state, f)
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint: every role, the timeline and the counters (the algorithm's
@@ -170,6 +192,30 @@ class RunContext:
                                                        saved["budget"])
         self.epochs_done = state["epochs_done"]
         self._resumed_algorithm = state["algorithm"]
+        self._committed = state
+
+    def has_checkpoint(self) -> bool:
+        return self.run_dir is not None and table_exists(join_path(self.run_dir, CHECKPOINT_FILE))
+
+    def committed_epochs(self) -> int:
+        """The epochs done at the last commit: where a rollback continues."""
+        if self._committed is None:
+            raise RuntimeError("no state committed: nothing to roll back to")
+        return self._committed["epochs_done"]
+
+    def rollback(self) -> None:
+        """Return to the last committed state after a fault: drop the rows written since (part
+        files and rows in memory) and restore every role and counter."""
+        state = self._committed
+        if state is None:
+            raise RuntimeError("no state committed: nothing to roll back to")
+        for peer in [*self.clients, self.server]:
+            peer.wait_ready()
+        drop_parts_after(self.run_dir, state["parts"])
+        self.step_rows = self.step_rows[:state["rows"][STEPS_TABLE]]
+        self.eval_rows = self.eval_rows[:state["rows"][EVALS_TABLE]]
+        self._algorithm_state = None
+        self.restore(state)
 
     def begin_epoch(self, plan: EpochPlan) -> tuple[int, list[int]]:
         """Start an epoch on every client and the server: reset the filter at a phase change
@@ -299,8 +345,7 @@ class RunContext:
         self.eval_rows.append(row)
         self.flush()
         self.progress.epoch(row)
-        if self.on_epoch is not None:
-            self.on_epoch(row)
+        self._epoch_row = row
         return row
 
     def flush(self) -> None:

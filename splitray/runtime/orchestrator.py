@@ -7,7 +7,6 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,14 +27,13 @@ from splitray.data import (
 from splitray.metrics import (
     EVALS_TABLE,
     STEPS_TABLE,
-    delete_file,
+    drop_parts_after,
     join_path,
     manifest,
     now_iso,
     read_bytes,
     read_table,
     table_exists,
-    table_parts,
     write_manifest,
     write_text,
 )
@@ -52,8 +50,10 @@ from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.context import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
+    EpochCallback,
     RunContext,
     RunDiverged,
+    RunFailed,
 )
 from splitray.runtime.peers import LocalPeer, RayPeer, get_local, get_ray
 from splitray.runtime.timeline import Timeline
@@ -218,11 +218,14 @@ def _ray_peers(p: Prepared) -> tuple[list[RayPeer], RayPeer]:
             f"x {cfg.clients.num_cpus} + server {cfg.server.num_cpus} = {need} CPUs exceed the "
             f"cluster's {resources.get('CPU', 0):g} (Ray resources are logical: lower them)")
     client_threads = max(1, math.floor(cfg.clients.num_cpus))
-    server = ServerActor.options(num_cpus=cfg.server.num_cpus, num_gpus=num_gpus).remote(
+    # A dead actor is restarted by Ray (its constructor runs again); the run then restores it.
+    restarts = cfg.faults.max_failures
+    server = ServerActor.options(num_cpus=cfg.server.num_cpus, num_gpus=num_gpus,
+                                 max_restarts=restarts).remote(
         max(1, math.floor(cfg.server.num_cpus)), cfg, p.input_shape, p.num_classes,
         "cuda" if num_gpus else "cpu")
     clients = [
-        ClientActor.options(num_cpus=cfg.clients.num_cpus).remote(
+        ClientActor.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts).remote(
             client_threads, i, cfg, p.train_shards[i], p.test_shards[i], p.num_classes)
         for i in range(cfg.clients.count)]
     return [RayPeer(c) for c in clients], RayPeer(server)
@@ -237,7 +240,7 @@ def _local_peers(p: Prepared) -> tuple[list[LocalPeer], LocalPeer]:
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: str = "ray",
-                   on_epoch: Callable[[dict], None] | None = None, progress: bool = True,
+                   on_epoch: EpochCallback | None = None, progress: bool = True,
                    run_dir: str | None = None, resume: dict | None = None) -> RunResult:
     """Run one simulation and write its run directory under `out_dir` (or exactly at `run_dir`).
 
@@ -293,9 +296,36 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
             print(f"run {run_id} -> {run_dir}", flush=True)
     status = "failed"
     t0 = time.perf_counter()
+    faults: list[dict] = []
     try:
-        ALGORITHMS[cfg.train.algorithm](ctx)
+        if engine == "ray" and cfg.faults.max_failures > 0 and ctx.epochs_done == 0:
+            ctx.commit()  # what a fault before the first checkpoint rolls back to
+        replay_from: int | None = None  # after a fault: the epochs done at the last commit
+        while True:
+            try:
+                if replay_from is not None:
+                    ctx.rollback()
+                ALGORITHMS[cfg.train.algorithm](ctx)
+                break
+            except Exception as e:
+                if not is_actor_fault(e):
+                    raise
+                faults.append({"at": now_iso(), "error": fault_line(e),
+                               "epochs_done": ctx.epochs_done})
+                extra["faults"] = faults
+                if len(faults) > cfg.faults.max_failures:
+                    raise RunFailed(
+                        f"{fault_line(e)}; {len(faults)} faults exceed faults.max_failures = "
+                        f"{cfg.faults.max_failures}" + (f"; continue with --resume {run_dir}"
+                                                        if ctx.has_checkpoint() else "")) from e
+                replay_from = ctx.committed_epochs()
+                if progress:
+                    print(f"fault {len(faults)} of at most {cfg.faults.max_failures}: "
+                          f"{fault_line(e)}; replaying from epoch {replay_from + 1}", flush=True)
         status = "finished"
+    except RunFailed as e:
+        extra["reason"], e.run_dir = str(e), run_dir
+        raise
     except RunDiverged as e:
         status, extra["reason"], e.run_dir = "diverged", str(e), run_dir
         raise
@@ -318,11 +348,27 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     return RunResult(run_id, run_dir, steps, evals, ctx.summary)
 
 
+def is_actor_fault(error: BaseException) -> bool:
+    """Whether an error is an actor or its worker process dying (a task that took a dead actor's
+    result fails with a RayTaskError that is also the actor error), not a bug in a role."""
+    from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+
+    return isinstance(error, RayActorError | WorkerCrashedError | ObjectLostError)
+
+
+def fault_line(error: BaseException) -> str:
+    """An actor fault in one line: its kind and the first line of Ray's message."""
+    kind = type(error).__name__
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{kind}: {first[:160]}"
+
+
 def _has_tables(run_dir: str) -> bool:
     return any(table_exists(join_path(run_dir, name)) for name in (STEPS_TABLE, EVALS_TABLE))
 
 
-def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True) -> RunResult:
+def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True,
+                      on_epoch: EpochCallback | None = None) -> RunResult:
     """Continue a killed run from its last checkpoint: the rows written after it are dropped
     first, so the final tables equal those of an uninterrupted run (wall-clock columns aside)."""
     path = join_path(run_dir, CHECKPOINT_FILE)
@@ -334,11 +380,9 @@ def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True) 
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"--resume: {path} has checkpoint format {saved.get('format')!r}; "
                           f"this splitray reads format {CHECKPOINT_FORMAT}")
-    for name, kept in saved["parts"].items():
-        for part in table_parts(join_path(run_dir, name))[kept:]:
-            delete_file(part)
+    drop_parts_after(run_dir, saved["parts"])
     previous = json.loads(read_bytes(join_path(run_dir, "manifest.json")))
     if progress:
         print(f"resuming {previous['run_id']} after epoch {saved['epochs_done']}", flush=True)
     return run_experiment(cfg, out_dir=None, engine=engine, progress=progress, run_dir=run_dir,
-                          resume={"checkpoint": saved, "manifest": previous})
+                          on_epoch=on_epoch, resume={"checkpoint": saved, "manifest": previous})

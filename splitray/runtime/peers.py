@@ -10,12 +10,15 @@ payloads travel client -> server -> client without passing through the driver).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 
 class Peer(Protocol):
     def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any: ...
+
+    def wait_ready(self) -> None: ...
 
 
 class LocalPeer:
@@ -27,6 +30,9 @@ class LocalPeer:
     def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any:
         return method(self.obj, *args)
 
+    def wait_ready(self) -> None:
+        """A local object never dies: always ready."""
+
 
 class RayPeer:
     """Calls a method on a Ray actor; the future is an ObjectRef (or a tuple of them)."""
@@ -37,6 +43,22 @@ class RayPeer:
     def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any:
         actor_method = getattr(self.handle, method.__name__)
         return actor_method.options(num_returns=num_returns).remote(*args)
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Block until the actor takes calls again: after a death, Ray restarts it (rerunning
+        its constructor) and calls made meanwhile fail as temporarily unavailable."""
+        import ray
+        from ray.exceptions import ActorUnavailableError
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                ray.get(self.handle.__ray_ready__.remote())
+                return
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
 
 def get_local(futures: Any) -> Any:

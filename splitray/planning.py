@@ -1,0 +1,525 @@
+"""Split points and bandwidth shares for heterogeneous clients: EdgeSplit (METHODS.md §5), EPSL (§6).
+
+Pure Python and numpy, no Ray: torch only builds the model once on the meta device to measure each
+split point's FLOPs and activation shape the way the client and server roles measure them. Times
+follow the simulator's accounting of one round that starts with every client and the server idle
+(`splitray.runtime.timeline`, flops compute mode) on a shared medium with fixed shares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from splitray.compression import Compressor, Decompressor, encoded_shape, payload_nbytes
+from splitray.config import ConfigError, ExperimentConfig, config_from_dict
+from splitray.data.loaders import (
+    IMAGEFOLDER_DEFAULT_IMAGE_SIZE,
+    STL10_IMAGE_SIZE,
+    SYNTHETIC_DEFAULT_IMAGE_SIZE,
+)
+from splitray.models import build_model, min_input_px
+from splitray.models.flops import MEASURE_BATCH, _measure_unit, flop_counter
+from splitray.network import (
+    LINK_PROFILES,
+    DeviceProfile,
+    SharedMedium,
+    build_link,
+    compute_time_s,
+    get_device_profile,
+)
+
+OBJECTIVES = ("edgesplit", "epsl")
+MAX_ITERATIONS = 20
+CIFAR_IMAGE_SIZE = 32
+_BISECTION_STEPS = 200
+_GOLDEN_STEPS = 120
+# The simulator delays each transfer by latency + |N(0, 1)| * jitter; the plan uses its mean.
+_MEAN_ABS_NORMAL = math.sqrt(2.0 / math.pi)
+
+
+@dataclass(frozen=True)
+class SplitCosts:
+    """What splitting after the first `split_layer` units costs per sample, as the simulator counts it.
+
+    Client FLOPs cover the client part and the compressor, server FLOPs the decompressor and the
+    server part (forward + backward); bytes are wire bytes of the payload at the planned budget.
+    """
+
+    split_layer: int
+    shape: tuple[int, int, int]            # activation (C, H, W) at the split
+    wire_shape: tuple[int, int, int]       # channels sent (the budget), height, width on the wire
+    client_forward_flops_per_sample: float
+    client_backward_flops_per_sample: float
+    server_flops_per_sample: float         # forward + backward
+    up_bytes_per_sample: int               # activation (and label) bytes of one sample
+    up_bytes_per_batch: int                # fixed bytes of one payload: channel indices, codec scale
+    down_bytes_per_sample: int
+    down_bytes_per_batch: int
+
+    @property
+    def client_flops_per_sample(self) -> float:
+        """Client forward + backward FLOPs of one sample."""
+        return self.client_forward_flops_per_sample + self.client_backward_flops_per_sample
+
+    def up_bytes(self, batch_size: int) -> int:
+        """Wire bytes of the activation payload of one batch."""
+        return self.up_bytes_per_sample * batch_size + self.up_bytes_per_batch
+
+    def down_bytes(self, batch_size: int) -> int:
+        """Wire bytes of the gradient payload of one batch."""
+        return self.down_bytes_per_sample * batch_size + self.down_bytes_per_batch
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """One client's planned split point and share, and its predicted times in one round.
+
+    round_s = compute_s + transfer_s + latency_s + wait_s is when its step ends after the round
+    starts; wait_s is the server queue (edgesplit) or the wait for the slowest upload (epsl).
+    """
+
+    client_id: int
+    device: str
+    split_layer: int
+    share: float          # fraction of the shared medium's capacity, up and down
+    compute_s: float      # client forward + backward, plus the server compute it waits for
+    transfer_s: float     # activation up + gradient down at its share
+    latency_s: float      # expected one-way delays, up + down
+    wait_s: float
+    round_s: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan for every client and its predicted round time (the slowest client's round_s)."""
+
+    objective: str
+    clients: tuple[ClientPlan, ...]
+    round_s: float
+    iterations: int       # alternations of EdgeSplit until its split points stopped changing; 1 for epsl
+
+
+# ------------------------------------------------------------------------------------ costs
+
+def data_shape(cfg: ExperimentConfig) -> tuple[tuple[int, int, int], int]:
+    """Input (C, H, W) and class count from cfg.data alone, without loading the data.
+
+    ImageFolder's class count is the number of class folders, unknown here: data.num_classes stands
+    in for it (it only sizes the last linear layer).
+    """
+    d = cfg.data
+    if d.name == "synthetic":
+        size = d.image_size or SYNTHETIC_DEFAULT_IMAGE_SIZE
+        return (d.channels, size, size), d.num_classes
+    native, classes = {"cifar10": (CIFAR_IMAGE_SIZE, 10), "cifar100": (CIFAR_IMAGE_SIZE, 100),
+                       "stl10": (STL10_IMAGE_SIZE, 10),
+                       "imagefolder": (IMAGEFOLDER_DEFAULT_IMAGE_SIZE, d.num_classes)}[d.name]
+    size = d.image_size or native
+    return (3, size, size), classes
+
+
+def _codec_modules(cfg: ExperimentConfig, shape: tuple[int, int, int]
+                   ) -> tuple[Compressor | None, Decompressor | None]:
+    """The compressor and decompressor the roles build at an activation of `shape` (on meta)."""
+    c = cfg.compression
+    if not c.enabled:
+        return None, None
+    with torch.device("meta"):
+        comp = Compressor(shape[0], resolution_factor=c.resolution_factor, out_channels=c.channels,
+                          mask=c.mask, encoder_sigmoid=c.encoder_sigmoid, filter_init=c.filter_init)
+        decomp = Decompressor(shape, c.channels or shape[0], resolution_factor=c.resolution_factor)
+    return comp.eval(), decomp.eval()
+
+
+def _measured_flops(fn: Callable[[], object]) -> int:
+    with flop_counter() as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _codec_flops(cfg: ExperimentConfig, shape: tuple[int, int, int], grad_in: bool
+                 ) -> tuple[int, int, int]:
+    """Compressor forward and backward, decompressor forward + backward FLOPs of one sample at an
+    activation of `shape` (zeros when compression is off); `grad_in`: the activation needs a grad."""
+    comp, decomp = _codec_modules(cfg, shape)
+    if comp is None or decomp is None:
+        return 0, 0, 0
+    act = torch.empty(1, *shape, device="meta", requires_grad=grad_in)
+    forward = _measured_flops(lambda: comp(act, comp.num_channels))
+    sent, channels = comp(act, comp.num_channels)
+    backward = _measured_flops(lambda: sent.sum().backward())
+    received = torch.empty(sent.shape, device="meta", requires_grad=True)
+    server = _measured_flops(lambda: decomp(received, channels).sum().backward())
+    return forward, backward, server
+
+
+def _unit_flops(model: torch.nn.Module, input_shape: tuple[int, int, int]
+                ) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray, np.ndarray, list[bool]]:
+    """Per unit and sample: input shape, forward FLOPs, forward + backward FLOPs as a client runs it
+    (input grad only after a unit with parameters) and as the server runs it (input grad always),
+    and whether the client's input to the unit needs a grad."""
+    shape: tuple[int, ...] = (MEASURE_BATCH, *input_shape)
+    shapes, forward, client, server, grad_flows = [], [], [], [], []
+    flows = False
+    for unit in model.units:
+        shapes.append(shape[1:])
+        grad_flows.append(flows)
+        out, fwd, train = _measure_unit(unit, shape, flows)
+        train_grad = train if flows else _measure_unit(unit, shape, True)[2]
+        forward.append(fwd // MEASURE_BATCH)
+        client.append(train // MEASURE_BATCH)
+        server.append(train_grad // MEASURE_BATCH)
+        flows = flows or any(p.requires_grad for p in unit.parameters())
+        shape = out
+    return shapes, np.array(forward), np.array(client), np.array(server), grad_flows
+
+
+def _budget(cfg: ExperimentConfig, channels_at_split: int, channels: int) -> int:
+    """Channels sent at a split point with `channels` to choose from (see `split_costs`)."""
+    first = cfg.schedule.phases[0].budget
+    if first is None:
+        return channels
+    return min(channels, -(-first * channels // channels_at_split))
+
+
+def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
+    """Per-sample costs of every valid split point (activation C x H x W) at cfg's batch and codecs.
+
+    Budget, the project's choice: at model.split_layer the first phase's budget as configured; at
+    any other split point the same fraction of that split point's channels, rounded up (None: all
+    channels), so that every client sends the same fraction of what it could send.
+    """
+    input_shape, num_classes = data_shape(cfg)
+    name = cfg.model.name
+    if min(input_shape[1:]) < min_input_px(name):
+        raise ConfigError(f"data.image_size: {cfg.data.image_size!r} is not allowed; {name} needs "
+                          f"images of at least {min_input_px(name)} px, the data has "
+                          f"{input_shape[1]} x {input_shape[2]}")
+    with torch.device("meta"):  # no arithmetic, and the global RNG stays untouched
+        model = build_model(name, num_classes=num_classes, input_shape=input_shape,
+                            head=cfg.model.head)
+    n_units = len(model.units)
+    if cfg.model.split_layer > n_units - 1:
+        raise ConfigError(f"model.split_layer: {cfg.model.split_layer} is not allowed; {name} has "
+                          f"split points 0..{n_units - 1}")
+    shapes, forward, client_train, server_train, grad_flows = _unit_flops(model, input_shape)
+    c = cfg.compression
+    fixed = c.channels if c.enabled and c.channels else None
+    ref_shape = shapes[cfg.model.split_layer]
+    if len(ref_shape) != 3:
+        raise ConfigError(f"model.split_layer: {cfg.model.split_layer} is not allowed; the activation "
+                          f"there has shape {ref_shape}, not C x H x W")
+    channels_at_split = fixed or ref_shape[0]
+    first = cfg.schedule.phases[0].budget
+    if first is not None and first > channels_at_split:
+        raise ConfigError(f"schedule.phases[0].budget: {first} is not allowed; must be <= "
+                          f"{channels_at_split}, the channels at split {cfg.model.split_layer} of {name}")
+    costs = []
+    for n, shape in enumerate(shapes):
+        if len(shape) != 3:
+            continue
+        comp_forward, comp_backward, decomp = _codec_flops(cfg, shape, grad_flows[n])
+        client_forward = int(forward[:n].sum()) + comp_forward
+        client_backward = int(client_train[:n].sum() - forward[:n].sum()) + comp_backward
+        if c.enabled:
+            channels, height, width = encoded_shape(shape, c.resolution_factor, c.channels)
+        else:
+            channels, height, width = shape
+        sent = _budget(cfg, channels_at_split, channels)
+        up = [payload_nbytes(k, sent, height, width, c.codec_up, c.enabled, True) for k in (1, 2)]
+        down = [payload_nbytes(k, sent, height, width, c.codec_down, False, False) for k in (1, 2)]
+        costs.append(SplitCosts(
+            split_layer=n, shape=shape, wire_shape=(sent, height, width),
+            client_forward_flops_per_sample=float(client_forward),
+            client_backward_flops_per_sample=float(client_backward),
+            server_flops_per_sample=float(decomp + int(server_train[n:].sum())),
+            up_bytes_per_sample=up[1] - up[0], up_bytes_per_batch=2 * up[0] - up[1],
+            down_bytes_per_sample=down[1] - down[0], down_bytes_per_batch=2 * down[0] - down[1]))
+    return costs
+
+
+# ------------------------------------------------------------------------------------ times
+
+@dataclass(frozen=True)
+class _Times:
+    """Seconds of one batch for every client (rows) and split point (columns); drains at full capacity."""
+
+    forward_s: np.ndarray
+    backward_s: np.ndarray
+    server_s: np.ndarray
+    up_s: np.ndarray
+    down_s: np.ndarray
+    latency_up_s: float
+    latency_down_s: float
+
+    def fixed_s(self) -> np.ndarray:
+        """Everything but the transfers: compute and latencies."""
+        return (self.forward_s + self.backward_s + self.server_s
+                + self.latency_up_s + self.latency_down_s)
+
+    def drain_s(self) -> np.ndarray:
+        """Up + down drain seconds at the whole capacity; divide by the share."""
+        return self.up_s + self.down_s
+
+
+def shared_medium(cfg: ExperimentConfig) -> SharedMedium:
+    """The medium all clients share (network.shared); a ConfigError when there is none."""
+    spec = cfg.network.shared
+    if spec is None:
+        raise ConfigError("network.shared: None is not allowed; planning divides one shared "
+                          "medium among the clients, set network.shared (e.g. wifi6_shared)")
+    try:
+        link = build_link(spec, cfg.network.traces_root)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"network.shared: {e}") from None
+    if not isinstance(link, SharedMedium):
+        raise ConfigError(f"network.shared: {spec!r} is not allowed; planning needs a link of kind "
+                          "shared, whose capacity the clients divide")
+    return link
+
+
+def _devices(cfg: ExperimentConfig) -> tuple[list[DeviceProfile], DeviceProfile]:
+    devices = cfg.clients.devices
+    try:
+        clients = [get_device_profile(devices[i % len(devices)]) for i in range(cfg.clients.count)]
+    except ValueError as e:
+        raise ConfigError(f"clients.devices: {e}") from None
+    try:
+        server = get_device_profile(cfg.server.device)
+    except ValueError as e:
+        raise ConfigError(f"server.device: {e}") from None
+    return clients, server
+
+
+def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceProfile],
+           server: DeviceProfile, medium: SharedMedium) -> _Times:
+    b, share = cfg.train.batch_size, cfg.clients.cpu_share
+
+    def client_s(flops: list[float]) -> np.ndarray:
+        return np.array([[compute_time_s(b * f, d, share) for f in flops] for d in devices])
+
+    def per_client(row: list[float]) -> np.ndarray:
+        return np.tile(np.array(row), (len(devices), 1))
+
+    delay_s = medium.latency_s + _MEAN_ABS_NORMAL * medium.jitter_s
+    return _Times(
+        forward_s=client_s([c.client_forward_flops_per_sample for c in costs]),
+        backward_s=client_s([c.client_backward_flops_per_sample for c in costs]),
+        server_s=per_client([compute_time_s(b * c.server_flops_per_sample, server) for c in costs]),
+        up_s=per_client([8.0 * c.up_bytes(b) / medium.rate_bps("up") for c in costs]),
+        down_s=per_client([8.0 * c.down_bytes(b) / medium.rate_bps("down") for c in costs]),
+        latency_up_s=delay_s, latency_down_s=delay_s)
+
+
+def _bisect(feasible: Callable[[float], bool], lo: float, hi: float) -> float:
+    """The smallest feasible value in (lo, hi] to float precision; `hi` must be feasible."""
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        if not lo < mid < hi:
+            break
+        if feasible(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _deadline(fixed_s: np.ndarray, drain_s: np.ndarray) -> float:
+    """The T with sum_i drain_i / (T - fixed_i) = 1: all finish at T when client i gets that share."""
+    lo = float(fixed_s.max())
+    return _bisect(lambda t: float(np.sum(drain_s / np.maximum(t - fixed_s, 1e-300))) <= 1.0,
+                   lo, lo + float(drain_s.sum()))
+
+
+# ------------------------------------------------------------------------------------ plans
+
+def _edgesplit(times: _Times) -> tuple[np.ndarray, np.ndarray, int]:
+    """METHODS.md §5's alternation: split points for the shares, shares so all finish together.
+
+    Each pass can only lower the round time, and a fixed point is optimal: no client can then meet
+    the common deadline with a smaller share at another split point. Returns (split column per
+    client, shares, passes).
+    """
+    fixed, drain = times.fixed_s(), times.drain_s()
+    rows = np.arange(fixed.shape[0])
+    shares = np.full(fixed.shape[0], 1.0 / fixed.shape[0])
+    columns = np.full(fixed.shape[0], -1)
+    for iteration in range(1, MAX_ITERATIONS + 1):
+        chosen = np.argmin(fixed + drain / shares[:, None], axis=1)
+        if np.array_equal(chosen, columns):
+            return columns, shares, iteration - 1
+        columns = chosen
+        t = _deadline(fixed[rows, columns], drain[rows, columns])
+        shares = drain[rows, columns] / (t - fixed[rows, columns])
+    return columns, shares, MAX_ITERATIONS
+
+
+def _server_queue(arrival_s: np.ndarray, server_s: np.ndarray) -> np.ndarray:
+    """Seconds each payload waits for the one server, served in arrival order (ties by client id)."""
+    wait = np.zeros(len(arrival_s))
+    free_s = 0.0
+    for i in sorted(range(len(arrival_s)), key=lambda i: (arrival_s[i], i)):
+        begin_s = max(arrival_s[i], free_s)
+        wait[i] = begin_s - arrival_s[i]
+        free_s = begin_s + server_s[i]
+    return wait
+
+
+def _plan_edgesplit(times: _Times) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Split columns, shares and server waits of the EdgeSplit plan, and its passes."""
+    columns, shares, passes = _edgesplit(times)
+    rows = np.arange(len(columns))
+
+    def at(a: np.ndarray) -> np.ndarray:
+        return a[rows, columns]
+
+    arrival_s = at(times.forward_s) + at(times.up_s) / shares + times.latency_up_s
+    return columns, shares, _server_queue(arrival_s, at(times.server_s)), passes
+
+
+def _epsl_shares(ready_s: np.ndarray, up_s: np.ndarray, tail_s: np.ndarray, down_s: np.ndarray
+                 ) -> np.ndarray:
+    """Shares minimising max_k(ready_k + up_k / w_k) + max_k(down_k / w_k + tail_k), sum w <= 1.
+
+    For an upload deadline t1 the least download deadline t2 comes by bisection; t1 + t2 is convex
+    in t1 (the feasible (t1, t2) form a convex set), so a golden-section search finds its minimum.
+    """
+    def t2_for(t1: float) -> float:
+        uplink = up_s / (t1 - ready_s)
+        spare = 1.0 - float(uplink.sum())
+        if spare <= 0:
+            return math.inf
+        lo = float(tail_s.max())
+        return _bisect(lambda t2: float(np.maximum(uplink, down_s / np.maximum(t2 - tail_s, 1e-300))
+                                        .sum()) <= 1.0, lo, lo + float(down_s.sum()) / spare)
+
+    lo = _deadline(ready_s, up_s)  # the uplink alone takes the whole capacity
+    # A feasible point: shares that make every client's up + down end together. The optimum's
+    # t2 exceeds max(tail), so its t1 is below that point's t1 + t2 - max(tail).
+    together = _deadline(ready_s + tail_s, up_s + down_s)
+    w = (up_s + down_s) / (together - ready_s - tail_s)
+    hi = float(np.max(ready_s + up_s / w) + np.max(down_s / w + tail_s) - tail_s.max())
+    golden = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = lo, hi
+    c, d = b - golden * (b - a), a + golden * (b - a)
+    fc, fd = c + t2_for(c), d + t2_for(d)
+    for _ in range(_GOLDEN_STEPS):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - golden * (b - a)
+            fc = c + t2_for(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + golden * (b - a)
+            fd = d + t2_for(d)
+    t1 = c if fc <= fd else d
+    t2 = t2_for(t1)
+    shares = np.maximum(up_s / (t1 - ready_s), down_s / (t2 - tail_s))
+    return shares / shares.sum()  # any spare capacity goes to everyone in proportion
+
+
+def _epsl_round(times: _Times, cut: int, shares: np.ndarray) -> tuple[float, np.ndarray]:
+    """§6's round at one cut: max_k(forward + up) + server (all clients) + max_k(down + backward),
+    latencies included; returns the round and each client's wait for the slowest upload."""
+    upload = times.forward_s[:, cut] + times.up_s[:, cut] / shares + times.latency_up_s
+    t1 = float(upload.max())
+    end = (t1 + float(times.server_s[:, cut].sum()) + times.down_s[:, cut] / shares
+           + times.latency_down_s + times.backward_s[:, cut])
+    return float(end.max()), t1 - upload
+
+
+def _plan_epsl(times: _Times) -> tuple[int, np.ndarray, np.ndarray]:
+    """The cut (column) with the shortest §6 round at its best shares, its shares and waits."""
+    best: tuple[float, int, np.ndarray, np.ndarray] | None = None
+    for cut in range(times.forward_s.shape[1]):
+        shares = _epsl_shares(times.forward_s[:, cut] + times.latency_up_s, times.up_s[:, cut],
+                              times.backward_s[:, cut] + times.latency_down_s, times.down_s[:, cut])
+        round_s, wait = _epsl_round(times, cut, shares)
+        if best is None or round_s < best[0]:
+            best = (round_s, cut, shares, wait)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def plan(cfg: ExperimentConfig, objective: str = "edgesplit") -> Plan:
+    """Each client's split point and share of network.shared that minimise the round time.
+
+    "edgesplit": METHODS.md §5, a split point per client; "epsl": §6, one cut layer for all. The
+    predicted times are one round from idle under `resolved_config`, the server's FIFO queue
+    included, though the choice ignores that queue; device memory is no constraint (device
+    profiles carry no memory size).
+    """
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective: {objective!r} is not allowed; choose one of "
+                          f"{', '.join(OBJECTIVES)}")
+    medium = shared_medium(cfg)
+    devices, server = _devices(cfg)
+    costs = split_costs(cfg)
+    times = _times(cfg, costs, devices, server, medium)
+    n = len(devices)
+    rows = np.arange(n)
+    if objective == "edgesplit":
+        columns, shares, wait, passes = _plan_edgesplit(times)
+        server_s = times.server_s[rows, columns]
+    else:
+        cut, shares, wait = _plan_epsl(times)
+        columns, passes = np.full(n, cut), 1
+        server_s = np.full(n, times.server_s[:, cut].sum())  # the server works for all, then answers
+    compute = times.forward_s[rows, columns] + times.backward_s[rows, columns] + server_s
+    transfer = times.drain_s()[rows, columns] / shares
+    latency = times.latency_up_s + times.latency_down_s
+    clients = tuple(
+        ClientPlan(client_id=i, device=devices[i].name, split_layer=costs[columns[i]].split_layer,
+                   share=float(shares[i]), compute_s=float(compute[i]),
+                   transfer_s=float(transfer[i]), latency_s=latency, wait_s=float(wait[i]),
+                   round_s=float(compute[i] + transfer[i] + latency + wait[i]))
+        for i in range(n))
+    return Plan(objective, clients, max(c.round_s for c in clients), passes)
+
+
+# ------------------------------------------------------------------------------------ output
+
+def format_plan(plan: Plan) -> str:
+    """The plan as an aligned text table, one client a row, and its predicted round time."""
+    header = ("client", "device", "split", "share", "compute s", "transfer s", "latency s",
+              "wait s", "round s")
+    rows = [header] + [
+        (str(c.client_id), c.device, str(c.split_layer), f"{c.share:.4f}", f"{c.compute_s:.4f}",
+         f"{c.transfer_s:.4f}", f"{c.latency_s:.4f}", f"{c.wait_s:.4f}", f"{c.round_s:.4f}")
+        for c in plan.clients]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 1 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+             for row in rows]
+    lines.append(f"predicted round time: {plan.round_s:.4f} s ({plan.objective}, "
+                 f"{plan.iterations} iteration{'s' if plan.iterations != 1 else ''})")
+    return "\n".join(lines)
+
+
+def _medium_spec(spec: object) -> dict:
+    """A shared link as a mapping spec: a LINK_PROFILES name is expanded to its mapping."""
+    return dict(LINK_PROFILES[spec]) if isinstance(spec, str) else dict(spec)
+
+
+def resolved_config(cfg: ExperimentConfig, plan: Plan) -> dict:
+    """cfg as plain data with the plan applied: clients.split_layers per client and network.shared
+    with `allocation: shares` and the plan's shares; loads back with `config_from_dict`."""
+    if len(plan.clients) != cfg.clients.count:
+        raise ConfigError(f"clients.count: {cfg.clients.count} is not allowed; the plan has "
+                          f"{len(plan.clients)} clients")
+    shared_medium(cfg)
+    data = cfg.to_dict()
+    data["clients"]["split_layers"] = [c.split_layer for c in plan.clients]
+    shares = [c.share for c in plan.clients]
+    total = sum(shares)
+    spec = _medium_spec(cfg.network.shared)
+    spec["allocation"] = "shares"
+    spec["shares"] = [s / total for s in shares] if total > 1.0 else shares
+    data["network"]["shared"] = spec
+    config_from_dict(data)  # the plan's config must be valid as it stands
+    return data

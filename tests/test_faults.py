@@ -1,0 +1,100 @@
+"""A client or server actor killed mid-run costs a replay, never a lost or doubled row."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pandas as pd
+import pytest
+import ray
+
+from splitray.config import ALGORITHM_NAMES, load_config
+from splitray.runtime import RunFailed, resume_experiment, run_experiment
+from splitray.runtime.context import RunContext
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _config(algorithm: str = "parallel_sl", **overrides):
+    settings = {
+        "model.name": "tiny_cnn", "model.split_layer": 3, "data.image_size": 16,
+        "data.train_samples": 192, "data.test_samples": 32, "train.batch_size": 16,
+        "train.algorithm": algorithm, "clients.count": 2, "clients.num_cpus": 0.5,
+        "server.num_cpus": 0.5, "clients.devices": "[raspberry_pi_4, laptop_cpu]",
+        "network.shared": "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.01}",
+        "schedule.phases": "[{budget: 4, epochs: 2}, {budget: 16, epochs: 2}]",
+        "checkpoint.every_epochs": 1, "splitfed.every_rounds": 3,
+        **overrides,
+    }
+    return load_config(os.path.join(REPO, "experiments", "quickstart.yaml"),
+                       [f"{k}={v}" for k, v in settings.items()])
+
+
+def _tables(run_dir: str) -> list[pd.DataFrame]:
+    return [pd.read_parquet(os.path.join(run_dir, name)).drop(columns=["wall_time_s", "run_id"])
+            for name in ("steps.parquet", "evals.parquet")]
+
+
+def _kill_at_rounds(monkeypatch, kills: dict[int, str], delay_s: float = 0.02) -> list[int]:
+    """Kill an actor ('client1' or 'server') once each at the listed rounds: a moment after the
+    round's calls start, so it dies mid-step. Returns the rounds where a kill fired."""
+    original = RunContext.run_steps
+    fired: list[int] = []
+
+    def run_steps(self, plan, budget, steps):
+        who = kills.get(self.round)
+        if who is not None and self.round not in fired:
+            fired.append(self.round)
+            handle = (self.server if who == "server" else self.clients[1]).handle
+            threading.Timer(delay_s, ray.kill, [handle], {"no_restart": False}).start()
+        return original(self, plan, budget, steps)
+
+    monkeypatch.setattr(RunContext, "run_steps", run_steps)
+    return fired
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_killed_client_and_server_actors_leave_the_tables_of_an_uninterrupted_run(
+        algorithm, tmp_path, monkeypatch):
+    cfg = _config(algorithm)
+    whole = run_experiment(cfg, out_dir=str(tmp_path / "whole"), progress=False)
+    # Round 2 is in the first epoch (rolled back to the run's start), the other in the third
+    # (rolled back to the checkpoint after the second).
+    later = int(whole.steps.loc[whole.steps["epoch"] == 2, "round"].min()) + 1
+    fired = _kill_at_rounds(monkeypatch, {2: "client1", later: "server"})
+    faulty = run_experiment(cfg, out_dir=str(tmp_path / "faulty"), progress=False)
+    assert fired == [2, later]
+    for got, expected in zip(_tables(faulty.run_dir), _tables(whole.run_dir), strict=True):
+        pd.testing.assert_frame_equal(got, expected)
+    manifest = json.loads(open(os.path.join(faulty.run_dir, "manifest.json")).read())
+    assert manifest["status"] == "finished"
+    assert [f["epochs_done"] for f in manifest["faults"]] == [0, 2]
+    assert all("Actor" in f["error"] or "Worker" in f["error"] for f in manifest["faults"])
+
+
+def test_more_faults_than_allowed_fail_the_run_which_then_resumes(tmp_path, monkeypatch):
+    cfg = _config(**{"faults.max_failures": 1})
+    whole = run_experiment(cfg, out_dir=str(tmp_path / "whole"), progress=False)
+    _kill_at_rounds(monkeypatch, {7: "client1", 13: "client1"})
+    with pytest.raises(RunFailed, match="2 faults exceed faults.max_failures = 1") as failed:
+        run_experiment(cfg, out_dir=str(tmp_path / "faulty"), progress=False)
+    run_dir = failed.value.run_dir
+    manifest = json.loads(open(os.path.join(run_dir, "manifest.json")).read())
+    assert manifest["status"] == "failed"
+    assert "--resume" in manifest["reason"] and "\n" not in manifest["reason"]
+    assert len(manifest["faults"]) == 2
+
+    monkeypatch.undo()
+    resume_experiment(run_dir, progress=False)
+    for got, expected in zip(_tables(run_dir), _tables(whole.run_dir), strict=True):
+        pd.testing.assert_frame_equal(got, expected)

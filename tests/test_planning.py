@@ -1,0 +1,302 @@
+"""The split-point and bandwidth planner (METHODS.md §5 EdgeSplit, §6 EPSL) against brute force,
+the roles' own FLOP and byte counts, and the discrete-event timeline's round time."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from splitray.config import ConfigError, config_from_dict
+from splitray.data.synthetic import make_synthetic
+from splitray.network import NetworkModel, build_link, get_device_profile
+from splitray.planning import (
+    ClientPlan,
+    Plan,
+    format_plan,
+    plan,
+    resolved_config,
+    split_costs,
+)
+from splitray.roles import ClientRole, ServerRole
+from splitray.runtime.timeline import ServerWork, StepJob, Timeline
+
+IMAGE_PX = 16
+BATCH = 4
+# A narrow medium, so that bytes and client FLOPs of tiny_cnn trade off at these device speeds.
+MEDIUM = {"kind": "shared", "up_bps": 1e5, "down_bps": 2e5, "latency_s": 0.002}
+
+
+def make_cfg(speeds: list[float], compress: bool = False, budget: int | None = None,
+             shared=None, server=None, **sections):
+    """tiny_cnn on 16 px synthetic images, one client per device speed (FLOP/s); `sections` add
+    keys to config sections (e.g. model={"split_layer": 0})."""
+    data = {"model": {"name": "tiny_cnn", "split_layer": 3}, "data": {"image_size": IMAGE_PX},
+            "compression": {"enabled": compress}, "train": {"batch_size": BATCH},
+            "schedule": {"phases": [{"budget": budget}]},
+            "clients": {"count": len(speeds),
+                        "devices": [{"name": f"dev{i}", "flops_per_s": s} for i, s in enumerate(speeds)]},
+            "network": {"shared": MEDIUM if shared is None else shared}}
+    if server is not None:
+        data["server"] = {"device": server}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return config_from_dict(data)
+
+
+def model_times(cfg) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """§5's T_i = fixed[i, s] + drain[i, s] / w_i, written out here independently of the planner."""
+    costs = split_costs(cfg)
+    medium = build_link(cfg.network.shared)
+    server = get_device_profile(cfg.server.device)
+    b = cfg.train.batch_size
+    fixed, drain = [], []
+    for spec in cfg.clients.devices:
+        speed = get_device_profile(spec).flops_per_s * cfg.clients.cpu_share
+        fixed.append([b * c.client_flops_per_sample / speed + b * c.server_flops_per_sample
+                      / server.flops_per_s + 2 * medium.latency_s for c in costs])
+        drain.append([8 * c.up_bytes(b) / medium.up_bps + 8 * c.down_bytes(b) / medium.down_bps
+                      for c in costs])
+    return np.array(fixed), np.array(drain), [c.split_layer for c in costs]
+
+
+def finish_s(p: Plan) -> np.ndarray:
+    """Each client's predicted round without the server queue: the T_i that EdgeSplit balances."""
+    return np.array([c.round_s - c.wait_s for c in p.clients])
+
+
+# ------------------------------------------------------------------------------------ costs
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_split_costs_are_what_the_roles_count(compression):
+    shard = make_synthetic(2 * BATCH, train=True, image_size=IMAGE_PX, channels=3, num_classes=10,
+                           seed=0)
+    for split_layer in (0, 3, 5):
+        cfg = make_cfg([1e9], compression, model={"split_layer": split_layer},
+                       compression={"codec_up": "fp8_e4m3", "codec_down": "fp16"})
+        costs = {c.split_layer: c for c in split_costs(cfg)}[split_layer]
+        client = ClientRole(0, cfg, shard, shard, 10)
+        server = ServerRole(cfg, (3, IMAGE_PX, IMAGE_PX), 10)
+        client.begin_epoch(0, 0.01, None)
+        payload, _ = client.forward(0)
+        grad, _ = server.step(payload, 0, 0)
+        assert costs.client_forward_flops_per_sample == client.fwd_flops_per_sample
+        assert costs.client_backward_flops_per_sample == client.bwd_flops_per_sample
+        assert costs.server_flops_per_sample == server.flops_per_sample
+        assert costs.up_bytes(BATCH) == payload.nbytes
+        assert costs.down_bytes(BATCH) == grad.nbytes
+
+
+def test_budget_is_the_first_phase_fraction_at_every_split_point():
+    # 8 of the 16 channels at split 3: half of each split point's channels, rounded up.
+    sent = {c.split_layer: c.wire_shape[0] for c in split_costs(make_cfg([1e9], True, 8))}
+    assert sent == {0: 2, 1: 2, 2: 8, 3: 8, 4: 16, 5: 16}
+    everything = {c.split_layer: c.wire_shape[0] for c in split_costs(make_cfg([1e9], True))}
+    assert everything == {0: 3, 1: 3, 2: 16, 3: 16, 4: 32, 5: 32}
+    # A fixed compressor width (compression.channels) is the same at every split point.
+    fixed = make_cfg([1e9], True, 3, compression={"channels": 6})
+    assert {c.wire_shape[0] for c in split_costs(fixed)} == {3}
+    with pytest.raises(ConfigError, match=r"schedule.phases\[0\].budget"):
+        split_costs(make_cfg([1e9], True, 17))
+
+
+# ------------------------------------------------------------------------------------ edgesplit
+
+def test_edgesplit_matches_brute_force_on_two_clients():
+    cfg = make_cfg([5e6, 1e9])
+    fixed, drain, splits = model_times(cfg)
+    grid = np.arange(1, 4000) / 4000  # client 0's share; client 1 gets the rest
+    best = np.inf
+    for s0, s1 in itertools.product(range(len(splits)), repeat=2):
+        rounds = np.maximum(fixed[0, s0] + drain[0, s0] / grid, fixed[1, s1] + drain[1, s1] / grid[::-1])
+        best = min(best, float(rounds.min()))
+    p = plan(cfg)
+    planned = float(finish_s(p).max())
+    assert [c.split_layer for c in p.clients] == [0, 5]  # the case is not trivial
+    # The plan is the continuous optimum of the same model, so no grid point beats it; the grid's
+    # best lies within its resolution (a share off by 1/4000 of about 0.5) of it.
+    assert planned <= best * (1 + 1e-9)
+    assert best <= planned * (1 + 1e-3)
+
+
+def test_edgesplit_matches_brute_force_on_three_clients():
+    cfg = make_cfg([5e6, 5e7, 1e9], True, 8)
+    fixed, drain, splits = model_times(cfg)
+    n = 600
+    k = np.arange(1, n)
+    a, b = (m.ravel() for m in np.meshgrid(k, k, indexing="ij"))
+    keep = a + b < n
+    a, b = a[keep], b[keep]
+    c = n - a - b
+    per_share = fixed[:, :, None] + drain[:, :, None] * n / np.arange(n)[None, None, :].clip(1)
+    best = np.inf
+    for s in itertools.product(range(len(splits)), repeat=3):
+        rounds = np.maximum(np.maximum(per_share[0, s[0], a], per_share[1, s[1], b]),
+                            per_share[2, s[2], c])
+        best = min(best, float(rounds.min()))
+    p = plan(cfg)
+    planned = float(finish_s(p).max())
+    assert len({c.split_layer for c in p.clients}) > 1
+    assert planned <= best * (1 + 1e-9)
+    # Flooring two of the plan's shares to the grid (the third takes the rest) costs client i at
+    # most transfer_i * (w_i / (w_i - 1/n) - 1): the grid's best is within that of the plan.
+    bound = max(planned - c.transfer_s + c.transfer_s * c.share / (c.share - 1 / n) for c in p.clients)
+    assert best <= bound * (1 + 1e-9)
+    assert best <= planned * 1.01
+
+
+def test_edgesplit_alternation_reaches_the_best_split_combination():
+    # Equal shares first put the slow device at the deepest split; with the shares rebalanced it
+    # moves to the raw input: two alternations.
+    cfg = make_cfg([8e6, 1e9, 1e9, 1e9], True, 8)
+    fixed, drain, splits = model_times(cfg)
+    p = plan(cfg)
+    assert p.iterations == 2
+    # Every split combination with its exact best shares: T such that sum drain / (T - fixed) = 1,
+    # by bisection over all combinations at once.
+    combos = np.array(list(itertools.product(range(len(splits)), repeat=4)))
+    rows = np.arange(4)
+    f, d = fixed[rows, combos], drain[rows, combos]
+    lo, hi = f.max(axis=1), f.max(axis=1) + d.sum(axis=1)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        ok = (d / np.maximum(mid[:, None] - f, 1e-300)).sum(axis=1) <= 1
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+    best = int(np.argmin(hi))
+    assert float(finish_s(p).max()) == pytest.approx(hi[best], rel=1e-9)
+    assert [c.split_layer for c in p.clients] == [splits[s] for s in combos[best]]
+
+
+def test_shares_sum_to_one_and_clients_finish_together():
+    for speeds in ([5e6, 1e9], [5e6, 5e7, 1e9], [2e6, 2e7, 2e8, 2e9, 2e6]):
+        p = plan(make_cfg(speeds))
+        shares = [c.share for c in p.clients]
+        assert all(s > 0 for s in shares)
+        assert sum(shares) <= 1 + 1e-12 and sum(shares) == pytest.approx(1, abs=1e-9)
+        done = finish_s(p)
+        assert done.max() - done.min() <= 1e-9 * done.max()
+        assert p.round_s == max(c.round_s for c in p.clients)
+        for c in p.clients:
+            assert c.round_s == pytest.approx(c.compute_s + c.transfer_s + c.latency_s + c.wait_s)
+
+
+def test_faster_device_splits_deeper():
+    p = plan(make_cfg([5e6, 1e9]))
+    slow, fast = p.clients
+    assert fast.split_layer > slow.split_layer
+    # And in order along a range of speeds.
+    splits = [c.split_layer for c in plan(make_cfg([2e6, 2e7, 2e8, 2e9])).clients]
+    assert splits == sorted(splits) and splits[0] < splits[-1]
+
+
+def test_plan_round_is_what_the_timeline_simulates():
+    """One round from idle on the simulator's timeline, with the resolved shares and the plan's
+    split points: the same end time for every client, server queue included."""
+    # A slow server and equal devices, so payloads arrive together and the server queue matters.
+    cfg = make_cfg([2e7, 2e7, 5e8], server={"name": "slow_server", "flops_per_s": 2e8})
+    p = plan(cfg)
+    resolved = config_from_dict(resolved_config(cfg, p))
+    medium = build_link(resolved.network.shared)
+    network = NetworkModel(dict.fromkeys(range(3), medium))
+    devices = [get_device_profile(d) for d in resolved.clients.devices]
+    timeline = Timeline(network, devices, get_device_profile(resolved.server.device))
+    costs = {c.split_layer: c for c in split_costs(cfg)}
+    split_of = dict(enumerate(resolved.clients.split_layers))
+    jobs = [StepJob(i, 0.0, forward_s=timeline.client_compute_s(
+                i, BATCH * costs[s].client_forward_flops_per_sample, 0.0),
+                bytes_up=costs[s].up_bytes(BATCH)) for i, s in split_of.items()]
+
+    def serve(job: StepJob) -> ServerWork:
+        c = costs[split_of[job.client_id]]
+        backward_s = timeline.client_compute_s(job.client_id, BATCH * c.client_backward_flops_per_sample,
+                                               0.0)
+        return ServerWork(timeline.server_compute_s(BATCH * c.server_flops_per_sample, 0.0),
+                          c.down_bytes(BATCH), lambda: backward_s)
+
+    times = [t for _, t in timeline.run(jobs, serve)]
+    ends, waits = [t.end_s for t in times], [t.server_wait_s for t in times]
+    assert ends == pytest.approx([c.round_s for c in p.clients], rel=1e-9)
+    assert waits == pytest.approx([c.wait_s for c in p.clients], rel=1e-9, abs=1e-12)
+    assert max(waits) > 0  # the queue is part of the prediction
+
+
+# ------------------------------------------------------------------------------------ epsl
+
+def test_epsl_one_cut_beats_every_cut_with_equal_shares():
+    cfg = make_cfg([5e6, 5e7, 1e9])
+    costs = split_costs(cfg)
+    medium = build_link(cfg.network.shared)
+    server = get_device_profile(cfg.server.device)
+    speeds = np.array([get_device_profile(d).flops_per_s for d in cfg.clients.devices])
+    lat = medium.latency_s
+
+    def round_s(c, shares):
+        """§6: max_k(forward + up) + server for all + max_k(down + backward), latencies included."""
+        up = 8 * c.up_bytes(BATCH) / (shares * medium.up_bps)
+        down = 8 * c.down_bytes(BATCH) / (shares * medium.down_bps)
+        forward = BATCH * c.client_forward_flops_per_sample / speeds
+        backward = BATCH * c.client_backward_flops_per_sample / speeds
+        serve = len(speeds) * BATCH * c.server_flops_per_sample / server.flops_per_s
+        return float(np.max(forward + lat + up) + serve + np.max(down + lat + backward))
+
+    p = plan(cfg, "epsl")
+    cut = {c.split_layer for c in p.clients}
+    assert len(cut) == 1
+    planned = {c.split_layer: c for c in costs}[cut.pop()]
+    shares = np.array([c.share for c in p.clients])
+    assert shares.sum() == pytest.approx(1)
+    assert p.round_s == pytest.approx(round_s(planned, shares), rel=1e-9)
+    equal = np.full(len(speeds), 1 / len(speeds))
+    for c in costs:
+        assert p.round_s <= round_s(c, equal) * (1 + 1e-9)
+    assert p.round_s < min(round_s(c, equal) for c in costs)  # the shares help here
+    # No grid of shares does better at the planned cut.
+    grid = [np.array([a, b, 120 - a - b]) / 120 for a in range(1, 119) for b in range(1, 120 - a)]
+    assert p.round_s <= min(round_s(planned, w) for w in grid) * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------------------------ output
+
+def test_resolved_config_round_trips():
+    cfg = make_cfg([5e6, 5e7, 1e9], shared="wifi6_shared")
+    p = plan(cfg)
+    data = resolved_config(cfg, p)
+    loaded = config_from_dict(data)
+    assert loaded.clients.split_layers == [c.split_layer for c in p.clients]
+    spec = loaded.network.shared
+    assert spec["kind"] == "shared" and spec["allocation"] == "shares"
+    assert spec["up_bps"] == 400e6 and spec["shares"] == [c.share for c in p.clients]
+    network = NetworkModel(dict.fromkeys(range(3), build_link(spec)))
+    assert [network.share(i) for i in range(3)] == spec["shares"]
+    assert loaded.to_dict() == data
+    # Everything else is the config as it was.
+    data["clients"]["split_layers"] = None
+    data["network"]["shared"] = "wifi6_shared"
+    assert data == cfg.to_dict()
+
+
+def test_format_plan_lists_every_client_and_the_round():
+    p = plan(make_cfg([5e6, 1e9]))
+    text = format_plan(p)
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["client", "device", "split", "share"]
+    assert lines[1].split()[:3] == ["0", "dev0", str(p.clients[0].split_layer)]
+    assert lines[2].split()[:3] == ["1", "dev1", str(p.clients[1].split_layer)]
+    assert f"{p.round_s:.4f} s" in lines[-1] and "edgesplit" in lines[-1]
+    assert isinstance(p.clients[0], ClientPlan)
+
+
+# ------------------------------------------------------------------------------------ errors
+
+def test_bad_objective_and_missing_medium_are_config_errors():
+    cfg = make_cfg([1e9])
+    with pytest.raises(ConfigError, match=r"objective: 'fastest' is not allowed; choose one of "
+                                          r"edgesplit, epsl"):
+        plan(cfg, "fastest")
+    own_links = config_from_dict({**cfg.to_dict(), "network": {"links": ["lte"]}})
+    with pytest.raises(ConfigError, match=r"^network\.shared: None"):
+        plan(own_links)
+    not_shared = config_from_dict({**cfg.to_dict(), "network": {"shared": "lte"}})
+    with pytest.raises(ConfigError, match=r"^network\.shared: 'lte'"):
+        plan(not_shared)
