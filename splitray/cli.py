@@ -168,6 +168,27 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import yaml
+
+    from splitray.config import load_config
+    from splitray.metrics import write_text
+    from splitray.planning import best_single_split, format_plan, plan, resolved_config
+
+    cfg = load_config(args.config, args.set)
+    objective = args.objective or ("epsl" if cfg.train.algorithm == "epsl" else "edgesplit")
+    best = plan(cfg, objective)
+    print(format_plan(best))
+    baseline = best_single_split(cfg)
+    print(f"parallel SL with the best single split point ({baseline.clients[0].split_layer}) and "
+          f"equal shares: {baseline.round_s:.4f} s per round "
+          f"({baseline.round_s / best.round_s:.2f}x the plan's)")
+    if args.write:
+        write_text(yaml.safe_dump(resolved_config(cfg, best), sort_keys=False), args.write)
+        print(f"resolved config: {args.write} (splitray run {args.write})")
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from splitray.metrics import schema_markdown
 
@@ -222,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--max-failures", type=int, default=0, metavar="N",
                     help="retry a failed trial up to N times, from its last checkpoint [0]")
     tn.set_defaults(func=_cmd_tune)
+
+    pl = sub.add_parser("plan", help="choose split points and bandwidth shares",
+                        description="Plan each client's split point and share of the shared "
+                                    "access point (EdgeSplit: a split point per client; EPSL: "
+                                    "one cut layer for all) from the config's model, devices and "
+                                    "network; prints the plan and its predicted round time.")
+    pl.add_argument("config", help="experiment YAML with network.shared")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (repeatable)")
+    pl.add_argument("--objective", choices=("edgesplit", "epsl"), default=None,
+                    help="edgesplit: a split point per client; epsl: one cut layer for all "
+                         "[epsl for train.algorithm epsl, else edgesplit]")
+    pl.add_argument("--write", default=None, metavar="FILE",
+                    help="also write the config with the plan applied (clients.split_layers, "
+                         "network.shared shares), for splitray run")
+    pl.set_defaults(func=_cmd_plan)
 
     an = sub.add_parser("analyze", help="summarise and plot results",
                         description="Summarise a run directory, a directory of runs or a sweep "

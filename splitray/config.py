@@ -112,7 +112,7 @@ class ScheduleConfig:
 
 # The training schemes under splitray/algorithms/ (one file each); named here so that a config is
 # validated without importing them.
-ALGORITHM_NAMES = ("parallel_sl", "vanilla_sl", "splitfed", "async_sl")
+ALGORITHM_NAMES = ("parallel_sl", "vanilla_sl", "splitfed", "async_sl", "edgesplit", "epsl")
 
 
 @dataclass
@@ -124,6 +124,9 @@ class TrainConfig:
     weight_decay: float = field(default=5e-4, metadata=_range(0))
     steps_per_epoch: int | None = field(default=None, metadata=_range(1))  # cap; None: whole shard
     eval_batch_size: int = field(default=256, metadata=_range(1))
+    # EPSL's aggregation ratio: the share of each batch's positions whose last-layer gradients the
+    # server averages over the clients and back-propagates once (0: parallel SL)
+    phi: float = field(default=0.0, metadata=_range(0, 1))
 
 
 @dataclass
@@ -139,6 +142,24 @@ class SplitFedConfig:
     """SplitFed: FedAvg of the client parts every `every_rounds` rounds (None: every epoch)."""
 
     every_rounds: int | None = field(default=None, metadata=_range(1))
+
+
+@dataclass
+class EdgeSplitConfig:
+    """EdgeSplit: per-client split points and bandwidth shares (from `splitray plan` unless
+    clients.split_layers is given); whole models averaged layer by layer every `every_rounds`
+    rounds (None: every epoch)."""
+
+    every_rounds: int | None = field(default=None, metadata=_range(1))
+
+
+@dataclass
+class PlanConfig:
+    """What `splitray plan` (and EdgeSplit, EPSL, `allocation: planned`) may choose from."""
+
+    # Split points to choose among; None: every one whose client part has weights, so the raw
+    # input never leaves a device
+    split_layers: list[int] | None = None
 
 
 @dataclass
@@ -212,6 +233,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     vanilla: VanillaConfig = field(default_factory=VanillaConfig)
     splitfed: SplitFedConfig = field(default_factory=SplitFedConfig)
+    edgesplit: EdgeSplitConfig = field(default_factory=EdgeSplitConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     async_sl: AsyncConfig = field(default_factory=AsyncConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -229,6 +252,13 @@ class ExperimentConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def split_layer_of(cfg: ExperimentConfig, client_id: int) -> int:
+    """The split point of one client: its entry of clients.split_layers (cycled), else
+    model.split_layer."""
+    layers = cfg.clients.split_layers
+    return layers[client_id % len(layers)] if layers else cfg.model.split_layer
 
 
 def _describe(tp: Any) -> str:
@@ -345,6 +375,13 @@ def _check_semantics(cfg: ExperimentConfig) -> None:
         if isinstance(d, str) and d not in DEVICE_PROFILES:
             raise ConfigError(f"clients.devices[{i}]: {d!r} is not allowed; choose one of "
                               f"{', '.join(DEVICE_PROFILES)} or give {{name, flops_per_s}}")
+    if cfg.train.phi > 0 and cfg.train.algorithm != "epsl":
+        raise ConfigError(f"train.phi: {cfg.train.phi!r} is not allowed with train.algorithm "
+                          f"{cfg.train.algorithm}; it is EPSL's (train.algorithm: epsl)")
+    if cfg.train.phi > 0 and cfg.compression.enabled:
+        raise ConfigError(f"train.phi: {cfg.train.phi!r} is not allowed with compression.enabled "
+                          "true; EPSL averages the clients' activations, which needs them whole "
+                          "(set compression.enabled: false, or phi: 0)")
     if cfg.clients.split_layers is not None:
         if not cfg.clients.split_layers:
             raise ConfigError("clients.split_layers: [] is not allowed; give split points or null")

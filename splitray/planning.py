@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from splitray.compression import Compressor, Decompressor, encoded_shape, payload_nbytes
-from splitray.config import ConfigError, ExperimentConfig, config_from_dict
+from splitray.config import ConfigError, ExperimentConfig, config_from_dict, split_layer_of
 from splitray.data.loaders import (
     IMAGEFOLDER_DEFAULT_IMAGE_SIZE,
     STL10_IMAGE_SIZE,
@@ -32,6 +32,7 @@ from splitray.network import (
     compute_time_s,
     get_device_profile,
 )
+from splitray.schedules import scaled_budget
 
 OBJECTIVES = ("edgesplit", "epsl")
 MAX_ITERATIONS = 20
@@ -53,6 +54,7 @@ class SplitCosts:
     split_layer: int
     shape: tuple[int, int, int]            # activation (C, H, W) at the split
     wire_shape: tuple[int, int, int]       # channels sent (the budget), height, width on the wire
+    client_trains: bool                    # the client part holds weights (raw data stays home)
     client_forward_flops_per_sample: float
     client_backward_flops_per_sample: float
     server_flops_per_sample: float         # forward + backward
@@ -60,6 +62,7 @@ class SplitCosts:
     up_bytes_per_batch: int                # fixed bytes of one payload: channel indices, codec scale
     down_bytes_per_sample: int
     down_bytes_per_batch: int
+    client_weights_bytes: int              # client part + compressor state, as averaging sends it
 
     @property
     def client_flops_per_sample(self) -> float:
@@ -182,9 +185,23 @@ def _unit_flops(model: torch.nn.Module, input_shape: tuple[int, int, int]
 def _budget(cfg: ExperimentConfig, channels_at_split: int, channels: int) -> int:
     """Channels sent at a split point with `channels` to choose from (see `split_costs`)."""
     first = cfg.schedule.phases[0].budget
-    if first is None:
-        return channels
-    return min(channels, -(-first * channels // channels_at_split))
+    return channels if first is None else scaled_budget(first, channels_at_split, channels)
+
+
+def _state_bytes(modules: list[torch.nn.Module | None]) -> int:
+    """Bytes of the modules' state dicts (works on the meta device: sizes only)."""
+    return sum(t.numel() * t.element_size() for m in modules if m is not None
+               for t in m.state_dict().values())
+
+
+def rounds_per_average(cfg: ExperimentConfig) -> int:
+    """Rounds between two of EdgeSplit's averages: edgesplit.every_rounds, else the rounds of an
+    epoch (the steps of an even shard, capped by train.steps_per_epoch)."""
+    if cfg.edgesplit.every_rounds:
+        return cfg.edgesplit.every_rounds
+    samples = cfg.data.train_samples or 50_000
+    steps = max(1, samples // cfg.clients.count // cfg.train.batch_size)
+    return min(steps, cfg.train.steps_per_epoch or steps)
 
 
 def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
@@ -235,11 +252,13 @@ def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
         down = [payload_nbytes(k, sent, height, width, c.codec_down, False, False) for k in (1, 2)]
         costs.append(SplitCosts(
             split_layer=n, shape=shape, wire_shape=(sent, height, width),
+            client_trains=bool(grad_flows[n]),
             client_forward_flops_per_sample=float(client_forward),
             client_backward_flops_per_sample=float(client_backward),
             server_flops_per_sample=float(decomp + int(server_train[n:].sum())),
             up_bytes_per_sample=up[1] - up[0], up_bytes_per_batch=2 * up[0] - up[1],
-            down_bytes_per_sample=down[1] - down[0], down_bytes_per_batch=2 * down[0] - down[1]))
+            down_bytes_per_sample=down[1] - down[0], down_bytes_per_batch=2 * down[0] - down[1],
+            client_weights_bytes=_state_bytes([*model.units[:n], _codec_modules(cfg, shape)[0]])))
     return costs
 
 
@@ -256,6 +275,7 @@ class _Times:
     down_s: np.ndarray
     latency_up_s: float
     latency_down_s: float
+    exchange_s: np.ndarray  # model averaging's uploads + downloads, spread over the rounds between
 
     def fixed_s(self) -> np.ndarray:
         """Everything but the transfers: compute and latencies."""
@@ -264,7 +284,7 @@ class _Times:
 
     def drain_s(self) -> np.ndarray:
         """Up + down drain seconds at the whole capacity; divide by the share."""
-        return self.up_s + self.down_s
+        return self.up_s + self.down_s + self.exchange_s
 
 
 def shared_medium(cfg: ExperimentConfig) -> SharedMedium:
@@ -273,6 +293,9 @@ def shared_medium(cfg: ExperimentConfig) -> SharedMedium:
     if spec is None:
         raise ConfigError("network.shared: None is not allowed; planning divides one shared "
                           "medium among the clients, set network.shared (e.g. wifi6_shared)")
+    if isinstance(spec, dict) and spec.get("allocation") == "planned":
+        # The medium's capacity; how it is divided is what the plan decides.
+        spec = {k: v for k, v in spec.items() if k not in ("allocation", "shares")}
     try:
         link = build_link(spec, cfg.network.traces_root)
     except (ValueError, FileNotFoundError) as e:
@@ -297,8 +320,12 @@ def _devices(cfg: ExperimentConfig) -> tuple[list[DeviceProfile], DeviceProfile]
 
 
 def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceProfile],
-           server: DeviceProfile, medium: SharedMedium) -> _Times:
+           server: DeviceProfile, medium: SharedMedium, averages: bool) -> _Times:
+    """Every client's seconds at every split point; `averages`: EdgeSplit's model averaging, whose
+    transfers are charged to the rounds between two averages."""
     b, share = cfg.train.batch_size, cfg.clients.cpu_share
+    exchange_rate_bps = 1.0 / (1.0 / medium.rate_bps("up") + 1.0 / medium.rate_bps("down"))
+    period = rounds_per_average(cfg)
 
     def client_s(flops: list[float]) -> np.ndarray:
         return np.array([[compute_time_s(b * f, d, share) for f in flops] for d in devices])
@@ -313,7 +340,9 @@ def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceP
         server_s=per_client([compute_time_s(b * c.server_flops_per_sample, server) for c in costs]),
         up_s=per_client([8.0 * c.up_bytes(b) / medium.rate_bps("up") for c in costs]),
         down_s=per_client([8.0 * c.down_bytes(b) / medium.rate_bps("down") for c in costs]),
-        latency_up_s=delay_s, latency_down_s=delay_s)
+        latency_up_s=delay_s, latency_down_s=delay_s,
+        exchange_s=per_client([8.0 * c.client_weights_bytes / exchange_rate_bps / period
+                               if averages else 0.0 for c in costs]))
 
 
 def _bisect(feasible: Callable[[float], bool], lo: float, hi: float) -> float:
@@ -446,6 +475,19 @@ def _plan_epsl(times: _Times) -> tuple[int, np.ndarray, np.ndarray]:
     return best[1], best[2], best[3]
 
 
+def candidate_splits(cfg: ExperimentConfig, costs: list[SplitCosts]) -> list[int]:
+    """Indices into `costs` of the split points the planner may choose: plan.split_layers, or
+    every split point whose client part has weights (the raw input never leaves a device)."""
+    allowed = cfg.plan.split_layers
+    picked = [k for k, c in enumerate(costs)
+              if (c.split_layer in allowed if allowed is not None else c.client_trains)]
+    if not picked:
+        valid = ", ".join(str(c.split_layer) for c in costs)
+        raise ConfigError(f"plan.split_layers: {allowed!r} is not allowed; {cfg.model.name} can "
+                          f"split at {valid}")
+    return picked
+
+
 def plan(cfg: ExperimentConfig, objective: str = "edgesplit") -> Plan:
     """Each client's split point and share of network.shared that minimise the round time.
 
@@ -460,16 +502,68 @@ def plan(cfg: ExperimentConfig, objective: str = "edgesplit") -> Plan:
     medium = shared_medium(cfg)
     devices, server = _devices(cfg)
     costs = split_costs(cfg)
-    times = _times(cfg, costs, devices, server, medium)
+    picked = candidate_splits(cfg, costs)
+    costs = [costs[k] for k in picked]
+    times = _times(cfg, costs, devices, server, medium, averages=cfg.train.algorithm == "edgesplit")
     n = len(devices)
-    rows = np.arange(n)
     if objective == "edgesplit":
         columns, shares, wait, passes = _plan_edgesplit(times)
-        server_s = times.server_s[rows, columns]
-    else:
-        cut, shares, wait = _plan_epsl(times)
-        columns, passes = np.full(n, cut), 1
-        server_s = np.full(n, times.server_s[:, cut].sum())  # the server works for all, then answers
+        return _plan_of(objective, times, costs, devices, columns, shares, wait, passes)
+    cut, shares, wait = _plan_epsl(times)
+    return _plan_of(objective, times, costs, devices, np.full(n, cut), shares, wait, 1,
+                    server_for_all=True)
+
+
+def predict(cfg: ExperimentConfig) -> Plan:
+    """The round the planner's model predicts for cfg as it stands: each client's split point
+    (clients.split_layers or model.split_layer) and network.shared's shares (equal shares
+    unless `allocation: shares`), served by the server one payload at a time."""
+    medium = shared_medium(cfg)
+    devices, server = _devices(cfg)
+    costs = split_costs(cfg)
+    times = _times(cfg, costs, devices, server, medium, averages=cfg.train.algorithm == "edgesplit")
+    n = len(devices)
+    column_of = {c.split_layer: k for k, c in enumerate(costs)}
+    columns = np.array([column_of[split_layer_of(cfg, i)] for i in range(n)])
+    shares = np.array(medium.shares if medium.allocation == "shares" else [1.0 / n] * n)
+    rows = np.arange(n)
+    arrival_s = (times.forward_s[rows, columns] + times.up_s[rows, columns] / shares
+                 + times.latency_up_s)
+    wait = _server_queue(arrival_s, times.server_s[rows, columns])
+    return _plan_of("given", times, costs, devices, columns, shares, wait, 0)
+
+
+def baseline_config(cfg: ExperimentConfig, split_layer: int) -> ExperimentConfig:
+    """cfg as the baseline plans are measured against: parallel SL, every client split at
+    `split_layer`, network.shared divided in equal fixed shares."""
+    data = cfg.to_dict()
+    data["train"]["algorithm"] = "parallel_sl"
+    data["model"]["split_layer"] = split_layer
+    data["clients"]["split_layers"] = None
+    spec = _medium_spec(cfg.network.shared)
+    spec.update(allocation="shares", shares=[1.0 / cfg.clients.count] * cfg.clients.count)
+    data["network"]["shared"] = spec
+    return config_from_dict(data)
+
+
+def best_single_split(cfg: ExperimentConfig) -> Plan:
+    """The predicted round of parallel SL at the best single split point (among the planner's
+    candidates) with equal shares: what EdgeSplit and EPSL are compared with."""
+    costs = split_costs(cfg)
+    rounds = [predict(baseline_config(cfg, costs[k].split_layer))
+              for k in candidate_splits(cfg, costs)]
+    return min(rounds, key=lambda p: p.round_s)
+
+
+def _plan_of(objective: str, times: _Times, costs: list[SplitCosts],
+             devices: list[DeviceProfile], columns: np.ndarray, shares: np.ndarray,
+             wait: np.ndarray, passes: int, server_for_all: bool = False) -> Plan:
+    """A Plan from split columns, shares and waits: every client's predicted seconds. With
+    `server_for_all` (EPSL) the server works through every client's batch before it answers."""
+    n = len(devices)
+    rows = np.arange(n)
+    server_s = (np.full(n, times.server_s[:, columns[0]].sum()) if server_for_all
+                else times.server_s[rows, columns])
     compute = times.forward_s[rows, columns] + times.backward_s[rows, columns] + server_s
     transfer = times.drain_s()[rows, columns] / shares
     latency = times.latency_up_s + times.latency_down_s
@@ -504,6 +598,27 @@ def format_plan(plan: Plan) -> str:
 def _medium_spec(spec: object) -> dict:
     """A shared link as a mapping spec: a LINK_PROFILES name is expanded to its mapping."""
     return dict(LINK_PROFILES[spec]) if isinstance(spec, str) else dict(spec)
+
+
+def asks_for_plan(cfg: ExperimentConfig) -> bool:
+    """Whether the config leaves split points or shares to the planner: EdgeSplit without
+    clients.split_layers, or network.shared with `allocation: planned`."""
+    shared = cfg.network.shared
+    planned = isinstance(shared, dict) and shared.get("allocation") == "planned"
+    return planned or (cfg.train.algorithm == "edgesplit" and cfg.clients.split_layers is None)
+
+
+def planned_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """cfg with the planner's split points and shares applied when it asks for them (see
+    `asks_for_plan`; the objective follows train.algorithm), else cfg itself."""
+    if not asks_for_plan(cfg):
+        return cfg
+    if cfg.network.shared is None:
+        raise ConfigError("clients.split_layers: None is not allowed for edgesplit with own links "
+                          "(network.links); give each client's split point, or set "
+                          "network.shared so that the planner chooses them and the shares")
+    objective = "epsl" if cfg.train.algorithm == "epsl" else "edgesplit"
+    return config_from_dict(resolved_config(cfg, plan(cfg, objective)))
 
 
 def resolved_config(cfg: ExperimentConfig, plan: Plan) -> dict:

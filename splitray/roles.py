@@ -22,7 +22,7 @@ from splitray.compression import (
     payload_nbytes,
     prune_loss,
 )
-from splitray.config import ExperimentConfig
+from splitray.config import ExperimentConfig, split_layer_of
 from splitray.data import ArrayDataset
 from splitray.models import build_model, split
 from splitray.models.flops import flop_counter
@@ -112,6 +112,9 @@ class _Role:
     def modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        raise NotImplementedError
+
     def set_training(self, training: bool) -> None:
         """Train (True) or eval (False) mode for every module of the role, none forgotten."""
         for m in self.modules():
@@ -120,18 +123,34 @@ class _Role:
     def checkpoint(self) -> dict:
         """Everything training changes in this role, as tensors and plain values (loads with
         `torch.load(..., weights_only=True)`)."""
-        optimizer = getattr(self, "optimizer", None)
         return {"modules": [m.state_dict() for m in self.modules()],
-                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "optimizers": [o.state_dict() for o in self.optimizers()],
                 "torch_rng": torch.get_rng_state()}
 
     def restore(self, state: dict) -> None:
         """Return to a `checkpoint()`."""
         for m, saved in zip(self.modules(), state["modules"], strict=True):
             m.load_state_dict(saved)
-        if state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        for o, saved in zip(self.optimizers(), state["optimizers"], strict=True):
+            o.load_state_dict(saved)
         torch.set_rng_state(state["torch_rng"])
+
+
+def weights_of(named: list[tuple[str, nn.Module | None]]) -> dict[str, np.ndarray]:
+    """Every weight and buffer of the modules as numpy arrays, keyed by prefix + state-dict key.
+    Model units keep their own names at any split point, so equal keys are the same layer."""
+    return {prefix + name: t.detach().cpu().numpy().copy()
+            for prefix, m in named if m is not None for name, t in m.state_dict().items()}
+
+
+def load_weights(named: list[tuple[str, nn.Module | None]], weights: dict[str, np.ndarray]) -> None:
+    """Load each module's own keys from `weights` (which may hold other modules' keys too); a
+    module none of whose keys are there (a compressor no other trained client shares) stays."""
+    for prefix, m in named:
+        if m is not None and any(prefix + name in weights for name in m.state_dict()):
+            # torch.tensor copies: arrays from the object store are read-only.
+            m.load_state_dict({name: torch.tensor(weights[prefix + name])
+                               for name in m.state_dict()})
 
 
 class ClientRole(_Role):
@@ -144,7 +163,8 @@ class ClientRole(_Role):
         self.shard = shard
         self.test_shard = test_shard
         input_shape = tuple(shard.images.shape[1:])
-        client_part, _ = split(model_for(cfg, input_shape, num_classes), cfg.model.split_layer)
+        self.split_layer = split_layer_of(cfg, client_id)
+        client_part, _ = split(model_for(cfg, input_shape, num_classes), self.split_layer)
         self.client_part = client_part
         self.act_shape = activation_shape(client_part, input_shape)
         self.compressor = make_compressor(cfg, self.act_shape)
@@ -159,6 +179,12 @@ class ClientRole(_Role):
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.client_part, self.compressor) if m is not None]
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer] if self.optimizer is not None else []
+
+    def _named(self) -> list[tuple[str, nn.Module | None]]:
+        return [("", self.client_part), (f"compressor@{self.split_layer}.", self.compressor)]
 
     def checkpoint(self) -> dict:
         return {**super().checkpoint(), "generator": self.generator.get_state(),
@@ -229,14 +255,18 @@ class ClientRole(_Role):
                            time.perf_counter() - t0)
         return payload, info
 
-    def backward(self, grad: Payload) -> BackwardInfo:
-        """Backpropagate the server's gradient (plus ε·pruneLoss on the local filter), then step."""
+    def backward(self, grad: Payload, broadcast: Payload | None = None) -> BackwardInfo:
+        """Backpropagate the server's gradient (plus ε·pruneLoss on the local filter), then step.
+        With EPSL, `broadcast` is the gradient of the batch's first positions, the same for all
+        clients, and `grad` that of the rest."""
         t0 = time.perf_counter()
         if self._pending is None:
             raise RuntimeError("backward() called without a pending forward()")
         sent, _ = self._pending
         self._pending = None
         g = grad.to_tensor()
+        if broadcast is not None:
+            g = torch.cat([broadcast.to_tensor(), g])
         c = self.cfg.compression
         p_loss = 0.0
         if self.optimizer is not None:
@@ -283,16 +313,11 @@ class ClientRole(_Role):
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Every weight and buffer of the client part and compressor, as numpy arrays."""
-        return {f"{k}.{name}": t.detach().cpu().numpy().copy()
-                for k, m in enumerate(self.modules()) for name, t in m.state_dict().items()}
+        return weights_of(self._named())
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        """Load weights from `get_weights` (another client's, or an average)."""
-        for k, m in enumerate(self.modules()):
-            prefix = f"{k}."
-            # torch.tensor copies: arrays from the object store are read-only.
-            m.load_state_dict({name[len(prefix):]: torch.tensor(a)
-                               for name, a in weights.items() if name.startswith(prefix)})
+        """Load this client's layers from `get_weights` (another client's) or an average."""
+        load_weights(self._named(), weights)
 
     def num_eval_batches(self) -> int:
         return -(-len(self.test_shard) // self.cfg.train.eval_batch_size)
@@ -308,28 +333,66 @@ class ClientRole(_Role):
                                    channel_indices=channels, labels=y)
 
 
+@dataclass
+class ServerPart:
+    """One copy of the server side: decompressor and layers s+1..L for split point s."""
+
+    split_layer: int
+    server_part: nn.Module
+    decompressor: Decompressor | None
+    optimizer: torch.optim.Optimizer
+    flops_per_sample: int  # forward + backward of decompressor + server part
+    forward_flops_per_sample: int
+
+    def named(self) -> list[tuple[str, nn.Module | None]]:
+        return [("", self.server_part), (f"decompressor@{self.split_layer}.", self.decompressor)]
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.server_part, self.decompressor) if m is not None]
+
+
 class ServerRole(_Role):
-    """The server: decompressor + server part and its optimizer; computes the task loss."""
+    """The server: decompressor + server part and its optimizer; computes the task loss.
+
+    Every client shares one server part, except under EdgeSplit, where each client has its own
+    copy at its own split point (averaged layer by layer with the client parts).
+    """
 
     def __init__(self, cfg: ExperimentConfig, input_shape: tuple[int, int, int],
                  num_classes: int, device: str = "cpu") -> None:
         self.cfg = cfg
         self.device = torch.device(device)
-        model = model_for(cfg, input_shape, num_classes)
-        client_part, server_part = split(model, cfg.model.split_layer)
-        act_shape = activation_shape(client_part, input_shape)
-        self.server_part = server_part.to(self.device)
-        self.decompressor = make_decompressor(cfg, act_shape)
-        if self.decompressor is not None:
-            self.decompressor.to(self.device)
-        self.optimizer = _sgd([p for m in self.modules() for p in m.parameters()], cfg)
-        self.flops_per_sample = self._flops_per_sample(act_shape)
+        splits = [split_layer_of(cfg, i) for i in range(cfg.clients.count)]
+        if cfg.train.algorithm == "edgesplit":
+            self.parts = [self._build_part(s, input_shape, num_classes) for s in splits]
+            self.part_of = list(range(len(splits)))
+        else:
+            self.parts = [self._build_part(splits[0], input_shape, num_classes)]
+            self.part_of = [0] * len(splits)
+        self._held: list[tuple[torch.Tensor, torch.Tensor]] = []  # EPSL's shared positions
         # Async SL's state C trains on what a client sent earlier: keep every payload.
         self.cache: dict[tuple[int, int], Payload] | None = (
             {} if cfg.train.algorithm == "async_sl" else None)
 
+    def _build_part(self, split_layer: int, input_shape: tuple[int, int, int],
+                    num_classes: int) -> ServerPart:
+        client_part, server_part = split(model_for(self.cfg, input_shape, num_classes),
+                                         split_layer)
+        act_shape = activation_shape(client_part, input_shape)
+        decompressor = make_decompressor(self.cfg, act_shape)
+        server_part.to(self.device)
+        if decompressor is not None:
+            decompressor.to(self.device)
+        modules = [m for m in (server_part, decompressor) if m is not None]
+        optimizer = _sgd([p for m in modules for p in m.parameters()], self.cfg)
+        flops, forward_flops = self._flops_per_sample(server_part, decompressor, act_shape)
+        return ServerPart(split_layer, server_part, decompressor, optimizer, flops, forward_flops)
+
     def modules(self) -> list[nn.Module]:
-        return [m for m in (self.server_part, self.decompressor) if m is not None]
+        return [m for part in self.parts for m in part.modules()]
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [part.optimizer for part in self.parts]
 
     def checkpoint(self) -> dict:
         cache = None if self.cache is None else [
@@ -343,20 +406,42 @@ class ServerRole(_Role):
                           for client, step, saved in state["cache"]}
 
     def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for optimizer in self.optimizers():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-    def _decode(self, payload: Payload) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_weights(self, client_id: int) -> dict[str, np.ndarray]:
+        """The weights of the server part that serves this client (keys as the client's)."""
+        return weights_of(self.parts[self.part_of[client_id]].named())
+
+    def set_weights(self, client_id: int, weights: dict[str, np.ndarray]) -> None:
+        """Load the layers of this client's server part from `weights` (e.g. a layer average)."""
+        load_weights(self.parts[self.part_of[client_id]].named(), weights)
+
+    def parts_nbytes(self) -> int:
+        """Server memory for its server parts: weights, buffers, gradients and momentum."""
+        total = 0
+        for part in self.parts:
+            for m in part.modules():
+                total += sum(b.nbytes for b in m.buffers())
+                total += sum(3 * p.nbytes for p in m.parameters())  # weight, grad, momentum
+        return total
+
+    def _decode(self, part: ServerPart, payload: Payload) -> tuple[torch.Tensor, torch.Tensor]:
         """The received tensor (a leaf, so its gradient is what goes back) and the server input."""
         received = payload.to_tensor().to(self.device).requires_grad_(True)
-        if self.decompressor is None:
+        if part.decompressor is None:
             return received, received
         channels = payload.indices_tensor().to(self.device)
-        return received, self.decompressor(received, channels)
+        return received, part.decompressor(received, channels)
 
-    def _flops_per_sample(self, act_shape) -> int:
-        self.set_training(False)
-        if self.decompressor is not None:
+    def _flops_per_sample(self, server_part: nn.Module, decompressor: Decompressor | None,
+                          act_shape: tuple[int, ...]) -> tuple[int, int]:
+        """FLOPs of one sample: forward + backward, and forward alone."""
+        modules = [m for m in (server_part, decompressor) if m is not None]
+        for m in modules:
+            m.eval()
+        if decompressor is not None:
             c = self.cfg.compression
             shape = encoded_shape(tuple(act_shape), c.resolution_factor, c.channels)
             channels = torch.arange(shape[0])
@@ -364,15 +449,17 @@ class ServerRole(_Role):
             shape, channels = act_shape, None
         x = torch.zeros(1, *shape, device=self.device, requires_grad=True)
 
-        def step():
-            h = self.decompressor(x, channels.to(self.device)) if channels is not None else x
-            self.server_part(h).sum().backward()
+        def forward() -> torch.Tensor:
+            h = decompressor(x, channels.to(self.device)) if channels is not None else x
+            return server_part(h)
 
-        flops = _measure_flops(step)
-        self.set_training(True)
-        for m in self.modules():
+        flops = _measure_flops(lambda: forward().sum().backward())
+        with torch.no_grad():
+            forward_flops = _measure_flops(forward)
+        for m in modules:
+            m.train()
             m.zero_grad(set_to_none=True)
-        return flops
+        return flops, forward_flops
 
     def step(self, payload: Payload, client_id: int, step: int) -> tuple[Payload, ServerInfo]:
         """Forward the received activations, compute the loss, update, return the gradient."""
@@ -386,33 +473,91 @@ class ServerRole(_Role):
             raise RuntimeError(f"no cached activations of client {client_id} for step {step}")
         return self._train_on(self.cache[(client_id, step)], client_id)
 
+    def step_epsl(self, payload: Payload, client_id: int, step: int,
+                  shared_positions: int) -> tuple[Payload, ServerInfo]:
+        """EPSL: train on the batch's positions from `shared_positions` on as parallel SL does
+        (0: exactly parallel SL's step) and keep the first positions' inputs and last-layer
+        gradients for `step_aggregated`. Returns the gradient of the positions trained here."""
+        if shared_positions == 0:
+            return self.step(payload, client_id, step)
+        t0 = time.perf_counter()
+        part = self.parts[self.part_of[client_id]]
+        if part.decompressor is not None:
+            raise RuntimeError("EPSL's aggregation averages server inputs: compression must be off")
+        labels = payload.labels_tensor().to(self.device)
+        x = payload.to_tensor().to(self.device)
+        n, m = labels.shape[0], shared_positions
+        self.set_training(True)
+        with torch.no_grad():  # the shared positions: logits only, their backward is aggregated
+            logits_shared = part.server_part(x[:m])
+            # d(mean cross-entropy over all n positions) / d(logits) of these m positions
+            g_shared = (logits_shared.softmax(1) - F.one_hot(labels[:m], logits_shared.shape[1])) / n
+            loss_shared = F.cross_entropy(logits_shared, labels[:m], reduction="sum") / n
+        self._held.append((x[:m], g_shared))
+        part.optimizer.zero_grad(set_to_none=True)
+        own = x[m:].clone().requires_grad_(True)
+        logits_own = part.server_part(own)
+        loss_own = F.cross_entropy(logits_own, labels[m:], reduction="sum") / n
+        loss_own.backward()
+        part.optimizer.step()
+        grad = Payload.from_tensor(own.grad.cpu(), self.cfg.compression.codec_down)
+        correct = int((logits_own.argmax(1) == labels[m:]).sum()
+                      + (logits_shared.argmax(1) == labels[:m]).sum())
+        flops = part.flops_per_sample * (n - m) + part.forward_flops_per_sample * m
+        info = ServerInfo(client_id, grad.nbytes, n, float(loss_own.detach() + loss_shared),
+                          correct, flops, time.perf_counter() - t0)
+        return grad, info
+
+    def step_aggregated(self) -> tuple[Payload, ServerInfo]:
+        """EPSL: back-propagate the clients' mean last-layer gradient of the shared positions once,
+        at their mean input, and update; the gradient at the cut goes to every client alike."""
+        t0 = time.perf_counter()
+        if not self._held:
+            raise RuntimeError("step_aggregated() without held positions (call step_epsl first)")
+        part = self.parts[0]
+        x_mean = torch.stack([x for x, _ in self._held]).mean(0).requires_grad_(True)
+        g_mean = torch.stack([g for _, g in self._held]).mean(0)
+        self._held = []
+        self.set_training(True)
+        part.optimizer.zero_grad(set_to_none=True)
+        part.server_part(x_mean).backward(g_mean)
+        part.optimizer.step()
+        grad = Payload.from_tensor(x_mean.grad.cpu(), self.cfg.compression.codec_down)
+        m = x_mean.shape[0]
+        info = ServerInfo(-1, grad.nbytes, m, float("nan"), 0, part.flops_per_sample * m,
+                          time.perf_counter() - t0)
+        return grad, info
+
     def cache_nbytes(self) -> int:
         """Bytes of the activations (and labels) the server keeps for async SL's state C."""
         return sum(p.nbytes for p in self.cache.values()) if self.cache else 0
 
     def _train_on(self, payload: Payload, client_id: int) -> tuple[Payload, ServerInfo]:
         t0 = time.perf_counter()
+        part = self.parts[self.part_of[client_id]]
         labels = payload.labels_tensor().to(self.device)
         self.set_training(True)
-        self.optimizer.zero_grad(set_to_none=True)
-        received, h = self._decode(payload)
-        logits = self.server_part(h)
+        part.optimizer.zero_grad(set_to_none=True)
+        received, h = self._decode(part, payload)
+        logits = part.server_part(h)
         loss = F.cross_entropy(logits, labels)
         loss.backward()
-        self.optimizer.step()
+        part.optimizer.step()
         grad = Payload.from_tensor(received.grad.cpu(), self.cfg.compression.codec_down)
         n = labels.shape[0]
         correct = int((logits.argmax(1) == labels).sum())
         info = ServerInfo(client_id, grad.nbytes, n, float(loss.detach()), correct,
-                          self.flops_per_sample * n, time.perf_counter() - t0)
+                          part.flops_per_sample * n, time.perf_counter() - t0)
         return grad, info
 
     @torch.no_grad()
-    def evaluate(self, payload: Payload) -> tuple[int, float, int]:
-        """Correct predictions, summed loss and sample count for one encoded test batch."""
+    def evaluate(self, payload: Payload, client_id: int) -> tuple[int, float, int]:
+        """Correct predictions, summed loss and sample count for one encoded test batch of a
+        client, through the server part that serves it."""
+        part = self.parts[self.part_of[client_id]]
         self.set_training(False)
-        _, h = self._decode(payload)
-        logits = self.server_part(h)
+        _, h = self._decode(part, payload)
+        logits = part.server_part(h)
         labels = payload.labels_tensor().to(self.device)
         loss_sum = float(F.cross_entropy(logits, labels, reduction="sum"))
         return int((logits.argmax(1) == labels).sum()), loss_sum, int(labels.shape[0])

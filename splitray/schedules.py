@@ -43,3 +43,12 @@ def reset_kind(previous_budget: int, new_budget: int) -> str | None:
     if new_budget < previous_budget:
         return "prune"
     return None
+
+
+def scaled_budget(budget: int, reference_channels: int, channels: int) -> int:
+    """A phase's budget (channels kept of `reference_channels`, those at model.split_layer) at a
+    split point with `channels`: the same fraction, rounded up (project choice for per-client
+    split points; equal channel counts keep the budget as it is)."""
+    if channels == reference_channels:
+        return budget
+    return min(channels, -(-budget * channels // reference_channels))

@@ -23,6 +23,8 @@ def tiny(**overrides) -> object:
         "clients.count": 2, "clients.devices": "[laptop_cpu]", "network.links": "[wifi5]",
         "schedule.phases": "[{budget: 2, epochs: 2}]", "train.steps_per_epoch": 2,
     }
+    if overrides.get("train.algorithm") == "edgesplit":  # own links: no plan, split points given
+        base["clients.split_layers"] = "[2, 3]"
     base.update(overrides)
     return load_config(overrides=[f"{k}={v}" for k, v in base.items()])
 

@@ -42,6 +42,8 @@ def make_cfg(speeds: list[float], compress: bool = False, budget: int | None = N
         data["server"] = {"device": server}
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
+    if "plan" not in sections:  # every split point, raw input included, unless a test says
+        data["plan"] = {"split_layers": [c.split_layer for c in split_costs(config_from_dict(data))]}
     return config_from_dict(data)
 
 
@@ -83,7 +85,7 @@ def test_split_costs_are_what_the_roles_count(compression):
         grad, _ = server.step(payload, 0, 0)
         assert costs.client_forward_flops_per_sample == client.fwd_flops_per_sample
         assert costs.client_backward_flops_per_sample == client.bwd_flops_per_sample
-        assert costs.server_flops_per_sample == server.flops_per_sample
+        assert costs.server_flops_per_sample == server.parts[0].flops_per_sample
         assert costs.up_bytes(BATCH) == payload.nbytes
         assert costs.down_bytes(BATCH) == grad.nbytes
 
@@ -300,3 +302,16 @@ def test_bad_objective_and_missing_medium_are_config_errors():
     not_shared = config_from_dict({**cfg.to_dict(), "network": {"shared": "lte"}})
     with pytest.raises(ConfigError, match=r"^network\.shared: 'lte'"):
         plan(not_shared)
+
+
+def test_by_default_the_planner_keeps_the_raw_input_on_the_device():
+    # Fast network, slow devices: sending the input would be cheapest, but split learning's point
+    # is that raw data stays home, so only split points after a layer with weights are chosen.
+    everything = make_cfg([5e6, 5e6], shared={**MEDIUM, "up_bps": 1e9, "down_bps": 1e9})
+    assert {c.split_layer for c in plan(everything).clients} == {0}
+    default = make_cfg([5e6, 5e6], shared={**MEDIUM, "up_bps": 1e9, "down_bps": 1e9},
+                       plan={"split_layers": None})
+    trains = {c.split_layer for c in split_costs(default) if c.client_trains}
+    assert 0 not in trains and {c.split_layer for c in plan(default).clients} <= trains
+    with pytest.raises(ConfigError, match="plan.split_layers"):
+        plan(make_cfg([5e6], plan={"split_layers": [99]}))

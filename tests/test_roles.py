@@ -30,7 +30,7 @@ def test_split_step_matches_single_graph_total_loss():
     client.begin_epoch(0, cfg.train.lr, budget)
     # A single-graph twin with the same initial weights and the same batch.
     parts = [copy.deepcopy(m) for m in (client.client_part, client.compressor,
-                                        server.decompressor, server.server_part)]
+                                        server.parts[0].decompressor, server.parts[0].server_part)]
     idx = client._order[:8]
     x, y = data.batch(idx)
 
@@ -47,8 +47,10 @@ def test_split_step_matches_single_graph_total_loss():
     assert abs(sinfo.loss - float(task.detach())) < 1e-6
     assert abs(binfo.prune_loss - float(p_loss.detach())) < 1e-6
     with torch.no_grad():
+        server_part = server.parts[0]
         for twin, real in zip(parts, (client.client_part, client.compressor,
-                                      server.decompressor, server.server_part), strict=True):
+                                      server_part.decompressor, server_part.server_part),
+                              strict=True):
             for (name, p_twin), p_real in zip(twin.named_parameters(), real.parameters(),
                                               strict=True):
                 expected = p_twin - 0.1 * p_twin.grad  # plain SGD step
@@ -85,10 +87,10 @@ def test_train_after_evaluate_puts_every_module_back_in_train_mode():
     data = load_dataset("synthetic", num_samples=32, image_size=32, seed=0)
     client = ClientRole(0, cfg, data, data, data.num_classes)
     server = ServerRole(cfg, tuple(data.images.shape[1:]), data.num_classes)
-    assert client.compressor in client.modules() and server.decompressor in server.modules()
+    assert client.compressor in client.modules() and server.parts[0].decompressor in server.modules()
     client.begin_epoch(0, cfg.train.lr, 4)
     client.backward(server.step(client.forward(0)[0], 0, 0)[0])
-    server.evaluate(client.encode_eval(0))  # leaves both roles in eval mode
+    server.evaluate(client.encode_eval(0), 0)  # leaves both roles in eval mode
 
     log: list = []
     _record_modes(client, log)
@@ -115,7 +117,7 @@ def test_step_flops_of_depthwise_models_agree_with_split_points():
     point = split_points(model, (3, 32, 32))[4]
     assert client.fwd_flops_per_sample == point.client_flops
     assert client.fwd_flops_per_sample + client.bwd_flops_per_sample == point.client_train_flops
-    assert server.flops_per_sample == point.server_train_flops
+    assert server.parts[0].flops_per_sample == point.server_train_flops
     # The step's compute columns follow the same counts.
     client.begin_epoch(0, cfg.train.lr, None)
     payload, info = client.forward(0)

@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from splitray.algorithms import async_sl, parallel_sl, splitfed, vanilla_sl
+from splitray.algorithms import async_sl, edgesplit, epsl, parallel_sl, splitfed, vanilla_sl
 
 ALGORITHMS: dict[str, Callable[[Any], None]] = {
     "parallel_sl": parallel_sl.run,
     "vanilla_sl": vanilla_sl.run,
     "splitfed": splitfed.run,
     "async_sl": async_sl.run,
+    "edgesplit": edgesplit.run,
+    "epsl": epsl.run,
 }

@@ -19,11 +19,17 @@ if TYPE_CHECKING:
 
 
 def run(ctx: RunContext) -> None:
+    train(ctx)
+
+
+def train(ctx: RunContext, shared_positions: int = 0) -> None:
+    """Parallel SL's rounds; `shared_positions` > 0 is EPSL's gradient aggregation."""
     for plan in ctx.epochs():
         budget, steps = ctx.begin_epoch(plan)
         for step in range(max(steps)):
             start_s = ctx.timeline.barrier(range(len(steps)))  # the round waits for everyone
             ctx.run_steps(plan, budget, [ClientStep(i, step, ready_s=start_s)
-                                         for i, n in enumerate(steps) if step < n])
+                                         for i, n in enumerate(steps) if step < n],
+                          shared_positions=shared_positions)
 
         ctx.evaluate(plan, budget)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from splitray.roles import ClientRole
+from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.context import ClientStep
 
 if TYPE_CHECKING:
@@ -25,14 +25,17 @@ if TYPE_CHECKING:
 
 
 def fedavg(weights: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str, np.ndarray]:
-    """Weighted average of every floating array; integer buffers (BN step counts) take the max."""
-    share = np.asarray(counts, dtype=np.float64) / sum(counts)
+    """Weighted average of every floating array over the copies that hold its key (all of them
+    for SplitFed; for EdgeSplit's different split points, layer-wise FedAvg); integer buffers
+    (BN step counts) take the max."""
     out = {}
-    for name, first in weights[0].items():
-        arrays = [w[name] for w in weights]
-        if np.issubdtype(first.dtype, np.floating):
-            out[name] = sum(s * a.astype(np.float64) for s, a in zip(share, arrays, strict=True)
-                            ).astype(first.dtype)
+    for name in dict.fromkeys(k for w in weights for k in w):
+        held = [(w[name], c) for w, c in zip(weights, counts, strict=True) if name in w]
+        arrays = [a for a, _ in held]
+        if np.issubdtype(arrays[0].dtype, np.floating):
+            total = sum(c for _, c in held)
+            out[name] = sum((c / total) * a.astype(np.float64) for a, c in held
+                            ).astype(arrays[0].dtype)
         else:
             out[name] = np.max(arrays, axis=0)
     return out
@@ -51,15 +54,21 @@ class SplitFedState:
 
 
 def run(ctx: RunContext) -> None:
-    cfg = ctx.cfg
+    train(ctx, ctx.cfg.splitfed.every_rounds, server_parts=False)
+
+
+def train(ctx: RunContext, every_rounds: int | None, server_parts: bool) -> None:
+    """Parallel SL rounds with an average every `every_rounds` rounds (None: each epoch's last).
+    `server_parts`: each client's model is its client part plus its own server part (EdgeSplit),
+    and the average is taken over those whole models, layer by layer."""
     clients, get = ctx.clients, ctx.get
     n = len(clients)
-    model_nbytes = get(clients[0].call(ClientRole.weights_nbytes))
+    model_nbytes = get([c.call(ClientRole.weights_nbytes) for c in clients])
     state = ctx.keep(SplitFedState(trained=[0] * n, needs_average=[False] * n))
     for plan in ctx.epochs():
         budget, steps = ctx.begin_epoch(plan)
         rounds = max(steps)
-        period = cfg.splitfed.every_rounds or rounds
+        period = every_rounds or rounds
         for step in range(rounds):
             r = state.round_index
             # A client's next step is the next round, or the first round of the next epoch.
@@ -68,8 +77,8 @@ def run(ctx: RunContext) -> None:
             start_s = ctx.timeline.barrier(range(n))  # the round (and an average) waits for all
             ctx.run_steps(plan, budget, [ClientStep(
                 i, step, ready_s=start_s,
-                bytes_model_down=model_nbytes if state.needs_average[i] else 0,
-                bytes_model_up=model_nbytes if _averages(r, nxt, period) else 0)
+                bytes_model_down=model_nbytes[i] if state.needs_average[i] else 0,
+                bytes_model_up=model_nbytes[i] if _averages(r, nxt, period) else 0)
                 for i, nxt in next_round.items()])
             for i in next_round:
                 state.trained[i] += 1
@@ -77,8 +86,13 @@ def run(ctx: RunContext) -> None:
             if (r + 1) % period == 0:
                 ids = [i for i in range(n) if state.trained[i]]
                 weights = get([clients[i].call(ClientRole.get_weights) for i in ids])
+                if server_parts:  # the server side of each model joins its client side
+                    server_side = get([ctx.server.call(ServerRole.get_weights, i) for i in ids])
+                    weights = [{**w, **s} for w, s in zip(weights, server_side, strict=True)]
                 average = fedavg(weights, [state.trained[i] for i in ids])
                 get([c.call(ClientRole.set_weights, average) for c in clients])
+                if server_parts:
+                    get([ctx.server.call(ServerRole.set_weights, i, average) for i in range(n)])
                 state.trained = [0] * n
                 state.needs_average = [True] * n
             state.round_index += 1

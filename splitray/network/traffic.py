@@ -85,6 +85,9 @@ class _SharedFlow:
             self._activate(*queue[0])
 
 
+BROADCAST = -1  # the queue of a medium's broadcasts, next to its clients' own queues
+
+
 class Traffic:
     """The transfers in flight on `network`'s links; starts must come in time order."""
 
@@ -93,17 +96,23 @@ class Traffic:
         self._own: list[tuple[float, int]] = []  # heap of (drain time, handle) on own links
         self._own_state: dict[tuple[int, str], float | int] = {}  # busy-until s / next trace index
         self._flows: dict[tuple[int, str], _SharedFlow] = {}
-        self._started: dict[int, tuple[str, Transfer]] = {}
+        self._started: dict[int, tuple[str, Transfer, int]] = {}  # direction, transfer, queue
         self._next_handle = 0
 
-    def start(self, direction: str, transfer: Transfer) -> int:
-        """Begin `transfer` at its start_s; returns a handle its Delivery will carry."""
+    def start(self, direction: str, transfer: Transfer, to_all: bool = False) -> int:
+        """Begin `transfer` at its start_s; returns a handle its Delivery will carry.
+
+        `to_all`: a broadcast on the shared medium of `transfer.client_id`, sent once for every
+        client on it: a flow of its own (processor sharing) or all the medium's shares together.
+        """
         self.network.check(direction, transfer)
         handle = self._next_handle
         self._next_handle += 1
-        self._started[handle] = (direction, transfer)
         link = self.network.link(transfer.client_id)
-        client = transfer.client_id
+        if to_all and not isinstance(link, SharedMedium):
+            raise ValueError(f"client {transfer.client_id} has no shared medium to broadcast on")
+        client = BROADCAST if to_all else transfer.client_id
+        self._started[handle] = (direction, transfer, client)
         if transfer.nbytes == 0:  # nothing to send: latency only, the link stays free
             heapq.heappush(self._own, (transfer.start_s, handle))
         elif isinstance(link, SharedMedium) and link.allocation == "processor_sharing":
@@ -116,9 +125,11 @@ class Traffic:
             key = (client, "both" if isinstance(link, SharedMedium) and link.half_duplex
                    else direction)
             if isinstance(link, SharedMedium):
+                share = (sum(self.network.share(c) for c, other in self.network.links.items()
+                             if other is link) if to_all else self.network.share(client))
                 drained_s, self._own_state[key] = link.drain_share(
                     direction, transfer.start_s, transfer.nbytes,
-                    self._own_state.get(key, -math.inf), self.network.share(client))
+                    self._own_state.get(key, -math.inf), share)
             else:
                 idle = -math.inf if isinstance(link, ConstantLink) else 0
                 drained_s, self._own_state[key] = link.drain_one(
@@ -145,11 +156,11 @@ class Traffic:
         drained_s, handle, flow = self._next()
         if handle < 0:
             raise RuntimeError("no transfer in flight")
-        direction, transfer = self._started.pop(handle)
+        direction, transfer, queue_client = self._started.pop(handle)
         if flow is None:
             heapq.heappop(self._own)
         else:
-            flow.drain(drained_s, (transfer.client_id, direction), handle)
+            flow.drain(drained_s, (queue_client, direction), handle)
         arrival_s = drained_s + self.network.delay_s(transfer.client_id, direction)
         return Delivery(handle, direction, transfer, drained_s, arrival_s)
 

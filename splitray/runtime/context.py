@@ -27,14 +27,14 @@ from splitray.metrics import (
 )
 from splitray.roles import BackwardInfo, ClientRole, ForwardInfo, ServerInfo, ServerRole
 from splitray.runtime.peers import Peer
-from splitray.runtime.timeline import ServerWork, StepJob, Timeline
-from splitray.schedules import EpochPlan, epoch_plans, reset_kind
+from splitray.runtime.timeline import Broadcast, ServerWork, StepJob, Timeline
+from splitray.schedules import EpochPlan, epoch_plans, reset_kind, scaled_budget
 
 T = TypeVar("T")
 # Called after each epoch with its evals row and, when a checkpoint was just written, its path.
 EpochCallback = Callable[[dict, str | None], None]
 CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 class RunDiverged(RuntimeError):
@@ -91,6 +91,7 @@ class RunContext:
     def __init__(self, cfg: ExperimentConfig, run_id: str, run_dir: str | None,
                  clients: list[Peer], server: Peer, get: Callable[[Any], Any],
                  timeline: Timeline, devices: list[str], num_channels: int,
+                 split_layers: list[int], client_channels: list[int],
                  on_epoch: EpochCallback | None = None, progress: bool = True) -> None:
         self.cfg = cfg
         self.run_id = run_id
@@ -100,7 +101,9 @@ class RunContext:
         self.get = get
         self.timeline = timeline
         self.devices = devices
-        self.num_channels = num_channels
+        self.num_channels = num_channels  # at model.split_layer, where phase budgets count
+        self.split_layers = split_layers  # each client's split point
+        self.client_channels = client_channels  # the channels at each client's split point
         self.on_epoch = on_epoch
         self.progress = Progress(cfg.total_epochs, progress)
         self.step_rows: list[dict] = []
@@ -217,6 +220,10 @@ class RunContext:
         self._algorithm_state = None
         self.restore(state)
 
+    def client_budget(self, client_id: int, budget: int) -> int:
+        """A phase's budget at this client's split point (the same fraction of its channels)."""
+        return scaled_budget(budget, self.num_channels, self.client_channels[client_id])
+
     def begin_epoch(self, plan: EpochPlan) -> tuple[int, list[int]]:
         """Start an epoch on every client and the server: reset the filter at a phase change
         (deprune or prune), shuffle, set lr and budget. Returns the budget and each client's steps."""
@@ -225,21 +232,27 @@ class RunContext:
         if plan.phase_start and previous is not None and self.cfg.schedule.reset_filter:
             kind = reset_kind(previous, budget)
             if kind:
-                self.get([c.call(ClientRole.reset_filter, kind, previous) for c in self.clients])
+                self.get([c.call(ClientRole.reset_filter, kind, self.client_budget(i, previous))
+                          for i, c in enumerate(self.clients)])
         self._budget = budget
-        steps = self.get([c.call(ClientRole.begin_epoch, plan.epoch, plan.lr, budget)
-                          for c in self.clients])
+        steps = self.get([c.call(ClientRole.begin_epoch, plan.epoch, plan.lr,
+                                 self.client_budget(i, budget))
+                          for i, c in enumerate(self.clients)])
         self.get(self.server.call(ServerRole.set_lr, plan.lr))
         self._epoch_losses = []
         self._epoch_steps = sum(steps)
         self._epoch_done = 0
         return budget, steps
 
-    def run_steps(self, plan: EpochPlan, budget: int, steps: list[ClientStep]) -> list[dict]:
+    def run_steps(self, plan: EpochPlan, budget: int, steps: list[ClientStep],
+                  shared_positions: int = 0) -> list[dict]:
         """Run one step of each listed client on the peers and the timeline; record the rows.
 
         Clients compute their forwards at once (Ray runs them in parallel); the server takes the
         payloads in simulated-arrival order, each gradient going straight back to its client.
+        With `shared_positions` m > 0 (EPSL) the server trains each batch's positions from m on
+        as it arrives and, once all are in, the first m positions once for all at their mean;
+        that gradient goes down as one broadcast, charged to the lowest client id's row.
         """
         timeline, get = self.timeline, self.get
         if len({s.client_id for s in steps}) != len(steps):
@@ -251,23 +264,41 @@ class RunContext:
             zip(fwd, get([f[1] for f in fwd.values()]), strict=True))
         srv_info: dict[int, ServerInfo] = {}
         bwd_info: dict[int, BackwardInfo] = {}
+        bwd: dict[int, Any] = {}  # each learning client's backward, once submitted
+        gradients: dict[int, Any] = {}  # EPSL: each client's own gradient, until the broadcast
 
         def serve(job: StepJob) -> ServerWork:
             s: ClientStep = job.tag
             i = s.client_id
             if s.state == "C":
                 srv = self.server.call(ServerRole.step_cached, i, s.step, num_returns=2)
+            elif shared_positions:
+                srv = self.server.call(ServerRole.step_epsl, fwd[i][0], i, s.step,
+                                       shared_positions, num_returns=2)
             else:
                 srv = self.server.call(ServerRole.step, fwd[i][0], i, s.step, num_returns=2)
-            bwd = self.clients[i].call(ClientRole.backward, srv[0]) if s.state == "A" else None
+            if s.state == "A" and shared_positions:
+                gradients[i] = srv[0]
+            elif s.state == "A":
+                bwd[i] = self.clients[i].call(ClientRole.backward, srv[0])
             info = srv_info[i] = get(srv[1])
 
             def backward_s() -> float:
-                b = bwd_info[i] = get(bwd)
+                b = bwd_info[i] = get(bwd[i])
                 return timeline.client_compute_s(i, b.flops, b.compute_s)
 
             return ServerWork(timeline.server_compute_s(info.flops, info.compute_s),
                               info.bytes_down, backward_s)
+
+        aggregated: list[ServerInfo] = []
+
+        def broadcast() -> Broadcast:
+            agg = self.server.call(ServerRole.step_aggregated, num_returns=2)
+            for i, grad in gradients.items():
+                bwd[i] = self.clients[i].call(ClientRole.backward, grad, agg[0])
+            info = get(agg[1])
+            aggregated.append(info)
+            return Broadcast(timeline.server_compute_s(info.flops, info.compute_s), info.bytes_down)
 
         jobs = []
         for s in steps:
@@ -278,13 +309,18 @@ class RunContext:
                 bytes_up=f.bytes_up if f else None, learn=s.state == "A",
                 bytes_model_down=s.bytes_model_down, bytes_model_up=s.bytes_model_up, tag=s))
         rows = []
-        timed = timeline.run(jobs, serve)
+        timed = timeline.run(jobs, serve, broadcast=broadcast if shared_positions else None)
+        charged = min(gradients, default=None)  # the row that carries the broadcast
         wall = self.wall_s()
         for job, t in timed:
             s, i = job.tag, job.client_id
             f, srv, bwd = fwd_info.get(i), srv_info[i], bwd_info.get(i)
             bytes_up = f.bytes_up if f else 0
             bytes_down = srv.bytes_down if s.state == "A" else 0
+            server_flops = srv.flops
+            if i == charged and aggregated:
+                bytes_down += aggregated[0].bytes_down
+                server_flops += aggregated[0].flops
             self.cum_bytes_up += bytes_up + s.bytes_model_up
             self.cum_bytes_down += bytes_down + s.bytes_model_down
             self.samples_seen += srv.batch_size
@@ -292,12 +328,13 @@ class RunContext:
             rows.append({
                 "run_id": self.run_id, "algorithm": self.cfg.train.algorithm, "client_id": i,
                 "device": self.devices[i], "epoch": plan.epoch, "step": s.step, "round": self.round,
-                "client_state": s.state, "phase": plan.phase, "budget": budget,
-                "split_layer": self.cfg.model.split_layer, "batch_size": srv.batch_size,
+                "client_state": s.state, "phase": plan.phase,
+                "budget": self.client_budget(i, budget), "split_layer": self.split_layers[i],
+                "batch_size": srv.batch_size,
                 "lr": plan.lr, "bytes_up": bytes_up, "bytes_down": bytes_down,
                 "bytes_model_up": s.bytes_model_up, "bytes_model_down": s.bytes_model_down,
                 "client_flops": (f.flops if f else 0.0) + (bwd.flops if bwd else 0.0),
-                "server_flops": srv.flops, "loss": srv.loss,
+                "server_flops": server_flops, "loss": srv.loss,
                 "prune_loss": bwd.prune_loss if bwd else 0.0, "sim_start_s": t.start_s,
                 "sim_time_s": t.end_s, "sim_model_down_s": t.model_down_s,
                 "sim_client_compute_s": t.client_compute_s,
@@ -325,8 +362,9 @@ class RunContext:
         """Test every client's encoder with the server on its test slice; record and report."""
         t0 = time.perf_counter()
         counts = self.get([c.call(ClientRole.num_eval_batches) for c in self.clients])
-        futures = [self.server.call(ServerRole.evaluate, c.call(ClientRole.encode_eval, b))
-                   for c, n in zip(self.clients, counts, strict=True) for b in range(n)]
+        futures = [self.server.call(ServerRole.evaluate, c.call(ClientRole.encode_eval, b), i)
+                   for i, (c, n) in enumerate(zip(self.clients, counts, strict=True))
+                   for b in range(n)]
         results = self.get(futures)
         correct = sum(r[0] for r in results)
         loss_sum = sum(r[1] for r in results)

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from splitray.algorithms import ALGORITHMS
-from splitray.config import ConfigError, ExperimentConfig, load_config
+from splitray.config import ConfigError, ExperimentConfig, load_config, split_layer_of
 from splitray.data import (
     ArrayDataset,
     DataFileError,
@@ -46,6 +46,7 @@ from splitray.network import (
     build_link,
     get_device_profile,
 )
+from splitray.planning import planned_config
 from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.context import (
     CHECKPOINT_FILE,
@@ -81,16 +82,17 @@ class Prepared:
     test_shards: list[ArrayDataset]
     num_classes: int
     input_shape: tuple[int, int, int]
-    num_channels: int
+    num_channels: int  # at model.split_layer
+    client_channels: list[int]  # at each client's split point
     devices: list[DeviceProfile]
     server_device: DeviceProfile
     network: NetworkModel
 
 
 def _split_channels(cfg: ExperimentConfig, input_shape: tuple[int, int, int],
-                    num_classes: int) -> int:
-    """Channels the compressor chooses from at the split; checks image size, split_layer and
-    budgets."""
+                    num_classes: int) -> tuple[int, list[int]]:
+    """Channels the compressor chooses from at model.split_layer and at each client's split
+    point; checks image size, split points and budgets."""
     min_px = min_input_px(cfg.model.name)
     if min(input_shape[1:]) < min_px:
         raise ConfigError(f"data.image_size: {cfg.data.image_size!r} is not allowed; "
@@ -99,26 +101,38 @@ def _split_channels(cfg: ExperimentConfig, input_shape: tuple[int, int, int],
     model = build_model(cfg.model.name, num_classes=num_classes, input_shape=input_shape,
                         head=cfg.model.head)
     n_units = len(model.units)
-    if cfg.model.split_layer > n_units - 1:
-        raise ConfigError(f"model.split_layer: {cfg.model.split_layer} is not allowed; "
-                          f"{cfg.model.name} has split points 0..{n_units - 1}")
-    with torch.no_grad():
-        model.eval()
-        x = torch.zeros(1, *input_shape)
-        for unit in list(model.units)[:cfg.model.split_layer]:
-            x = unit(x)
-    if x.dim() != 4:
-        raise ConfigError(f"model.split_layer: {cfg.model.split_layer} is not allowed; the "
-                          f"activation there has shape {tuple(x.shape[1:])}, not C x H x W")
-    channels = x.shape[1]
-    if cfg.compression.enabled and cfg.compression.channels:
-        channels = cfg.compression.channels
+
+    def channels_at(split_layer: int, where: str) -> int:
+        if split_layer > n_units - 1:
+            raise ConfigError(f"{where}: {split_layer} is not allowed; {cfg.model.name} has split "
+                              f"points 0..{n_units - 1}")
+        with torch.no_grad():
+            model.eval()
+            x = torch.zeros(1, *input_shape)
+            for unit in list(model.units)[:split_layer]:
+                x = unit(x)
+        if x.dim() != 4:
+            raise ConfigError(f"{where}: {split_layer} is not allowed; the activation there has "
+                              f"shape {tuple(x.shape[1:])}, not C x H x W")
+        if cfg.compression.enabled and cfg.compression.channels:
+            return cfg.compression.channels
+        return int(x.shape[1])
+
+    channels = channels_at(cfg.model.split_layer, "model.split_layer")
     for i, p in enumerate(cfg.schedule.phases):
         if p.budget is not None and p.budget > channels:
             raise ConfigError(f"schedule.phases[{i}].budget: {p.budget} is not allowed; must be "
                               f"<= {channels}, the channels at split {cfg.model.split_layer} "
                               f"of {cfg.model.name}")
-    return int(channels)
+    layers = cfg.clients.split_layers or []
+    at_layer = {s: channels_at(s, f"clients.split_layers[{k}]") for k, s in enumerate(layers)}
+    if len(set(layers)) > 1 and cfg.train.algorithm != "edgesplit":
+        raise ConfigError(f"clients.split_layers: {layers} is not allowed with train.algorithm "
+                          f"{cfg.train.algorithm}; different split points need edgesplit (a "
+                          "server part per client, averaged layer by layer)")
+    client_channels = [at_layer.get(split_layer_of(cfg, i), channels)
+                       for i in range(cfg.clients.count)]
+    return channels, client_channels
 
 
 def _load(cfg: ExperimentConfig, split: str) -> ArrayDataset:
@@ -137,11 +151,13 @@ def _load(cfg: ExperimentConfig, split: str) -> ArrayDataset:
 
 
 def prepare(cfg: ExperimentConfig) -> Prepared:
-    """Load data, partition it, build the network and devices; every check before any work."""
+    """Load data, partition it, build the network and devices; every check before any work.
+    A config that leaves split points or shares to the planner gets them here."""
+    cfg = planned_config(cfg)
     train = _load(cfg, "train")
     test = _load(cfg, "test")
     input_shape = tuple(train.images.shape[1:])
-    num_channels = _split_channels(cfg, input_shape, train.num_classes)
+    num_channels, client_channels = _split_channels(cfg, input_shape, train.num_classes)
     n = cfg.clients.count
     if n > len(train):
         raise ConfigError(f"clients.count: {n} is not allowed; the {len(train)} training samples "
@@ -172,7 +188,8 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"network: {e}") from None
     return Prepared(cfg, [train.subset(p) for p in parts], [test.subset(p) for p in test_parts],
-                    train.num_classes, input_shape, num_channels, devices, server_device, network)
+                    train.num_classes, input_shape, num_channels, client_channels, devices,
+                    server_device, network)
 
 
 def _links(cfg: ExperimentConfig) -> dict[int, Link]:
@@ -253,6 +270,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     if engine not in ENGINES:
         raise ValueError(f"engine: {engine!r} is not allowed; choose one of {', '.join(ENGINES)}")
     prepared = prepare(cfg)
+    cfg = prepared.cfg  # with the planner's split points and shares, if it asked for them
     run_id = resume["manifest"]["run_id"] if resume else run_id_for(cfg)
     if run_dir is None and out_dir is not None:
         run_dir = join_path(out_dir, run_id)
@@ -276,7 +294,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
                          compute_time="measured" if measured else "flops",
                          measured_scale=cfg.engine.measured_scale)
     ctx = RunContext(cfg, run_id, run_dir, clients, server, get, timeline,
-                     [d.name for d in prepared.devices], prepared.num_channels, on_epoch, progress)
+                     [d.name for d in prepared.devices], prepared.num_channels,
+                     [split_layer_of(cfg, i) for i in range(cfg.clients.count)],
+                     prepared.client_channels, on_epoch, progress)
     started = now_iso()
     extra = {"engine": engine, "config": "config.yaml", "clients": [
         {"client_id": i, "device": d.name, "link": prepared.network.describe(i),

@@ -18,10 +18,10 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from splitray.network import DeviceProfile, NetworkModel, Transfer, compute_time_s
+from splitray.network import DeviceProfile, NetworkModel, SharedMedium, Transfer, compute_time_s
 
 
 @dataclass
@@ -45,6 +45,14 @@ class ServerWork:
     server_s: float
     bytes_down: int
     backward_s: Callable[[], float]  # asked for only when the gradient reaches the client
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Server work after every job of a run is served, whose result goes down once to all."""
+
+    server_s: float
+    nbytes: int
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,8 @@ class _Progress:
     backward_s: float = 0.0
     work: ServerWork | None = None
     model_up_start_s: float = 0.0
-    transfers: dict[int, str] = field(default_factory=dict)
+    gradient_here: bool = False    # its own gradient arrived
+    broadcast_here: bool = False   # the run's broadcast arrived (or there is none)
 
 
 # Same-time order: deliveries and compute first, then the server picks among all that arrived.
@@ -138,18 +147,26 @@ class Timeline:
     # ---------------------------------------------------------------- steps
     def run(self, jobs: Iterable[StepJob], serve: Callable[[StepJob], ServerWork],
             then: Callable[[StepJob, StepTimes], Iterable[StepJob]] | None = None,
+            broadcast: Callable[[], Broadcast] | None = None,
             ) -> list[tuple[StepJob, StepTimes]]:
         """Run `jobs` (and the jobs `then` hands back as each step ends) until all have ended.
 
         `serve(job)` is called when the server takes the job's payload, in simulated order, and
-        returns what that cost. Returns (job, times) for every job in the order they were given.
+        returns what that cost. `broadcast()` is called once the server has served every job:
+        it works `server_s` more, then sends `nbytes` once per shared medium (once per own link)
+        to every learning job, whose backward waits for it and its own gradient (EPSL's
+        aggregated gradient). Returns (job, times) for every job in the order they were given.
         """
+        jobs = list(jobs)
+        if broadcast is not None and then is not None:
+            raise ValueError("a broadcast closes a run of given jobs; it does not take `then`")
         events: list[tuple[float, int, int, str, _Progress]] = []
         seq = itertools.count()
         done: list[tuple[int, StepJob, StepTimes]] = []
         order = itertools.count()
         queue: list[tuple[float, int, int, _Progress]] = []  # server queue: arrival, client, seq
-        in_flight: dict[int, tuple[_Progress, str]] = {}
+        in_flight: dict[int, tuple[Any, str]] = {}
+        served: list[_Progress] = []
 
         def push(t: float, kind: str, p: _Progress, priority: int = _FIRST) -> None:
             heapq.heappush(events, (t, priority, next(seq), kind, p))
@@ -181,6 +198,24 @@ class Timeline:
                 for nxt in then(job, times):
                     submit(nxt)
 
+        def backward(p: _Progress) -> None:
+            p.downlink_done_s = self.now_s
+            p.backward_s = p.work.backward_s()
+            push(self.now_s + p.backward_s, "backward_done", p)
+
+        def send_broadcast(nbytes: int) -> None:
+            learners = [p for p in served if p.job.learn]
+            by_medium: dict[int, list[_Progress]] = {}
+            for p in learners:
+                link = self.network.link(p.job.client_id)
+                by_medium.setdefault(id(link) if isinstance(link, SharedMedium) else
+                                     -1 - p.job.client_id, []).append(p)
+            for key, group in by_medium.items():
+                first = min(group, key=lambda p: p.job.client_id).job.client_id
+                handle = self.traffic.start("down", Transfer(first, self.now_s, nbytes),
+                                            to_all=key >= 0)
+                in_flight[handle] = (group, "broadcast")
+
         def after_backward(p: _Progress) -> None:
             if p.job.bytes_model_up:
                 p.model_up_start_s = self.now_s
@@ -190,6 +225,7 @@ class Timeline:
 
         for job in jobs:
             submit(job)
+        pending_broadcast = broadcast is not None
         while events or not self.traffic.idle():
             # A transfer that drains at t is delivered before the events at t, so a payload
             # arriving at t with no latency is in the server's queue when it picks at t.
@@ -201,7 +237,7 @@ class Timeline:
                 continue
             t, _, _, kind, p = heapq.heappop(events)
             self.now_s = max(self.now_s, t)
-            job = p.job
+            job = p.job if isinstance(p, _Progress) else None
             if kind == "begin":
                 p.start_s = t
                 if job.bytes_model_down:
@@ -226,8 +262,15 @@ class Timeline:
                     _, _, _, q = heapq.heappop(queue)
                     q.server_begin_s = t
                     q.work = serve(q.job)
+                    served.append(q)
                     self.server_free_s = t + q.work.server_s
                     push(self.server_free_s, "server_done", q)
+                elif pending_broadcast and not queue and len(served) == len(jobs) and \
+                        self.server_free_s <= t:
+                    pending_broadcast = False
+                    cast = broadcast()
+                    self.server_free_s = t + cast.server_s
+                    push(self.server_free_s, "broadcast_send", cast)
             elif kind == "server_done":
                 p.server_done_s = t
                 push(t, "server", p, _SERVER)
@@ -236,9 +279,16 @@ class Timeline:
                 else:
                     after_backward(p)
             elif kind == "gradient":
-                p.downlink_done_s = t
-                p.backward_s = p.work.backward_s()
-                push(t + p.backward_s, "backward_done", p)
+                p.gradient_here = True
+                if p.broadcast_here or broadcast is None:
+                    backward(p)
+            elif kind == "broadcast_send":
+                send_broadcast(p.nbytes)
+            elif kind == "broadcast":
+                for q in p:
+                    q.broadcast_here = True
+                    if q.gradient_here:
+                        backward(q)
             elif kind == "backward_done":
                 after_backward(p)
             elif kind == "model_up":

@@ -1,0 +1,28 @@
+"""EdgeSplit (Zhang et al., ICNC 2024), in the concrete form of METHODS.md section 5.
+
+Heterogeneous devices each train to their own split point: weaker devices run fewer layers. Unless
+the config gives clients.split_layers, `splitray.planning` chooses each client's split point and
+its fixed share of the shared access point (alternating: best split per client at fixed shares,
+then shares that make every client finish the round together) before the run starts; the run's
+config.yaml holds the plan. Rounds run as in parallel SL, each client against its own copy of the
+server side (layers s_i+1..L). Every `edgesplit.every_rounds` rounds (default: each epoch) every
+client's whole model (its client part plus its server copy) is averaged layer by layer over all
+the copies that hold each layer: SplitFed's loop, with the server side joining the average.
+The paper is not public: the planner's cost model, the per-epoch default and the layer-wise
+average are this project's choices.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from splitray.algorithms import splitfed
+from splitray.roles import ServerRole
+
+if TYPE_CHECKING:
+    from splitray.runtime.context import RunContext
+
+
+def run(ctx: RunContext) -> None:
+    ctx.summary["server_parts_nbytes"] = ctx.get(ctx.server.call(ServerRole.parts_nbytes))
+    splitfed.train(ctx, ctx.cfg.edgesplit.every_rounds, server_parts=True)

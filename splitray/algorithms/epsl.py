@@ -1,0 +1,29 @@
+"""EPSL (Lin et al. 2024): parallel SL with last-layer gradient aggregation, in the concrete form
+of METHODS.md section 6 (the paper is not public; the details below are this project's choices).
+
+Rounds run as in parallel SL, with one cut layer for all clients. Of each batch of b samples the
+first m = ceil(phi * b) positions are shared: the server computes their logits as each payload
+arrives, but instead of back-propagating them per client it keeps their last-layer gradients
+(of the mean loss over the batch); the other b - m positions train per client, as in parallel SL.
+Once every payload of the round is in, the server averages the kept gradients over the clients
+and back-propagates them once, at the positionally averaged input, with one update; the
+resulting cut-layer gradient of the m positions is the same for every client and goes down as
+one broadcast on the shared medium. Each client's backward waits for its own b - m gradients and
+the broadcast. Server backward FLOPs and downlink bytes thus follow (1 - phi)*K*b + phi*b samples;
+phi = 0 is exactly parallel SL. The cut layer and the uplink shares come from `splitray plan
+--objective epsl` when network.shared says `allocation: planned`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from splitray.algorithms import parallel_sl
+
+if TYPE_CHECKING:
+    from splitray.runtime.context import RunContext
+
+
+def run(ctx: RunContext) -> None:
+    parallel_sl.train(ctx, shared_positions=math.ceil(ctx.cfg.train.phi * ctx.cfg.train.batch_size))
