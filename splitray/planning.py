@@ -91,7 +91,7 @@ class ClientPlan:
     split_layer: int
     share: float          # fraction of the shared medium's capacity, up and down
     compute_s: float      # client forward + backward, plus the server compute it waits for
-    transfer_s: float     # activation up + gradient down at its share
+    transfer_s: float     # activation up + gradient down at its share (+ averaging, spread)
     latency_s: float      # expected one-way delays, up + down
     wait_s: float
     round_s: float
@@ -99,7 +99,8 @@ class ClientPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    """A plan for every client and its predicted round time (the slowest client's round_s)."""
+    """A plan for every client and its predicted round time: the slowest client's round_s, or
+    with EdgeSplit's averaging the mean round between two averages, their transfers included."""
 
     objective: str
     clients: tuple[ClientPlan, ...]
@@ -275,7 +276,14 @@ class _Times:
     down_s: np.ndarray
     latency_up_s: float
     latency_down_s: float
-    exchange_s: np.ndarray  # model averaging's uploads + downloads, spread over the rounds between
+    model_up_s: np.ndarray    # model averaging's upload at the whole capacity (0: no averaging)
+    model_down_s: np.ndarray
+    period: int               # rounds between two averages
+
+    @property
+    def exchange_s(self) -> np.ndarray:
+        """Model averaging's uploads + downloads, spread over the rounds between two averages."""
+        return (self.model_up_s + self.model_down_s) / self.period
 
     def fixed_s(self) -> np.ndarray:
         """Everything but the transfers: compute and latencies."""
@@ -324,8 +332,6 @@ def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceP
     """Every client's seconds at every split point; `averages`: EdgeSplit's model averaging, whose
     transfers are charged to the rounds between two averages."""
     b, share = cfg.train.batch_size, cfg.clients.cpu_share
-    exchange_rate_bps = 1.0 / (1.0 / medium.rate_bps("up") + 1.0 / medium.rate_bps("down"))
-    period = rounds_per_average(cfg)
 
     def client_s(flops: list[float]) -> np.ndarray:
         return np.array([[compute_time_s(b * f, d, share) for f in flops] for d in devices])
@@ -341,8 +347,11 @@ def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceP
         up_s=per_client([8.0 * c.up_bytes(b) / medium.rate_bps("up") for c in costs]),
         down_s=per_client([8.0 * c.down_bytes(b) / medium.rate_bps("down") for c in costs]),
         latency_up_s=delay_s, latency_down_s=delay_s,
-        exchange_s=per_client([8.0 * c.client_weights_bytes / exchange_rate_bps / period
-                               if averages else 0.0 for c in costs]))
+        model_up_s=per_client([8.0 * c.client_weights_bytes / medium.rate_bps("up")
+                               if averages else 0.0 for c in costs]),
+        model_down_s=per_client([8.0 * c.client_weights_bytes / medium.rate_bps("down")
+                                 if averages else 0.0 for c in costs]),
+        period=rounds_per_average(cfg))
 
 
 def _bisect(feasible: Callable[[float], bool], lo: float, hi: float) -> float:
@@ -573,7 +582,26 @@ def _plan_of(objective: str, times: _Times, costs: list[SplitCosts],
                    transfer_s=float(transfer[i]), latency_s=latency, wait_s=float(wait[i]),
                    round_s=float(compute[i] + transfer[i] + latency + wait[i]))
         for i in range(n))
-    return Plan(objective, clients, max(c.round_s for c in clients), passes)
+    return Plan(objective, clients, _mean_round_s(times, rows, columns, shares, clients), passes)
+
+
+def _mean_round_s(times: _Times, rows: np.ndarray, columns: np.ndarray, shares: np.ndarray,
+                  clients: tuple[ClientPlan, ...]) -> float:
+    """The mean round of a period between two averages, as the rounds run: each round waits for
+    the slowest client; the period's last round adds each client's model upload, its first the
+    download of the average (steady state: every period has both). Without averaging, the round."""
+    model_up = times.model_up_s[rows, columns] / shares
+    model_down = times.model_down_s[rows, columns] / shares
+    if not (model_up.any() or model_down.any()):
+        return max(c.round_s for c in clients)
+    # A client's round without the averaging's share of the transfers.
+    step = np.array([c.round_s for c in clients]) - times.exchange_s[rows, columns] / shares
+    up = model_up + times.latency_up_s
+    down = model_down + times.latency_down_s
+    period = times.period
+    if period == 1:
+        return float(np.max(down + step + up))
+    return float(((period - 2) * step.max() + (step + up).max() + (down + step).max()) / period)
 
 
 # ------------------------------------------------------------------------------------ output
@@ -609,16 +637,22 @@ def asks_for_plan(cfg: ExperimentConfig) -> bool:
 
 
 def planned_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """cfg with the planner's split points and shares applied when it asks for them (see
-    `asks_for_plan`; the objective follows train.algorithm), else cfg itself."""
+    """cfg with the planner's choices applied when it asks for them (see `asks_for_plan`): EPSL
+    plans one cut layer and the shares, EdgeSplit a split point per client and the shares, any
+    other algorithm the shares at its model.split_layer. Else cfg itself."""
     if not asks_for_plan(cfg):
         return cfg
     if cfg.network.shared is None:
         raise ConfigError("clients.split_layers: None is not allowed for edgesplit with own links "
                           "(network.links); give each client's split point, or set "
                           "network.shared so that the planner chooses them and the shares")
-    objective = "epsl" if cfg.train.algorithm == "epsl" else "edgesplit"
-    return config_from_dict(resolved_config(cfg, plan(cfg, objective)))
+    if cfg.train.algorithm == "epsl":
+        return config_from_dict(resolved_config(cfg, plan(cfg, "epsl")))
+    if cfg.train.algorithm == "edgesplit":
+        return config_from_dict(resolved_config(cfg, plan(cfg, "edgesplit")))
+    data = cfg.to_dict()
+    data["plan"]["split_layers"] = [cfg.model.split_layer]
+    return config_from_dict(resolved_config(cfg, plan(config_from_dict(data), "edgesplit")))
 
 
 def resolved_config(cfg: ExperimentConfig, plan: Plan) -> dict:

@@ -494,18 +494,20 @@ class ServerRole(_Role):
             g_shared = (logits_shared.softmax(1) - F.one_hot(labels[:m], logits_shared.shape[1])) / n
             loss_shared = F.cross_entropy(logits_shared, labels[:m], reduction="sum") / n
         self._held.append((x[:m], g_shared))
-        part.optimizer.zero_grad(set_to_none=True)
+        loss, correct = float(loss_shared), int((logits_shared.argmax(1) == labels[:m]).sum())
         own = x[m:].clone().requires_grad_(True)
-        logits_own = part.server_part(own)
-        loss_own = F.cross_entropy(logits_own, labels[m:], reduction="sum") / n
-        loss_own.backward()
-        part.optimizer.step()
-        grad = Payload.from_tensor(own.grad.cpu(), self.cfg.compression.codec_down)
-        correct = int((logits_own.argmax(1) == labels[m:]).sum()
-                      + (logits_shared.argmax(1) == labels[:m]).sum())
+        if m < n:
+            part.optimizer.zero_grad(set_to_none=True)
+            logits_own = part.server_part(own)
+            loss_own = F.cross_entropy(logits_own, labels[m:], reduction="sum") / n
+            loss_own.backward()
+            part.optimizer.step()
+            loss += float(loss_own.detach())
+            correct += int((logits_own.argmax(1) == labels[m:]).sum())
+        own_grad = own.grad if m < n else torch.zeros_like(own)  # phi = 1: nothing of its own
+        grad = Payload.from_tensor(own_grad.cpu(), self.cfg.compression.codec_down)
         flops = part.flops_per_sample * (n - m) + part.forward_flops_per_sample * m
-        info = ServerInfo(client_id, grad.nbytes, n, float(loss_own.detach() + loss_shared),
-                          correct, flops, time.perf_counter() - t0)
+        info = ServerInfo(client_id, grad.nbytes, n, loss, correct, flops, time.perf_counter() - t0)
         return grad, info
 
     def step_aggregated(self) -> tuple[Payload, ServerInfo]:

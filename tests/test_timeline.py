@@ -15,7 +15,7 @@ from splitray.network import (
     TraceLink,
     load_mahimahi_trace,
 )
-from splitray.runtime.timeline import ServerWork, StepJob, Timeline
+from splitray.runtime.timeline import Broadcast, ServerWork, StepJob, Timeline
 
 DEVICE = DeviceProfile("unit", 1e9, "1 GFLOP/s, for arithmetic by hand")
 SERVER = DeviceProfile("unit_server", 1e10, "10 GFLOP/s")
@@ -230,3 +230,33 @@ def test_server_tie_at_zero_latency_goes_to_the_lower_client_id():
     times = {j.client_id: t for j, t in tl.run(jobs, serve)}
     assert order == [0, 1]
     assert times[1].server_wait_s == pytest.approx(0.1)
+
+
+def test_a_broadcast_goes_down_once_on_a_shared_medium_and_the_backwards_wait_for_it():
+    # Two clients on one medium (processor sharing), nothing up, server 1 s each, then 2 s of
+    # aggregated work and a broadcast of B bytes: one transfer for both, alone on the medium.
+    cap_bps, latency_s, nbytes = 8e6, 0.01, 1_000_000
+    tl = timeline(dict.fromkeys(range(2), SharedMedium(cap_bps, cap_bps, latency_s)))
+    jobs = [StepJob(i, 0.0, bytes_up=0) for i in range(2)]
+    cast = []
+
+    def broadcast():
+        cast.append(tl.now_s)
+        return Broadcast(2.0, nbytes)
+
+    times = {job.client_id: t for job, t in tl.run(jobs, serve_fixed(1.0, 0, 0.5),
+                                                    broadcast=broadcast)}
+    # Payloads arrive at `latency`; the server serves 0 then 1; the broadcast work starts at 2 s.
+    assert cast == [pytest.approx(latency_s + 2.0)]
+    arrival_s = latency_s + 2.0 + 2.0 + nbytes * 8 / cap_bps + latency_s
+    for i in range(2):
+        assert times[i].end_s == pytest.approx(arrival_s + 0.5, rel=1e-12)
+    # Client 0's own (empty) gradient came at 1 s + latency: it waited for the broadcast.
+    assert times[0].downlink_s == pytest.approx(arrival_s - (latency_s + 1.0), rel=1e-12)
+    # On own links the broadcast is one transfer per client, each at its own rate.
+    tl = timeline({0: ConstantLink(cap_bps, cap_bps, 0.0), 1: ConstantLink(cap_bps, cap_bps / 2, 0.0)})
+    times = {job.client_id: t for job, t in tl.run(
+        [StepJob(i, 0.0, bytes_up=0) for i in range(2)], serve_fixed(1.0, 0, 0.0),
+        broadcast=lambda: Broadcast(0.0, nbytes))}
+    assert times[0].end_s == pytest.approx(2.0 + nbytes * 8 / cap_bps)
+    assert times[1].end_s == pytest.approx(2.0 + nbytes * 8 / (cap_bps / 2))

@@ -1,0 +1,201 @@
+"""Per-client split points (EdgeSplit), EPSL's gradient aggregation and the planner, end to end
+on the fused local engine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from splitray.algorithms.splitfed import fedavg
+from splitray.cli import main
+from splitray.compression import Payload
+from splitray.config import ConfigError, load_config
+from splitray.planning import plan
+from splitray.roles import ClientRole, ServerRole
+from splitray.runtime import prepare, run_experiment
+
+MEDIUM = "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.005}"
+DEVICES = "[{name: slow, flops_per_s: 2e7}, {name: mid, flops_per_s: 1e8}, {name: fast, flops_per_s: 1e9}]"
+
+
+def tiny(**overrides) -> object:
+    base = {
+        "model.name": "tiny_cnn", "model.split_layer": 3, "data.name": "synthetic",
+        "data.image_size": 16, "data.train_samples": 144, "data.test_samples": 48,
+        "train.batch_size": 8, "train.lr": 0.05, "clients.count": 3, "clients.devices": DEVICES,
+        "network.shared": MEDIUM, "schedule.phases": "[{epochs: 2}]",
+        "compression.enabled": "false",
+    }
+    base.update(overrides)
+    return load_config(overrides=[f"{k}={v}" for k, v in base.items()])
+
+
+def _capture_roles(monkeypatch) -> tuple[list[ClientRole], list[ServerRole]]:
+    clients: list[ClientRole] = []
+    servers: list[ServerRole] = []
+    for cls, seen in ((ClientRole, clients), (ServerRole, servers)):
+        original = cls.__init__
+
+        def init(self, *args, _original=original, _seen=seen, **kwargs):
+            _original(self, *args, **kwargs)
+            _seen.append(self)
+
+        monkeypatch.setattr(cls, "__init__", init)
+    return clients, servers
+
+
+def _drop_run_columns(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=["run_id", "algorithm", "wall_time_s"])
+
+
+# ---------------------------------------------------------------- layer-wise averaging
+
+def test_fedavg_averages_each_layer_over_the_copies_that_hold_it():
+    a = {"conv.w": np.array([1.0, 1.0]), "fc.w": np.array([2.0])}
+    b = {"conv.w": np.array([3.0, 5.0])}                       # holds only the first layer
+    c = {"fc.w": np.array([8.0]), "bn.steps": np.array(4)}      # the other layer, int buffer
+    d = {"bn.steps": np.array(7)}
+    out = fedavg([a, b, c, d], [1, 3, 1, 1])
+    np.testing.assert_allclose(out["conv.w"], [2.5, 4.0])     # (1*1 + 3*3) / 4, (1 + 15) / 4
+    np.testing.assert_allclose(out["fc.w"], [5.0])             # a and c, equal weights
+    assert out["bn.steps"] == 7                                # integer buffers take the max
+
+
+def test_edgesplit_copies_agree_layer_by_layer_after_an_average(monkeypatch):
+    clients, servers = _capture_roles(monkeypatch)
+    # Split points 2, 3 and 4: 16 channels at 2 and 3, 32 at 4; the budget fraction 4/16 holds.
+    result = run_experiment(tiny(**{
+        "train.algorithm": "edgesplit", "clients.split_layers": "[2, 3, 4]",
+        "compression.enabled": "true", "schedule.phases": "[{budget: 4, epochs: 2}]"}),
+        out_dir=None, engine="local", progress=False)
+    [server] = servers
+    assert [part.split_layer for part in server.parts] == [2, 3, 4]
+    models = [{**c.get_weights(), **server.get_weights(i)} for i, c in enumerate(clients)]
+    units = [k for k in models[0] if "@" not in k]
+    assert all(set(units) <= set(m) for m in models)  # every copy holds every layer, one side or other
+    for key in units:
+        for m in models[1:]:
+            np.testing.assert_array_equal(m[key], models[0][key], err_msg=key)
+    # A layer on the client for one and on the server for another: conv2 (unit 3) of client 2.
+    assert any(k.startswith("conv2") for k in clients[2].get_weights())
+    assert any(k.startswith("conv2") for k in server.get_weights(0))
+    steps = result.steps
+    assert steps.groupby("client_id")["split_layer"].unique().map(list).tolist() == [[2], [3], [4]]
+    assert steps.groupby("split_layer")["budget"].unique().map(list).to_dict() == {
+        2: [4], 3: [4], 4: [8]}
+    assert result.summary["server_parts_nbytes"] == server.parts_nbytes() > 0
+
+
+def test_different_split_points_need_edgesplit_and_valid_layers():
+    with pytest.raises(ConfigError, match=r"clients.split_layers: \[2, 3\] is not allowed with "
+                                          "train.algorithm parallel_sl"):
+        prepare(tiny(**{"clients.split_layers": "[2, 3]"}))
+    with pytest.raises(ConfigError, match=r"clients.split_layers\[1\]: 9 is not allowed"):
+        prepare(tiny(**{"train.algorithm": "edgesplit", "clients.split_layers": "[2, 9]"}))
+    with pytest.raises(ConfigError, match="clients.split_layers: None is not allowed for edgesplit"):
+        prepare(tiny(**{"train.algorithm": "edgesplit", "network.shared": "null"}))
+
+
+# ---------------------------------------------------------------- EdgeSplit against its plan
+
+def test_edgesplit_runs_the_plan_and_its_rounds_take_the_predicted_time(tmp_path):
+    cfg = tiny(**{"train.algorithm": "edgesplit", "plan.split_layers": "[2, 3, 4, 5]"})
+    predicted = plan(cfg)
+    assert len({c.split_layer for c in predicted.clients}) > 1, "the case should be heterogeneous"
+    result = run_experiment(cfg, out_dir=str(tmp_path), engine="local", progress=False)
+    planned = [c.split_layer for c in predicted.clients]
+    assert result.steps.groupby("client_id")["split_layer"].first().tolist() == planned
+    saved = yaml.safe_load((tmp_path / result.run_id / "config.yaml").read_text())
+    assert saved["clients"]["split_layers"] == planned
+    assert saved["network"]["shared"]["shares"] == pytest.approx([c.share for c in predicted.clients])
+    # The second epoch: a download of the average, its rounds and an upload; the plan spreads the
+    # averaging over the rounds, so the epoch's mean round is what it predicts.
+    evals = result.evals
+    rounds = result.steps[result.steps["epoch"] == 1]["round"].nunique()
+    mean_round_s = (evals["sim_time_s"].iloc[1] - evals["sim_time_s"].iloc[0]) / rounds
+    assert mean_round_s == pytest.approx(predicted.round_s, rel=0.05)
+
+
+def test_plan_command_prints_the_plan_and_writes_a_runnable_config(tmp_path, capsys):
+    path = tmp_path / "edge.yaml"
+    cfg = tiny(**{"train.algorithm": "edgesplit"})
+    path.write_text(cfg.to_yaml())
+    written = tmp_path / "planned.yaml"
+    assert main(["plan", str(path), "--write", str(written)]) == 0
+    out = capsys.readouterr().out
+    assert "predicted round time" in out and "best single split point" in out
+    assert out.count("\n     ") >= 3 or len(out.splitlines()) >= 6  # a row per client
+    planned = load_config(written)
+    assert planned.network.shared["allocation"] == "shares"
+    assert len(planned.clients.split_layers) == 3
+    assert main(["plan", str(path), "--objective", "epsl"]) == 0
+    assert "(epsl, " in capsys.readouterr().out
+    own_links = tmp_path / "own.yaml"
+    own_links.write_text(tiny(**{"network.shared": "null"}).to_yaml())
+    assert main(["plan", str(own_links)]) == 2
+    assert "network.shared" in capsys.readouterr().err
+
+
+def test_planned_allocation_gives_other_algorithms_shares_at_their_split(tmp_path):
+    cfg = tiny(**{"network.shared": "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.005, "
+                                     "allocation: planned}"})
+    prepared = prepare(cfg)
+    assert prepared.cfg.clients.split_layers == [3, 3, 3]
+    shares = prepared.cfg.network.shared["shares"]
+    assert sum(shares) == pytest.approx(1.0) and shares[0] > shares[2]  # the slow device gets more
+
+
+# ---------------------------------------------------------------- EPSL
+
+def test_epsl_with_phi_zero_is_parallel_sl():
+    parallel = run_experiment(tiny(), out_dir=None, engine="local", progress=False)
+    epsl = run_experiment(tiny(**{"train.algorithm": "epsl", "train.phi": 0}), out_dir=None,
+                          engine="local", progress=False)
+    pd.testing.assert_frame_equal(_drop_run_columns(epsl.steps), _drop_run_columns(parallel.steps))
+    pd.testing.assert_frame_equal(_drop_run_columns(epsl.evals), _drop_run_columns(parallel.evals))
+
+
+@pytest.mark.parametrize("phi", [0.5, 1.0])
+def test_epsl_server_flops_and_downlink_bytes_follow_the_aggregation_formula(phi):
+    cfg = tiny(**{"train.algorithm": "epsl", "train.phi": phi})
+    result = run_experiment(cfg, out_dir=None, engine="local", progress=False)
+    prepared = prepare(cfg)
+    part = ServerRole(cfg, prepared.input_shape, prepared.num_classes).parts[0]
+    k, b = cfg.clients.count, cfg.train.batch_size
+    m = math.ceil(phi * b)
+    train_flops, forward_flops = part.flops_per_sample, part.forward_flops_per_sample
+    channels, height, width = 16, 8, 8  # tiny_cnn at split 3 on 16 px
+
+    def down_bytes(samples: int) -> int:  # phi = 1 leaves an empty unicast: its header only
+        return Payload.from_tensor(torch.zeros(samples, channels, height, width), "fp32").nbytes
+
+    rounds = result.steps.groupby("round")
+    assert (rounds.size() == k).all()
+    # Forward + backward for (1 - phi) K b + phi b samples; the shared positions' forward per client.
+    expected_flops = train_flops * (k * (b - m) + m) + forward_flops * k * m
+    assert (rounds["server_flops"].sum() == expected_flops).all()
+    # K unicasts of the own positions, and one broadcast of the shared ones.
+    assert (rounds["bytes_down"].sum() == k * down_bytes(b - m) + down_bytes(m)).all()
+    # The broadcast rides on the lowest client id's row.
+    first = result.steps[result.steps["client_id"] == 0]["bytes_down"]
+    assert (first == down_bytes(b - m) + down_bytes(m)).all()
+    assert np.isfinite(result.steps["loss"]).all()
+    # Every client waits for the broadcast: the round ends for all after the last server step.
+    for _, r in rounds:
+        server_done = (r["sim_start_s"] + r["sim_model_down_s"] + r["sim_client_compute_s"]
+                       - r["sim_client_backward_s"] + r["sim_uplink_s"] + r["sim_server_wait_s"]
+                       + r["sim_server_compute_s"])
+        downlink_done = server_done + r["sim_downlink_s"]
+        assert (downlink_done >= server_done.max() - 1e-9).all()
+
+
+def test_epsl_phi_needs_uncompressed_activations():
+    with pytest.raises(ConfigError, match="train.phi: 0.5 is not allowed with compression.enabled"):
+        tiny(**{"train.algorithm": "epsl", "train.phi": 0.5, "compression.enabled": "true"})
+    with pytest.raises(ConfigError, match="train.phi: 0.5 is not allowed with train.algorithm"):
+        tiny(**{"train.phi": 0.5})
