@@ -191,3 +191,23 @@ def test_every_algorithm_gives_the_fused_trainers_tables_on_ray(algorithm, monke
         assert engine.summary["server_cache_bytes"] == fused.summary["server_cache_bytes"] > 0
     else:
         assert engine.steps["bytes_model_up"].sum() > 0
+
+
+@pytest.mark.parametrize("algorithm", ["edgesplit", "epsl"])
+def test_heterogeneous_schemes_through_ray_equal_the_fused_trainer(algorithm):
+    # EdgeSplit: a server part per client, averaged with the client parts through the actors;
+    # EPSL: the aggregated gradient goes to every client's backward as an ObjectRef.
+    cfg = load_config(overrides=small(**{
+        "model.name": "tiny_cnn", "model.split_layer": 3, "data.image_size": 16,
+        "compression.enabled": "false", "schedule.phases": "[{epochs: 2}]",
+        "train.steps_per_epoch": 4, "clients.count": 2, "clients.num_cpus": 0.5,
+        "clients.devices": "[raspberry_pi_4, laptop_cpu]", "network.shared": "wifi6_shared",
+        "train.algorithm": algorithm,
+        **({"train.phi": 0.5} if algorithm == "epsl" else {"clients.split_layers": "[2, 4]"})}))
+    fused = run_fused(cfg)
+    engine = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
+    np.testing.assert_allclose(engine.steps["loss"], fused.steps["loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(engine.steps["sim_time_s"], fused.steps["sim_time_s"])
+    np.testing.assert_array_equal(engine.steps["bytes_down"], fused.steps["bytes_down"])
+    np.testing.assert_allclose(engine.evals["test_accuracy"], fused.evals["test_accuracy"],
+                               atol=1 / 64)

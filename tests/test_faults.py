@@ -51,13 +51,13 @@ def _kill_at_rounds(monkeypatch, kills: dict[int, str], delay_s: float = 0.02) -
     original = RunContext.run_steps
     fired: list[int] = []
 
-    def run_steps(self, plan, budget, steps):
+    def run_steps(self, plan, budget, steps, **kwargs):
         who = kills.get(self.round)
         if who is not None and self.round not in fired:
             fired.append(self.round)
             handle = (self.server if who == "server" else self.clients[1]).handle
             threading.Timer(delay_s, ray.kill, [handle], {"no_restart": False}).start()
-        return original(self, plan, budget, steps)
+        return original(self, plan, budget, steps, **kwargs)
 
     monkeypatch.setattr(RunContext, "run_steps", run_steps)
     return fired

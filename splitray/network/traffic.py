@@ -179,7 +179,9 @@ class Traffic:
                           for (link_id, d), f in self._flows.items()]}
 
     def restore(self, state: dict) -> None:
-        """Return idle links to a `checkpoint()`."""
+        """Return the links to a `checkpoint()`, idle: transfers in flight (of steps a fault
+        cut short) are dropped."""
+        self._own, self._started = [], {}
         self._own_state = {(c, d): v for c, d, v in state["own"]}
         self._flows = {}
         for client_id, direction, airtime_s, last_s in state["flows"]:

@@ -1,0 +1,197 @@
+"""Parallel SL at its best single split point vs EdgeSplit vs EPSL, on one config, side by side.
+
+Runs, on the same data, model, devices, shared access point, epochs and seed:
+  (a) parallel SL at the best single split point with equal fixed shares of the access point
+      (`splitray.planning.best_single_split` and `baseline_config`), the baseline;
+  (b) EdgeSplit: a split point and share per device, planned at run start (METHODS.md section 5);
+  (c) EPSL at each aggregation ratio phi (default 0, 0.5, 1): one cut layer and the uplink shares
+      planned at run start (`allocation: planned`), compression off (METHODS.md section 6).
+For each it reports the simulated time per round (round_s: the mean of the rounds that exchange no
+model weights, each the latest step end minus the earliest step start; mean_round_s: the mean of all
+rounds, EdgeSplit's averaging rounds included), the planner's predicted round time (which for
+EdgeSplit is the mean round with the averaging's transfers, so it is held against mean_round_s:
+pred_err_pct), the simulated time per epoch, the total traffic (activations, gradients and model
+weights, up and down) and the final test accuracy. Writes comparison.md, comparison.csv,
+comparison.png and the runs (runs/) to --out.
+
+    python analysis/edge_comparison.py            # experiments/edgesplit.yaml, engine local
+
+A CIFAR-10 subset instead of the synthetic data:
+
+    python analysis/edge_comparison.py --set data.name=cifar10 --set data.root=../shared/data/cifar10 \
+        --set data.train_samples=4096 --set data.test_samples=1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from splitray.analysis import markdown_table
+from splitray.config import ExperimentConfig, config_from_dict, load_config
+from splitray.network import LINK_PROFILES
+from splitray.planning import asks_for_plan, baseline_config, best_single_split, plan, predict
+from splitray.runtime.orchestrator import RunResult, run_experiment
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "edgesplit.yaml"
+DEFAULT_PHIS = (0.0, 0.5, 1.0)
+MODEL_BYTES = ("bytes_model_up", "bytes_model_down")
+ALL_BYTES = ("bytes_up", "bytes_down", *MODEL_BYTES)
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class System:
+    """One contender: a label, the config it runs and the planner's predicted round time."""
+
+    label: str
+    cfg: ExperimentConfig
+    predicted_round_s: float
+
+
+def _with(cfg: ExperimentConfig, **train: object) -> dict:
+    """cfg as plain data with train fields replaced (phi reset to 0 unless given)."""
+    data = cfg.to_dict()
+    data["train"].update({"phi": 0.0, **train})
+    return data
+
+
+def systems(cfg: ExperimentConfig, phis: list[float]) -> list[System]:
+    """The baseline, EdgeSplit and one EPSL per phi, all built from `cfg`."""
+    base = config_from_dict(_with(cfg, algorithm="parallel_sl"))
+    best = best_single_split(base)  # the baseline's split point and its predicted round
+    split = best.clients[0].split_layer
+    out = [System(f"(a) parallel SL, split {split}, equal shares", baseline_config(base, split),
+                  best.round_s)]
+
+    edge = config_from_dict(_with(cfg, algorithm="edgesplit"))
+    edge_plan = plan(edge, "edgesplit") if asks_for_plan(edge) else predict(edge)
+    out.append(System("(b) EdgeSplit", edge, edge_plan.round_s))
+
+    for phi in phis:
+        data = _with(cfg, algorithm="epsl", phi=phi)
+        data["compression"]["enabled"] = False
+        shared = data["network"]["shared"]
+        spec = dict(LINK_PROFILES[shared]) if isinstance(shared, str) else dict(shared or {})
+        spec.pop("shares", None)
+        data["network"]["shared"] = {**spec, "allocation": "planned"}
+        epsl = config_from_dict(data)
+        out.append(System(f"(c) EPSL phi={phi:g}", epsl, plan(epsl, "epsl").round_s))
+    return out
+
+
+def round_times(steps: pd.DataFrame) -> pd.DataFrame:
+    """Simulated seconds of every round (latest step end - earliest step start) and whether the
+    round moves model weights (an average's uploads or downloads)."""
+    rounds = steps.groupby("round")
+    return pd.DataFrame({"duration_s": rounds["sim_time_s"].max() - rounds["sim_start_s"].min(),
+                         "moves_model": rounds[list(MODEL_BYTES)].sum().sum(axis=1) > 0})
+
+
+def epoch_times(evals: pd.DataFrame) -> np.ndarray:
+    """Simulated seconds of every epoch: the simulated clock at each evaluation, differenced from 0."""
+    return np.diff(evals.sort_values("epoch")["sim_time_s"].to_numpy(), prepend=0.0)
+
+
+def measure(system: System, result: RunResult, wall_s: float) -> dict:
+    """One row of the comparison table."""
+    steps, evals = result.steps, result.evals
+    rounds = round_times(steps)
+    mean_round_s = float(rounds["duration_s"].mean())
+    splits = sorted(int(s) for s in steps["split_layer"].unique())
+    return {
+        "system": system.label,
+        "algorithm": system.cfg.train.algorithm,
+        "split": ",".join(map(str, splits)),
+        "round_s": float(rounds.loc[~rounds["moves_model"], "duration_s"].mean()),
+        "mean_round_s": mean_round_s,
+        "predicted_round_s": system.predicted_round_s,
+        "pred_err_pct": 100.0 * (mean_round_s / system.predicted_round_s - 1.0),
+        "epoch_s": float(epoch_times(evals).mean()),
+        "traffic_MB": float(steps[list(ALL_BYTES)].to_numpy().sum()) / MB,
+        "final_accuracy": float(evals.sort_values("epoch")["test_accuracy"].iloc[-1]),
+        "wall_s": wall_s,
+        "run_dir": result.run_dir,
+    }
+
+
+def plot(table: pd.DataFrame, path: Path) -> Path:
+    """Bars per system: simulated (and predicted) time per round, time per epoch, final accuracy."""
+    fig = Figure(figsize=(15, 4.8))
+    x = np.arange(len(table))
+    labels = [s.replace(", ", "\n") for s in table["system"]]
+    ax_round, ax_epoch, ax_acc = fig.subplots(1, 3)
+    ax_round.bar(x - 0.27, table["round_s"], 0.27, label="simulated, rounds without averaging")
+    ax_round.bar(x, table["mean_round_s"], 0.27, label="simulated, all rounds")
+    ax_round.bar(x + 0.27, table["predicted_round_s"], 0.27, label="planner's prediction")
+    ax_round.set_ylabel("seconds per round")
+    ax_round.legend(fontsize=8)
+    ax_epoch.bar(x, table["epoch_s"], 0.6, color="#2ca02c")
+    ax_epoch.set_ylabel("simulated seconds per epoch")
+    ax_acc.bar(x, table["final_accuracy"], 0.6, color="#9467bd")
+    ax_acc.set_ylabel("final test accuracy")
+    ax_acc.set_ylim(0, 1)
+    for ax, title in ((ax_round, "time per round"), (ax_epoch, "time per epoch"),
+                      (ax_acc, "accuracy")):
+        ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
+                        help="experiment YAML with network.shared [experiments/edgesplit.yaml]")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value for every system (repeatable)")
+    parser.add_argument("--phi", type=float, nargs="+", default=list(DEFAULT_PHIS),
+                        help="EPSL aggregation ratios to run [0 0.5 1]")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: the single-process trainer; ray: actors [local]")
+    parser.add_argument("--out", default="runs/edge_comparison",
+                        help="directory for the table, figure and runs [runs/edge_comparison]")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    contenders = systems(cfg, args.phi)
+    rows = []
+    for k, system in enumerate(contenders, 1):
+        print(f"[{k}/{len(contenders)}] {system.label}: ", end="", flush=True)
+        t0 = time.perf_counter()
+        result = run_experiment(system.cfg, out_dir=str(out / "runs"), engine=args.engine,
+                                progress=False)
+        row = measure(system, result, time.perf_counter() - t0)
+        rows.append(row)
+        print(f"split {row['split']}, {row['round_s']:.3f} s per round without averaging, "
+              f"{row['mean_round_s']:.3f} s on average (predicted {row['predicted_round_s']:.3f} s), "
+              f"accuracy {row['final_accuracy']:.4f}, "
+              f"wall {row['wall_s']:.0f} s", flush=True)
+
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "comparison.csv", index=False)
+    shown = table.drop(columns=["run_dir"]).round({
+        "round_s": 3, "mean_round_s": 3, "predicted_round_s": 3, "pred_err_pct": 1, "epoch_s": 2,
+        "traffic_MB": 2, "final_accuracy": 4, "wall_s": 0})
+    md = markdown_table(shown)
+    title = (f"{cfg.name}: {cfg.data.name}, {cfg.model.name}, {cfg.clients.count} clients, "
+             f"{cfg.total_epochs} epochs, seed {cfg.seed}, engine {args.engine}")
+    (out / "comparison.md").write_text(f"{title}\n\n{md}\n")
+    print(f"\n{title}\n\n{md}\n")
+    print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'}, "
+          f"{plot(table, out / 'comparison.png')}")
+
+
+if __name__ == "__main__":
+    main()
