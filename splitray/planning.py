@@ -32,6 +32,7 @@ from splitray.network import (
     compute_time_s,
     get_device_profile,
 )
+from splitray.roles import build_compressor, build_decompressor
 from splitray.schedules import scaled_budget
 
 OBJECTIVES = ("edgesplit", "epsl")
@@ -134,9 +135,7 @@ def _codec_modules(cfg: ExperimentConfig, shape: tuple[int, int, int]
     if not c.enabled:
         return None, None
     with torch.device("meta"):
-        comp = Compressor(shape[0], resolution_factor=c.resolution_factor, out_channels=c.channels,
-                          mask=c.mask, encoder_sigmoid=c.encoder_sigmoid, filter_init=c.filter_init)
-        decomp = Decompressor(shape, c.channels or shape[0], resolution_factor=c.resolution_factor)
+        comp, decomp = build_compressor(c, shape), build_decompressor(c, shape)
     return comp.eval(), decomp.eval()
 
 
@@ -314,7 +313,8 @@ def shared_medium(cfg: ExperimentConfig) -> SharedMedium:
     return link
 
 
-def _devices(cfg: ExperimentConfig) -> tuple[list[DeviceProfile], DeviceProfile]:
+def device_profiles(cfg: ExperimentConfig) -> tuple[list[DeviceProfile], DeviceProfile]:
+    """Each client's device profile (clients.devices, cycled) and the server's."""
     devices = cfg.clients.devices
     try:
         clients = [get_device_profile(devices[i % len(devices)]) for i in range(cfg.clients.count)]
@@ -509,7 +509,7 @@ def plan(cfg: ExperimentConfig, objective: str = "edgesplit") -> Plan:
         raise ConfigError(f"objective: {objective!r} is not allowed; choose one of "
                           f"{', '.join(OBJECTIVES)}")
     medium = shared_medium(cfg)
-    devices, server = _devices(cfg)
+    devices, server = device_profiles(cfg)
     costs = split_costs(cfg)
     picked = candidate_splits(cfg, costs)
     costs = [costs[k] for k in picked]
@@ -528,7 +528,7 @@ def predict(cfg: ExperimentConfig) -> Plan:
     (clients.split_layers or model.split_layer) and network.shared's shares (equal shares
     unless `allocation: shares`), served by the server one payload at a time."""
     medium = shared_medium(cfg)
-    devices, server = _devices(cfg)
+    devices, server = device_profiles(cfg)
     costs = split_costs(cfg)
     times = _times(cfg, costs, devices, server, medium, averages=cfg.train.algorithm == "edgesplit")
     n = len(devices)

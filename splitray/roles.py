@@ -22,7 +22,7 @@ from splitray.compression import (
     payload_nbytes,
     prune_loss,
 )
-from splitray.config import ExperimentConfig, split_layer_of
+from splitray.config import CompressionConfig, ExperimentConfig, split_layer_of
 from splitray.data import ArrayDataset
 from splitray.models import build_model, split
 from splitray.models.flops import flop_counter
@@ -76,23 +76,32 @@ def activation_shape(client_part: nn.Module, input_shape: tuple[int, int, int]) 
     return shape
 
 
+def build_compressor(c: CompressionConfig, act_shape: tuple[int, ...]) -> Compressor:
+    """The compressor the config describes, at an activation of `act_shape`."""
+    return Compressor(act_shape[0], resolution_factor=c.resolution_factor, out_channels=c.channels,
+                      mask=c.mask, encoder_sigmoid=c.encoder_sigmoid, filter_init=c.filter_init,
+                      variant=c.variant)
+
+
+def build_decompressor(c: CompressionConfig, act_shape: tuple[int, ...]) -> Decompressor:
+    """The decompressor the config describes, restoring an activation of `act_shape`."""
+    return Decompressor(tuple(act_shape), c.channels or act_shape[0],
+                        resolution_factor=c.resolution_factor, variant=c.variant)
+
+
 def make_compressor(cfg: ExperimentConfig, act_shape: tuple[int, ...]) -> Compressor | None:
     """The client-side compressor for this split, or None when compression is off."""
-    c = cfg.compression
-    if not c.enabled:
+    if not cfg.compression.enabled:
         return None
     torch.manual_seed(cfg.seed + 1)
-    return Compressor(act_shape[0], resolution_factor=c.resolution_factor, out_channels=c.channels,
-                      mask=c.mask, encoder_sigmoid=c.encoder_sigmoid, filter_init=c.filter_init)
+    return build_compressor(cfg.compression, act_shape)
 
 
 def make_decompressor(cfg: ExperimentConfig, act_shape: tuple[int, ...]) -> Decompressor | None:
-    c = cfg.compression
-    if not c.enabled:
+    if not cfg.compression.enabled:
         return None
     torch.manual_seed(cfg.seed + 2)
-    return Decompressor(tuple(act_shape), c.channels or act_shape[0],
-                        resolution_factor=c.resolution_factor)
+    return build_decompressor(cfg.compression, act_shape)
 
 
 def _sgd(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:

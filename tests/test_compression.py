@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 
 import numpy as np
 import pytest
 import torch
+from torch import Tensor, nn
 
 from splitray.compression import (
     CODECS,
@@ -322,6 +324,190 @@ def test_filter_inits() -> None:
     assert logits.std() > 2.0  # uniform [0, 15) has std 4.3
     logits = Compressor(4, out_channels=64, filter_init="authors", filter_scale=2.0).filter_logits
     assert logits.max() < 2.0
+
+
+# --- the authors' variant (amudvari/VCCprune, shared/METHODS.md §1) -----------------------------
+
+
+def _authors(logits: list[float], in_channels: int = 3) -> Compressor:
+    comp = Compressor(in_channels, out_channels=len(logits), variant="authors")
+    with torch.no_grad():
+        comp.filter_logits.copy_(torch.tensor(logits))
+    return comp
+
+
+def _vccprune_client_step(
+    comp: Compressor, x: Tensor, budget: int, server_grad: Tensor, epsilon: float, delta: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """VCCprune's prune() step, ported line by line (fp32, no fp16 cast): the server's input and
+    the client's parameter gradients for a server gradient over all phi channels."""
+    f_hat = comp.filter_logits
+    split_vals = torch.sigmoid(comp.bn(comp.conv(x))) * torch.sigmoid(f_hat).view(1, -1, 1, 1)
+    mask = torch.square(torch.sigmoid(f_hat.squeeze())).detach().clone()
+    partitioned = np.partition(mask.numpy(), -budget)[-budget]
+    mask[mask < float(partitioned)] = 0
+    m = mask.view(1, -1, 1, 1)
+    server_input = split_vals.detach() * m
+    prune = torch.exp(delta * (torch.square(torch.sigmoid(f_hat)).sum() - budget))
+    prune = prune + torch.exp(-delta * (torch.square(torch.sigmoid(f_hat)).sum() - budget))
+    comp.zero_grad(set_to_none=True)
+    (epsilon * prune).backward()  # their pruneLoss reaches f_hat through loss.backward()
+    split_vals.backward(server_grad * m)  # pruneBackward: the returned gradient times the mask
+    grads = {name: q.grad.clone() for name, q in comp.named_parameters()}
+    comp.zero_grad(set_to_none=True)
+    return server_input, grads
+
+
+def test_authors_variant_matches_vccprune_step() -> None:
+    """Forward and every client gradient equal a port of VCCprune's deprune.py prune() step."""
+    torch.manual_seed(11)
+    comp = _authors([4.0, -1.0, 2.5, 0.3, 7.0, -3.0])
+    x, budget = torch.randn(4, 3, 5, 5), 3
+    grad_full = torch.randn(4, 6, 5, 5)
+    epsilon, delta = 1000.0, 0.01
+    reference = copy.deepcopy(comp)
+    expected_input, expected_grads = _vccprune_client_step(
+        reference, x, budget, grad_full, epsilon, delta
+    )
+    sent, indices = comp(x, budget)
+    assert indices.tolist() == [0, 2, 4]
+    full = Decompressor((3, 5, 5), 6, variant="authors")
+    server_input = torch.zeros(4, 6, 5, 5).index_copy(1, indices, sent.detach())
+    torch.testing.assert_close(server_input, expected_input)
+    assert full(sent.detach(), indices).shape == (4, 3, 5, 5)
+    pl = prune_loss(comp.filter_values(), budget, delta, 1.0)
+    torch.autograd.backward([sent, epsilon * pl], [grad_full[:, indices], None])
+    for name, q in comp.named_parameters():
+        torch.testing.assert_close(q.grad, expected_grads[name], msg=name)
+
+
+def test_authors_sent_channel_is_sigmoid_cubed_times_encoder_output() -> None:
+    torch.manual_seed(12)
+    logits = [1.5, -0.5, 3.0, 0.2]
+    comp = _authors(logits)
+    x = torch.randn(2, 3, 4, 4)
+    sent, indices = comp(x, 2)
+    encoder_out = torch.sigmoid(comp.bn(comp.conv(x)))  # sigmoid(BN(conv(x)))
+    gate = torch.sigmoid(torch.tensor(logits))
+    expected = encoder_out[:, indices] * (gate[indices] ** 3).view(1, -1, 1, 1)
+    torch.testing.assert_close(sent, expected)
+
+
+def test_authors_mask_is_constant_for_autograd() -> None:
+    """f_hat gets the task gradient through the encoder's sigmoid(f_hat) only (times the constant
+    m), not d(sigmoid^3)/d f_hat; the prune loss sums m = sigmoid(f_hat)^2."""
+    torch.manual_seed(13)
+    logits = [0.8, -0.4, 1.7, 0.1, -2.0]
+    comp = _authors(logits)
+    x, g = torch.randn(3, 3, 4, 4), torch.randn(3, 2, 4, 4)
+    sent, indices = comp(x, 2)
+    sent.backward(g)
+    gate = torch.sigmoid(torch.tensor(logits))
+    with torch.no_grad():
+        encoder_out = torch.sigmoid(comp.bn(comp.conv(x)))[:, indices]
+    per_channel = (g * encoder_out).sum(dim=(0, 2, 3))
+    s = gate[indices]
+    expected = torch.zeros(5)
+    expected[indices] = per_channel * s**2 * s * (1 - s)  # m_k * d sigmoid / d f_hat
+    torch.testing.assert_close(comp.filter_logits.grad, expected)
+    not_detached = per_channel * 3 * s**2 * s * (1 - s)
+    assert not torch.allclose(comp.filter_logits.grad[indices], not_detached)
+    torch.testing.assert_close(comp.filter_values(), gate**2)
+
+
+def test_authors_returned_gradient_is_multiplied_by_mask() -> None:
+    """The gradient reaching the encoder output is the server's gradient times m (and sigmoid(f_hat)),
+    zero for unsent channels."""
+    torch.manual_seed(14)
+    logits = [2.0, -1.0, 0.5]
+    comp = _authors(logits)
+    x, g = torch.randn(2, 3, 4, 4), torch.randn(2, 2, 4, 4)
+    seen: list[Tensor] = []
+
+    def keep_grad(_module: nn.Module, _inputs: tuple[Tensor], out: Tensor) -> None:
+        out.register_hook(seen.append)  # the gradient w.r.t. BN(conv(x))
+
+    handle = comp.bn.register_forward_hook(keep_grad)
+    sent, indices = comp(x, 2)
+    handle.remove()
+    sent.backward(g)
+    gate = torch.sigmoid(torch.tensor(logits))
+    with torch.no_grad():
+        bn_out = comp.bn(comp.conv(x))
+    d_sigmoid = torch.sigmoid(bn_out) * (1 - torch.sigmoid(bn_out))
+    expected = torch.zeros(2, 3, 4, 4)
+    expected[:, indices] = g * (gate[indices] ** 2 * gate[indices]).view(1, -1, 1, 1)
+    torch.testing.assert_close(seen[0], expected * d_sigmoid)
+
+
+def test_authors_batchnorm_momentum_and_eps() -> None:
+    comp, decomp = Compressor(4, variant="authors"), Decompressor((4, 6, 6), 4, variant="authors")
+    for bn in (comp.bn, decomp.bn):
+        assert (bn.momentum, bn.eps) == (0.03, 1e-4)
+    paper, paper_decomp = Compressor(4), Decompressor((4, 6, 6), 4)
+    for bn in (paper.bn, paper_decomp.bn):
+        assert (bn.momentum, bn.eps) == (0.1, 1e-5)
+
+
+# f_hat 0.9 sits on the threshold; 0.95 and 1.2 are above it though sigmoid(f_hat) < 0.9 for both.
+RAW_LOGITS = [0.9, 0.89, 5.0, -2.0, 0.95, 1.2]
+
+
+def _authors_reset(kind: str, seed: int = 0) -> Tensor:
+    comp = _authors(RAW_LOGITS)
+    comp.reset_filter(kind, 1, generator=torch.Generator().manual_seed(seed))  # top-1 is only 5.0
+    return comp.filter_logits.detach().clone()
+
+
+def test_authors_deprune_reset_compares_raw_logits_with_0_9() -> None:
+    new = _authors_reset("deprune")
+    kept, relearned = [0, 2, 4, 5], [1, 3]  # f_hat >= 0.9 (VCCprune re-learns f_hat < 0.9)
+    assert torch.all(new[kept] == 15.0)
+    assert torch.all((new[relearned] >= 0) & (new[relearned] < 3.0))
+    assert len(set(new[relearned].tolist())) == len(relearned)
+    assert torch.equal(new, _authors_reset("deprune"))
+
+
+def test_authors_prune_reset_compares_raw_logits_with_0_9() -> None:
+    new = _authors_reset("prune")
+    kept, off = [2, 4, 5], [0, 1, 3]  # f_hat > 0.9 strictly: 0.9 itself goes off
+    assert torch.all((new[kept] >= 0) & (new[kept] < 3.0))
+    assert len(set(new[kept].tolist())) == len(kept)
+    assert torch.all(new[off] == -15.0)
+    assert not torch.equal(new, _authors_reset("prune", seed=1))
+    with pytest.raises(ValueError, match="budget"):
+        _authors(RAW_LOGITS).reset_filter("prune", 7)
+
+
+def test_authors_init_and_options_it_implies() -> None:
+    """f_hat starts uniform in [0, 15) whatever filter_init says; mask and encoder_sigmoid are
+    implied, and the variant is validated."""
+    torch.manual_seed(15)
+    comp = Compressor(4, out_channels=64, variant="authors", filter_init="zeros", mask="sigmoid")
+    logits = comp.filter_logits.detach()
+    assert logits.min() >= 0 and logits.max() < 15.0 and logits.std() > 2.0
+    torch.manual_seed(15)
+    torch.testing.assert_close(
+        Compressor(4, out_channels=64, filter_init="authors").filter_logits.detach(), logits
+    )
+    assert comp.encoder_sigmoid and comp.mask == "sigmoid_squared"
+    with pytest.raises(ValueError, match="variant"):
+        Compressor(4, variant="vcc")
+    with pytest.raises(ValueError, match="variant"):
+        Decompressor((4, 6, 6), 4, variant="vcc")
+
+
+def test_config_variant_reaches_the_modules() -> None:
+    from splitray.config import ConfigError, load_config
+    from splitray.roles import make_compressor, make_decompressor
+
+    assert load_config().compression.variant == "paper"
+    cfg = load_config(overrides=["compression.variant=authors"])
+    comp, decomp = make_compressor(cfg, (8, 4, 4)), make_decompressor(cfg, (8, 4, 4))
+    assert comp.variant == decomp.variant == "authors"
+    assert comp.bn.eps == decomp.bn.eps == 1e-4
+    with pytest.raises(ConfigError, match="compression.variant"):
+        load_config(overrides=["compression.variant=vcc"])
 
 
 # --- payload bytes ------------------------------------------------------------------------------

@@ -9,22 +9,16 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import ray
 from fused import run_fused
 
 from splitray.compression import payload_nbytes
 from splitray.config import ConfigError, load_config
 from splitray.runtime import run_experiment
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # one Ray instance for the module
 
 
 def small(**overrides) -> list[str]:

@@ -14,15 +14,10 @@ from splitray.config import ALGORITHM_NAMES, load_config
 from splitray.runtime import RunFailed, resume_experiment, run_experiment
 from splitray.runtime.context import RunContext
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # one Ray instance for the module
 
 
 def _config(algorithm: str = "parallel_sl", **overrides):

@@ -201,13 +201,6 @@ def test_param_cells_and_error_lines() -> None:
 # ---------------------------------------------------------------- real sweeps on one Ray instance
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def _probe_trial(config: dict) -> None:

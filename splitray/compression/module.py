@@ -16,6 +16,25 @@ from torch import Tensor, nn
 MASKS: tuple[str, ...] = ("sigmoid", "sigmoid_squared")
 FILTER_INITS: tuple[str, ...] = ("zeros", "authors")
 RESET_KINDS: tuple[str, ...] = ("deprune", "prune")
+VARIANTS: tuple[str, ...] = ("paper", "authors")
+
+# What amudvari/VCCprune (models/compressorVGG.py, deprune.py) uses where the paper is silent.
+AUTHORS_BN_MOMENTUM = 0.03
+AUTHORS_BN_EPS = 1e-4
+AUTHORS_RESET_THRESHOLD_LOGIT = 0.9  # resets compare the raw f_hat (not f) with this
+AUTHORS_RESET_NOISE_MAX_LOGIT = 3.0  # re-learned entries restart uniform in [0, this)
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def _batch_norm(num_channels: int, variant: str) -> nn.BatchNorm2d:
+    """BatchNorm2d with PyTorch's defaults ("paper") or the authors' momentum 0.03, eps 1e-4."""
+    if variant == "authors":
+        return nn.BatchNorm2d(num_channels, momentum=AUTHORS_BN_MOMENTUM, eps=AUTHORS_BN_EPS)
+    return nn.BatchNorm2d(num_channels)
 
 
 def _check_positive_int(name: str, value: int) -> None:
@@ -51,8 +70,8 @@ def encoded_shape(
 class Compressor(nn.Module):
     """Client side: resolution encoder + learnable channel filter f + top-B selection (paper §3.1).
 
-    The paper's form is the default; ``mask="sigmoid_squared"``, ``encoder_sigmoid=True`` and
-    ``filter_init="authors"`` reproduce the authors' public code (amudvari/VCCprune).
+    The paper's form is the default. ``variant="authors"`` reproduces amudvari/VCCprune exactly and
+    ignores ``mask``, ``encoder_sigmoid`` and ``filter_init`` (partial options kept for ablations).
     """
 
     def __init__(
@@ -64,8 +83,10 @@ class Compressor(nn.Module):
         encoder_sigmoid: bool = False,
         filter_init: str = "zeros",
         filter_scale: float = 15.0,
+        variant: str = "paper",
     ) -> None:
         super().__init__()
+        _check_variant(variant)
         _check_positive_int("in_channels", in_channels)
         _check_positive_int("resolution_factor", resolution_factor)
         if out_channels is not None:
@@ -80,20 +101,25 @@ class Compressor(nn.Module):
         self.in_channels = in_channels
         self.resolution_factor = r
         self.num_channels: int = out_channels if out_channels is not None else in_channels
-        self.mask = mask
-        self.encoder_sigmoid = encoder_sigmoid
+        self.variant = variant
+        # The authors' variant has its own mask (see forward) and always a sigmoid encoder.
+        self.mask = "sigmoid_squared" if variant == "authors" else mask
+        self.encoder_sigmoid = encoder_sigmoid or variant == "authors"
         self.filter_scale = float(filter_scale)
         self.conv = nn.Conv2d(
             in_channels, self.num_channels, kernel_size=2 + r, stride=r, padding=r
         )
-        self.bn = nn.BatchNorm2d(self.num_channels)
+        self.bn = _batch_norm(self.num_channels, variant)
         self.filter_logits = nn.Parameter(torch.zeros(self.num_channels))
-        if filter_init == "authors":
+        if filter_init == "authors" or variant == "authors":
             with torch.no_grad():
                 self.filter_logits.uniform_(0.0, self.filter_scale)
 
     def filter_values(self) -> Tensor:
-        """f = mask(f_hat), shape (phi,), differentiable w.r.t. f_hat."""
+        """f = mask(f_hat), shape (phi,), differentiable w.r.t. f_hat: what the prune loss sums.
+
+        For the authors' variant this is their mask m = sigmoid(f_hat)^2.
+        """
         f = torch.sigmoid(self.filter_logits)
         return f * f if self.mask == "sigmoid_squared" else f
 
@@ -115,7 +141,8 @@ class Compressor(nn.Module):
     def forward(self, x: Tensor, budget: int) -> tuple[Tensor, Tensor]:
         """Encode ``x`` and return (sent, indices): channels f_k * l_hat_k of the top-``budget`` f.
 
-        ``sent`` has shape (N, budget, h, w); the gradient reaches f_hat only through them.
+        ``sent`` has shape (N, budget, h, w); the gradient reaches f_hat only through them. The
+        authors' variant sends sigmoid(f_hat_k) * l_hat_k * m_k with m = sigmoid(f_hat)^2 detached.
         """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
@@ -125,10 +152,37 @@ class Compressor(nn.Module):
         encoded = self.bn(self.conv(x))
         if self.encoder_sigmoid:
             encoded = torch.sigmoid(encoded)
+        if self.variant == "authors":
+            return self._authors_sent(encoded, indices), indices
         # Multiplying only the selected channels equals selecting from l_c = f * l_hat.
         f_sent = self.filter_values().index_select(0, indices)
         sent = encoded.index_select(1, indices) * f_sent.view(1, -1, 1, 1)
         return sent.contiguous(), indices
+
+    def _authors_sent(self, encoded: Tensor, indices: Tensor) -> Tensor:
+        """(sigmoid(l_hat) * sigmoid(f_hat)) * m on the sent channels, m = sigmoid(f_hat)^2 constant.
+
+        As in VCCprune's deprune.py: m multiplies the detached activation, and the returned gradient
+        is multiplied by m before the client's backward, which is the chain rule through a constant m.
+        """
+        gate = torch.sigmoid(self.filter_logits)
+        mask_sent = (gate * gate).detach().index_select(0, indices)
+        sent = encoded.index_select(1, indices) * gate.index_select(0, indices).view(1, -1, 1, 1)
+        return (sent * mask_sent.view(1, -1, 1, 1)).contiguous()
+
+    def _channels_on(self, kind: str, previous_budget: int) -> Tensor:
+        """Bool (phi,): the channels a reset keeps "on" (the previous top-B, or the authors' test)."""
+        on = self.selected_channels(previous_budget)  # also validates previous_budget
+        if self.variant == "authors":
+            # VCCprune's comparisons, verbatim: resetdePrune re-learns "f_hat < 0.9" (so f_hat >= 0.9
+            # and NaN stay on), resetPrune keeps "f_hat > 0.9".
+            raw = self.filter_logits.detach()
+            if kind == "deprune":
+                return ~(raw < AUTHORS_RESET_THRESHOLD_LOGIT)
+            return raw > AUTHORS_RESET_THRESHOLD_LOGIT
+        is_on = torch.zeros(self.num_channels, dtype=torch.bool, device=self.filter_logits.device)
+        is_on[on.to(is_on.device)] = True
+        return is_on
 
     @torch.no_grad()
     def reset_filter(
@@ -138,16 +192,17 @@ class Compressor(nn.Module):
 
         "deprune" (to a larger budget): channels on at ``previous_budget`` get +filter_scale, the
         rest uniform [0, filter_scale) so they can be re-learned. "prune" (to a smaller budget): the
-        on channels get uniform [0, filter_scale), the rest -filter_scale.
+        on channels get uniform [0, filter_scale), the rest -filter_scale. The authors' variant
+        instead calls a channel on by its raw f_hat (deprune f_hat >= 0.9, prune f_hat > 0.9) and
+        draws the noise from [0, 3).
         """
         if kind not in RESET_KINDS:
             raise ValueError(f"reset kind must be one of {RESET_KINDS}, got {kind!r}")
-        on = self.selected_channels(previous_budget)
+        is_on = self._channels_on(kind, previous_budget)
+        noise_max = AUTHORS_RESET_NOISE_MAX_LOGIT if self.variant == "authors" else self.filter_scale
         device = generator.device if generator is not None else self.filter_logits.device
         noise = torch.rand(self.num_channels, generator=generator, device=device)
-        noise = (noise * self.filter_scale).to(self.filter_logits)
-        is_on = torch.zeros(self.num_channels, dtype=torch.bool, device=self.filter_logits.device)
-        is_on[on.to(is_on.device)] = True
+        noise = (noise * noise_max).to(self.filter_logits)
         if kind == "deprune":
             new = torch.where(is_on, torch.full_like(noise, self.filter_scale), noise)
         else:
@@ -160,10 +215,15 @@ class Decompressor(nn.Module):
     BatchNorm and ReLU restore the activation shape the server part expects."""
 
     def __init__(
-        self, out_shape: tuple[int, int, int], num_channels: int, resolution_factor: int = 1
+        self,
+        out_shape: tuple[int, int, int],
+        num_channels: int,
+        resolution_factor: int = 1,
+        variant: str = "paper",
     ) -> None:
         super().__init__()
         _check_positive_int("num_channels", num_channels)
+        _check_variant(variant)
         _, height_enc, width_enc = encoded_shape(out_shape, resolution_factor, num_channels)
         channels, height, width = out_shape
         r = resolution_factor
@@ -183,7 +243,8 @@ class Decompressor(nn.Module):
             padding=r,
             output_padding=padding_out,
         )
-        self.bn = nn.BatchNorm2d(channels)
+        self.variant = variant
+        self.bn = _batch_norm(channels, variant)
 
     def forward(self, sent: Tensor, indices: Tensor) -> Tensor:
         """Rebuild the (N, phi_tilde, H, W) activation; unsent channels enter the deconv as 0."""

@@ -44,9 +44,8 @@ from splitray.network import (
     NetworkModel,
     TraceLink,
     build_link,
-    get_device_profile,
 )
-from splitray.planning import planned_config
+from splitray.planning import device_profiles, planned_config
 from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.context import (
     CHECKPOINT_FILE,
@@ -174,15 +173,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         raise ConfigError(f"data.test_samples: {len(test)} test samples are not allowed for "
                           f"{n} clients; every client evaluates on its own slice, give >= {n}")
     test_parts = np.array_split(np.arange(len(test)), n)
-    try:
-        devices = [get_device_profile(cfg.clients.devices[i % len(cfg.clients.devices)])
-                   for i in range(n)]
-    except ValueError as e:
-        raise ConfigError(f"clients.devices: {e}") from None
-    try:
-        server_device = get_device_profile(cfg.server.device)
-    except ValueError as e:
-        raise ConfigError(f"server.device: {e}") from None
+    devices, server_device = device_profiles(cfg)
     try:
         network = NetworkModel(_links(cfg), seed=cfg.seed)
     except (ValueError, FileNotFoundError) as e:
