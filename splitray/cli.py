@@ -189,6 +189,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from splitray.inference import format_inference, infer
+
+    table = infer(args.run_dir, deadline_ms=args.deadline_ms, overrides=args.set,
+                  engine=args.engine)
+    print(format_inference(table, args.deadline_ms))
+    print(f"table: {args.run_dir.rstrip('/')}/inference.parquet")
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from splitray.metrics import schema_markdown
 
@@ -259,6 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write the config with the plan applied (clients.split_layers, "
                          "network.shared shares), for splitray run")
     pl.set_defaults(func=_cmd_plan)
+
+    inf = sub.add_parser("infer", help="split inference with a prune run's model set",
+                         description="Serve a prune run's model set (RUN_DIR/models/): for every "
+                                     "client and budget B, accuracy on its test slice, bytes and "
+                                     "latency per request; with --deadline-ms each client gets "
+                                     "the largest B whose predicted latency fits. Writes "
+                                     "RUN_DIR/inference.parquet.")
+    inf.add_argument("run_dir", help="run directory of a train.algorithm: prune run")
+    inf.add_argument("--deadline-ms", type=float, default=None, metavar="D",
+                     help="per-request latency deadline; without it every budget is reported")
+    inf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override the run's config, e.g. --set network.links=[lte] "
+                          "(devices, links; repeatable)")
+    inf.add_argument("--engine", choices=("ray", "local"), default="ray",
+                     help="ray: client and server actors; local: in this process [ray]")
+    inf.set_defaults(func=_cmd_infer)
 
     an = sub.add_parser("analyze", help="summarise and plot results",
                         description="Summarise a run directory, a directory of runs or a sweep "

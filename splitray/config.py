@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -116,7 +117,7 @@ class ScheduleConfig:
 
 # The training schemes under splitray/algorithms/ (one file each); named here so that a config is
 # validated without importing them.
-ALGORITHM_NAMES = ("parallel_sl", "vanilla_sl", "splitfed", "async_sl", "edgesplit", "epsl")
+ALGORITHM_NAMES = ("parallel_sl", "vanilla_sl", "splitfed", "async_sl", "edgesplit", "epsl", "prune")
 
 
 @dataclass
@@ -379,6 +380,13 @@ def _check_semantics(cfg: ExperimentConfig) -> None:
         if isinstance(d, str) and d not in DEVICE_PROFILES:
             raise ConfigError(f"clients.devices[{i}]: {d!r} is not allowed; choose one of "
                               f"{', '.join(DEVICE_PROFILES)} or give {{name, flops_per_s}}")
+    if cfg.train.algorithm == "prune":
+        budgets = [math.inf if p.budget is None else p.budget for p in cfg.schedule.phases]
+        for i in range(1, len(budgets)):
+            if budgets[i] >= budgets[i - 1]:
+                raise ConfigError(f"schedule.phases[{i}].budget: {cfg.schedule.phases[i].budget!r} "
+                                  "is not allowed for prune; each phase's budget must be smaller "
+                                  "than the one before (null: all channels, the largest)")
     if cfg.train.phi > 0 and cfg.train.algorithm != "epsl":
         raise ConfigError(f"train.phi: {cfg.train.phi!r} is not allowed with train.algorithm "
                           f"{cfg.train.algorithm}; it is EPSL's (train.algorithm: epsl)")

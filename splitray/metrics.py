@@ -83,10 +83,29 @@ def arrow_schema(columns: Mapping[str, tuple[pa.DataType, str]]) -> pa.Schema:
     return pa.schema(fields, metadata={"splitray_schema_version": str(SCHEMA_VERSION)})
 
 
+INFERENCE_TABLE = "inference.parquet"  # written by `splitray infer` into a prune run's directory
+INFERENCE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "client_id": (pa.int32(), "client index"),
+    "device": (pa.string(), "client device profile"),
+    "link": (pa.string(), "client link, described"),
+    "budget": (pa.int32(), "channels sent (B): the model M_B of the set"),
+    "chosen": (pa.bool_(), "the budget the deadline rule picks for this client"),
+    "test_samples": (pa.int64(), "samples of the client's test slice"),
+    "test_accuracy": (pa.float64(), "top-1 accuracy of M_B on the slice, fraction"),
+    "bytes_per_sample": (pa.int64(), "bytes of one request's payload, bytes"),
+    "predicted_latency_ms": (pa.float64(), "client compute + bytes at the mean rate + latency + "
+                             "server compute, ms"),
+    "sim_latency_ms_mean": (pa.float64(), "mean simulated request latency on the link, ms"),
+    "sim_latency_ms_p95": (pa.float64(), "95th percentile of the simulated latency, ms"),
+    "deadline_met_share": (pa.float64(), "share of requests within the deadline (NaN: none)"),
+}
+
+
 def schema_markdown() -> str:
     """The schema as Markdown tables, for the docs."""
     out = []
-    for title, cols in (("steps.parquet", STEP_COLUMNS), ("evals.parquet", EVAL_COLUMNS)):
+    for title, cols in (("steps.parquet", STEP_COLUMNS), ("evals.parquet", EVAL_COLUMNS),
+                        (INFERENCE_TABLE, INFERENCE_COLUMNS)):
         out += [f"### {title}", "", "| column | type | meaning |", "|---|---|---|"]
         out += [f"| `{n}` | {t} | {d} |" for n, (t, d) in cols.items()]
         out.append("")

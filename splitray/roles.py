@@ -239,6 +239,27 @@ class ClientRole(_Role):
         self.budget = budget if budget is not None else self.num_channels
         return self.num_steps(self.cfg.train.batch_size, self.cfg.train.steps_per_epoch)
 
+    def set_budget(self, budget: int) -> None:
+        """Send `budget` channels from now on (split inference with a model of Θ)."""
+        self.budget = budget
+
+    def inference_cost(self) -> tuple[int, int]:
+        """FLOPs and wire bytes of one sample's forward at the current budget, no label sent."""
+        channels, height, width, with_indices = self._wire_shape()
+        nbytes = payload_nbytes(1, channels, height, width, self.cfg.compression.codec_up,
+                                with_indices, False)
+        return self.fwd_flops_per_sample, nbytes
+
+    def _wire_shape(self) -> tuple[int, int, int, bool]:
+        """Channels sent at the current budget, height and width on the wire, and whether the
+        payload carries channel indices."""
+        if self.compressor is None:
+            channels, height, width = self.act_shape
+            return channels, height, width, False
+        c = self.cfg.compression
+        _, height, width = encoded_shape(tuple(self.act_shape), c.resolution_factor, c.channels)
+        return self.budget, height, width, True
+
     def reset_filter(self, kind: str, previous_budget: int) -> None:
         if self.compressor is not None:
             self.compressor.reset_filter(kind, previous_budget, generator=self.generator)
@@ -303,12 +324,7 @@ class ClientRole(_Role):
         """Bytes (up + down) and client FLOPs of this epoch's steps, were each a full step: what
         async SL's savings are measured against. Payload sizes are the analytic wire sizes."""
         c = self.cfg.compression
-        if self.compressor is None:
-            channels, height, width = self.act_shape
-            with_indices = False
-        else:
-            _, height, width = encoded_shape(tuple(self.act_shape), c.resolution_factor, c.channels)
-            channels, with_indices = self.budget, True
+        channels, height, width, with_indices = self._wire_shape()
         total_bytes, flops = 0, 0.0
         for n in self._batch_sizes():
             total_bytes += payload_nbytes(n, channels, height, width, c.codec_up, with_indices, True)
@@ -426,6 +442,10 @@ class ServerRole(_Role):
     def set_weights(self, client_id: int, weights: dict[str, np.ndarray]) -> None:
         """Load the layers of this client's server part from `weights` (e.g. a layer average)."""
         load_weights(self.parts[self.part_of[client_id]].named(), weights)
+
+    def forward_flops(self, client_id: int) -> int:
+        """Forward FLOPs of one sample through the server side that serves this client."""
+        return self.parts[self.part_of[client_id]].forward_flops_per_sample
 
     def parts_nbytes(self) -> int:
         """Server memory for its server parts: weights, buffers, gradients and momentum."""

@@ -17,6 +17,7 @@ class EpochPlan:
     budget: int | None
     lr: float
     phase_start: bool  # first epoch of a phase (where filter resets happen)
+    phase_end: bool    # last epoch of a phase (where a checkpoint, and prune's model M_B, follow)
 
 
 def select_lr(base_lr: float, phase: int, epoch_in_phase: int, gamma: float, boost_epochs: int) -> float:
@@ -32,7 +33,7 @@ def epoch_plans(schedule: ScheduleConfig, base_lr: float) -> Iterator[EpochPlan]
     for phase, p in enumerate(schedule.phases):
         for k in range(p.epochs):
             lr = select_lr(base_lr, phase, k, schedule.gamma, schedule.boost_epochs)
-            yield EpochPlan(epoch, phase, p.budget, lr, k == 0)
+            yield EpochPlan(epoch, phase, p.budget, lr, k == 0, k == p.epochs - 1)
             epoch += 1
 
 

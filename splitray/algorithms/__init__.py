@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from splitray.algorithms import async_sl, edgesplit, epsl, parallel_sl, splitfed, vanilla_sl
+from splitray.algorithms import async_sl, edgesplit, epsl, parallel_sl, prune, splitfed, vanilla_sl
 
 ALGORITHMS: dict[str, Callable[[Any], None]] = {
     "parallel_sl": parallel_sl.run,
@@ -17,4 +17,5 @@ ALGORITHMS: dict[str, Callable[[Any], None]] = {
     "async_sl": async_sl.run,
     "edgesplit": edgesplit.run,
     "epsl": epsl.run,
+    "prune": prune.run,
 }

@@ -26,4 +26,6 @@ if TYPE_CHECKING:
 
 
 def run(ctx: RunContext) -> None:
-    parallel_sl.train(ctx, shared_positions=math.ceil(ctx.cfg.train.phi * ctx.cfg.train.batch_size))
+    shared_positions = math.ceil(ctx.cfg.train.phi * ctx.cfg.train.batch_size)
+    for plan in ctx.epochs():
+        parallel_sl.train_epoch(ctx, plan, shared_positions)

@@ -16,20 +16,21 @@ from splitray.runtime.context import ClientStep
 
 if TYPE_CHECKING:
     from splitray.runtime.context import RunContext
+    from splitray.schedules import EpochPlan
 
 
 def run(ctx: RunContext) -> None:
-    train(ctx)
-
-
-def train(ctx: RunContext, shared_positions: int = 0) -> None:
-    """Parallel SL's rounds; `shared_positions` > 0 is EPSL's gradient aggregation."""
     for plan in ctx.epochs():
-        budget, steps = ctx.begin_epoch(plan)
-        for step in range(max(steps)):
-            start_s = ctx.timeline.barrier(range(len(steps)))  # the round waits for everyone
-            ctx.run_steps(plan, budget, [ClientStep(i, step, ready_s=start_s)
-                                         for i, n in enumerate(steps) if step < n],
-                          shared_positions=shared_positions)
+        train_epoch(ctx, plan)
 
-        ctx.evaluate(plan, budget)
+
+def train_epoch(ctx: RunContext, plan: EpochPlan, shared_positions: int = 0) -> dict:
+    """One epoch of rounds, then the evaluation; returns the evaluation's row (budget, test
+    accuracy, ...). `shared_positions` > 0 is EPSL's gradient aggregation."""
+    budget, steps = ctx.begin_epoch(plan)
+    for step in range(max(steps)):
+        start_s = ctx.timeline.barrier(range(len(steps)))  # the round waits for everyone
+        ctx.run_steps(plan, budget, [ClientStep(i, step, ready_s=start_s)
+                                     for i, n in enumerate(steps) if step < n],
+                      shared_positions=shared_positions)
+    return ctx.evaluate(plan, budget)

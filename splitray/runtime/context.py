@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ from splitray.metrics import (
     atomic_output,
     drop_parts_after,
     join_path,
+    read_bytes,
     table_exists,
     table_parts,
 )
@@ -35,6 +38,20 @@ T = TypeVar("T")
 EpochCallback = Callable[[dict, str | None], None]
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = 2
+MODELS_DIR = "models"  # prune's model set: one file per budget
+MODEL_FORMAT = 1
+
+
+def load_tensors(path: str, what: str) -> dict:
+    """A checkpoint or model file, read with `torch.load(weights_only=True)`: tensors and plain
+    values only, never pickled code; a ConfigError naming the file when it is anything else."""
+    from splitray.config import ConfigError
+
+    try:
+        return torch.load(io.BytesIO(read_bytes(path)), weights_only=True)
+    except Exception as e:  # truncated, or not plain tensors and values
+        raise ConfigError(f"{path} is not a {what} splitray can load safely "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 
 
 class RunDiverged(RuntimeError):
@@ -139,8 +156,7 @@ class RunContext:
             self._epoch_row = None
             yield plans[k]
             self.epochs_done = k + 1
-            phase_end = k + 1 == len(plans) or plans[k + 1].phase_start
-            saved = every is not None and (self.epochs_done % every == 0 or phase_end)
+            saved = every is not None and (self.epochs_done % every == 0 or plans[k].phase_end)
             if saved:
                 self.save_checkpoint()
             if self.on_epoch is not None and self._epoch_row is not None:
@@ -223,6 +239,26 @@ class RunContext:
     def client_budget(self, client_id: int, budget: int) -> int:
         """A phase's budget at this client's split point (the same fraction of its channels)."""
         return scaled_budget(budget, self.num_channels, self.client_channels[client_id])
+
+    def save_model(self, budget: int) -> str | None:
+        """Write the run's model at this budget, M_B (every client part and compressor, the
+        server side of each client), as tensors to RUN_DIR/models/budget-B.pt; returns that path
+        relative to the run directory (None when the run writes nothing)."""
+        if self.run_dir is None:
+            return None
+        clients = self.get([c.call(ClientRole.get_weights) for c in self.clients])
+        servers = self.get([self.server.call(ServerRole.get_weights, i)
+                            for i in range(len(self.clients))])
+        as_tensors = [{k: torch.from_numpy(a) for k, a in w.items()} for w in clients]
+        state = {"format": MODEL_FORMAT, "budget": budget, "split_layers": self.split_layers,
+                 "clients": as_tensors,
+                 "servers": [{k: torch.from_numpy(a) for k, a in w.items()} for w in servers]}
+        relative = f"{MODELS_DIR}/budget-{budget}.pt"
+        if "://" not in self.run_dir:
+            os.makedirs(join_path(self.run_dir, MODELS_DIR), exist_ok=True)
+        with atomic_output(join_path(self.run_dir, relative)) as f:
+            torch.save(state, f)
+        return relative
 
     def begin_epoch(self, plan: EpochPlan) -> tuple[int, list[int]]:
         """Start an epoch on every client and the server: reset the filter at a phase change

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,8 +55,9 @@ from splitray.runtime.context import (
     RunContext,
     RunDiverged,
     RunFailed,
+    load_tensors,
 )
-from splitray.runtime.peers import LocalPeer, RayPeer, get_local, get_ray
+from splitray.runtime.peers import LocalPeer, Peer, RayPeer, get_local, get_ray
 from splitray.runtime.timeline import Timeline
 
 ENGINES = ("ray", "local")
@@ -247,6 +249,24 @@ def _local_peers(p: Prepared) -> tuple[list[LocalPeer], LocalPeer]:
     return [LocalPeer(c) for c in clients], LocalPeer(server)
 
 
+def start_peers(p: Prepared, engine: str) -> tuple[list[Peer], Peer, Callable[[Any], Any]]:
+    """The clients, the server and the way to wait for their results, on `engine`: Ray actors
+    ("ray") or objects in this process ("local")."""
+    if engine == "ray":
+        return (*_ray_peers(p), get_ray)
+    return (*_local_peers(p), get_local)
+
+
+def stop_peers(peers: list[Peer]) -> None:
+    """End the actors of Ray peers (local peers need nothing)."""
+    handles = [p.handle for p in peers if isinstance(p, RayPeer)]
+    if handles:
+        import ray
+
+        for handle in handles:
+            ray.kill(handle)
+
+
 def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: str = "ray",
                    on_epoch: EpochCallback | None = None, progress: bool = True,
                    run_dir: str | None = None, resume: dict | None = None) -> RunResult:
@@ -274,8 +294,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     elif run_dir is not None and not resume and _has_tables(run_dir):
         raise ConfigError(f"run_dir: {run_dir!r} is not allowed; it already holds a run's tables "
                           "(continue it with --resume, or choose another directory)")
-    clients, server = _ray_peers(prepared) if engine == "ray" else _local_peers(prepared)
-    get = get_ray if engine == "ray" else get_local
+    clients, server, get = start_peers(prepared, engine)
     # Wait until every actor is built, so the run's wall clock starts with training.
     get([c.call(ClientRole.num_eval_batches) for c in clients]
         + [server.call(ServerRole.set_lr, cfg.train.lr)])
@@ -346,11 +365,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
             extra["wall_time_s"] = time.perf_counter() - t0
             extra["summary"] = ctx.summary
             write_manifest(manifest(run_id, cfg.seed, started, now_iso(), status, extra), run_dir)
-        if engine == "ray":
-            import ray
-
-            for peer in [*clients, server]:
-                ray.kill(peer.handle)
+        stop_peers([*clients, server])
     if run_dir is None:
         steps, evals = pd.DataFrame(ctx.step_rows), pd.DataFrame(ctx.eval_rows)
     else:  # the rows were flushed to disk as they came
@@ -387,7 +402,7 @@ def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True,
         raise ConfigError(f"--resume: {run_dir!r} is not allowed; it holds no {CHECKPOINT_FILE} "
                           "(set checkpoint.every_epochs to write one)")
     cfg = load_config(join_path(run_dir, "config.yaml"))
-    saved = torch.load(io.BytesIO(read_bytes(path)), weights_only=True)
+    saved = load_tensors(path, "checkpoint")
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"--resume: {path} has checkpoint format {saved.get('format')!r}; "
                           f"this splitray reads format {CHECKPOINT_FORMAT}")

@@ -1,0 +1,162 @@
+"""Split inference with prune's model set Θ: each client gets the budget its link can carry.
+
+A prune run writes one model M_B per budget (RUN_DIR/models/budget-B.pt). For every client (its
+device and link from the run's config, or overrides) and every B, this runs the client's test
+slice through its client part and compressor at B and the server part, and models each request's
+latency: client forward FLOPs on the device, the payload's bytes on the link, its latency, the
+server's forward FLOPs. The predicted latency uses the link's mean rate (its share of a shared
+medium); the simulated one sends each request on the network model, one after another from
+t = 0, so a trace link's rate at that moment counts. The rule of METHODS.md section 8 (a project
+extension): with a deadline, each client takes the largest B whose predicted latency fits it (the
+smallest B when none does). Requests of different clients do not contend here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from splitray.config import ConfigError, load_config
+from splitray.metrics import (
+    INFERENCE_COLUMNS,
+    INFERENCE_TABLE,
+    join_path,
+    read_bytes,
+    table_exists,
+    write_table,
+)
+from splitray.network import SharedMedium, Transfer, compute_time_s
+from splitray.roles import ClientRole, ServerRole
+from splitray.runtime.context import MODEL_FORMAT, load_tensors
+from splitray.runtime.orchestrator import Prepared, prepare, start_peers, stop_peers
+
+
+@dataclass
+class ModelEntry:
+    """One model of Θ: its budget and the weights of every client part and server side."""
+
+    budget: int
+    clients: list[dict[str, np.ndarray]]
+    servers: list[dict[str, np.ndarray]]
+
+
+def load_model_set(run_dir: str) -> list[ModelEntry]:
+    """Θ of a prune run, largest budget first; read with `torch.load(weights_only=True)`."""
+    path = join_path(run_dir, "manifest.json")
+    if not table_exists(path):
+        raise ConfigError(f"RUN_DIR: {run_dir!r} is not allowed; it holds no manifest.json")
+    listed = json.loads(read_bytes(path)).get("summary", {}).get("models")
+    if not listed:
+        raise ConfigError(f"RUN_DIR: {run_dir!r} is not allowed; its run wrote no model set "
+                          "(train.algorithm: prune writes one model per budget)")
+    entries = []
+    for item in listed:
+        file = join_path(run_dir, item["path"])
+        saved = load_tensors(file, "model file")
+        if saved.get("format") != MODEL_FORMAT:
+            raise ConfigError(f"{file}: model format {saved.get('format')!r}; this splitray reads "
+                              f"{MODEL_FORMAT}")
+        to_numpy = [{k: t.numpy() for k, t in w.items()} for w in saved["clients"]]
+        servers = [{k: t.numpy() for k, t in w.items()} for w in saved["servers"]]
+        entries.append(ModelEntry(int(saved["budget"]), to_numpy, servers))
+    return sorted(entries, key=lambda e: -e.budget)
+
+
+def _uplink_bps(p: Prepared, client_id: int) -> float:
+    """The rate a client's requests get on average: its link's, or its share of a medium."""
+    network = p.network
+    link = network.link(client_id)
+    rate = link.rate_bps("up")
+    if isinstance(link, SharedMedium):
+        if link.allocation == "shares":
+            return rate * network.share(client_id)
+        return rate / sum(other is link for other in network.links.values())
+    return rate
+
+
+def _latencies_s(p: Prepared, client_id: int, requests: int, client_s: float, server_s: float,
+                 nbytes: int) -> np.ndarray:
+    """Each request's simulated latency, requests sent one after another from t = 0."""
+    out = np.empty(requests)
+    t = 0.0
+    for k in range(requests):
+        sent_s = t + client_s
+        [arrived_s] = p.network.schedule("up", [Transfer(client_id, sent_s, nbytes)])
+        out[k] = arrived_s + server_s - t
+        t += out[k]
+    return out
+
+
+def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] | None = None,
+          engine: str = "ray", write: bool = True) -> pd.DataFrame:
+    """Serve Θ to every client: a row per (client, budget) with accuracy, bytes and latencies;
+    with a deadline, `chosen` marks each client's budget. Writes RUN_DIR/inference.parquet."""
+    if deadline_ms is not None and not deadline_ms > 0:
+        raise ConfigError(f"--deadline-ms: {deadline_ms!r} is not allowed; give a number > 0")
+    model_set = load_model_set(run_dir)
+    cfg = load_config(join_path(run_dir, "config.yaml"), overrides)
+    prepared = prepare(cfg)
+    clients, server, get = start_peers(prepared, engine)
+    n = len(clients)
+    rows: list[dict] = []
+    try:
+        counts = get([c.call(ClientRole.num_eval_batches) for c in clients])
+        server_s = [compute_time_s(f, prepared.server_device)
+                    for f in get([server.call(ServerRole.forward_flops, i) for i in range(n)])]
+        for entry in model_set:
+            get([c.call(ClientRole.set_weights, w) for c, w in zip(clients, entry.clients,
+                                                                    strict=True)]
+                + [server.call(ServerRole.set_weights, i, w) for i, w in enumerate(entry.servers)]
+                + [c.call(ClientRole.set_budget, entry.budget) for c in clients])
+            costs = get([c.call(ClientRole.inference_cost) for c in clients])
+            results = get([[server.call(ServerRole.evaluate, c.call(ClientRole.encode_eval, b), i)
+                            for b in range(counts[i])] for i, c in enumerate(clients)])
+            for i, (flops, nbytes) in enumerate(costs):
+                correct = sum(r[0] for r in results[i])
+                samples = sum(r[2] for r in results[i])
+                client_s = compute_time_s(flops, prepared.devices[i], cfg.clients.cpu_share)
+                link = prepared.network.link(i)
+                predicted_s = (client_s + 8.0 * nbytes / _uplink_bps(prepared, i) + link.latency_s
+                               + server_s[i])
+                sim_s = _latencies_s(prepared, i, samples, client_s, server_s[i], nbytes)
+                rows.append({
+                    "client_id": i, "device": prepared.devices[i].name,
+                    "link": prepared.network.describe(i), "budget": entry.budget, "chosen": False,
+                    "test_samples": samples, "test_accuracy": correct / max(samples, 1),
+                    "bytes_per_sample": nbytes, "predicted_latency_ms": 1e3 * predicted_s,
+                    "sim_latency_ms_mean": 1e3 * float(sim_s.mean()),
+                    "sim_latency_ms_p95": 1e3 * float(np.percentile(sim_s, 95)),
+                    "deadline_met_share": (float(np.mean(1e3 * sim_s <= deadline_ms))
+                                           if deadline_ms is not None else float("nan")),
+                })
+    finally:
+        stop_peers([*clients, server])
+    table = pd.DataFrame(rows)
+    if deadline_ms is not None:
+        for _, group in table.groupby("client_id"):
+            fits = group[group["predicted_latency_ms"] <= deadline_ms]
+            pick = fits["budget"].idxmax() if len(fits) else group["budget"].idxmin()
+            table.loc[pick, "chosen"] = True
+    if write:
+        write_table(table.to_dict("records"), INFERENCE_COLUMNS, join_path(run_dir, INFERENCE_TABLE))
+    return table
+
+
+def format_inference(table: pd.DataFrame, deadline_ms: float | None) -> str:
+    """One screen: per client its chosen budget (or every budget without a deadline)."""
+    shown = table[table["chosen"]] if deadline_ms is not None else table
+    columns = ["client_id", "device", "budget", "test_accuracy", "bytes_per_sample",
+               "predicted_latency_ms", "sim_latency_ms_mean", "sim_latency_ms_p95"]
+    if deadline_ms is not None:
+        columns.append("deadline_met_share")
+    lines = [shown[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+    if deadline_ms is not None:
+        samples = shown["test_samples"]
+        accuracy = float((shown["test_accuracy"] * samples).sum() / samples.sum())
+        met = float((shown["deadline_met_share"] * samples).sum() / samples.sum())
+        lines.append(f"deadline {deadline_ms:g} ms: accuracy {accuracy:.4f} over all clients, "
+                     f"{met:.1%} of requests within the deadline")
+    return "\n".join(lines)
