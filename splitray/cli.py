@@ -43,7 +43,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"{(last['cum_bytes_up'] + last['cum_bytes_down']) / 1e6:.2f} MB, "
               f"simulated {last['sim_time_s']:.1f} s; results in {result.run_dir}")
     for key, value in result.summary.items():
-        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+        if isinstance(value, list):  # e.g. prune's model set: one line each
+            print(f"  {key}:")
+            for item in value:
+                print(f"    {item}")
+        else:
+            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
     return 0
 
 

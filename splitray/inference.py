@@ -112,11 +112,13 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
                 + [server.call(ServerRole.set_weights, i, w) for i, w in enumerate(entry.servers)]
                 + [c.call(ClientRole.set_budget, entry.budget) for c in clients])
             costs = get([c.call(ClientRole.inference_cost) for c in clients])
-            results = get([[server.call(ServerRole.evaluate, c.call(ClientRole.encode_eval, b), i)
-                            for b in range(counts[i])] for i, c in enumerate(clients)])
+            flat = get([server.call(ServerRole.evaluate, c.call(ClientRole.encode_eval, b), i)
+                        for i, c in enumerate(clients) for b in range(counts[i])])
+            starts = np.cumsum([0, *counts])
             for i, (flops, nbytes) in enumerate(costs):
-                correct = sum(r[0] for r in results[i])
-                samples = sum(r[2] for r in results[i])
+                results = flat[starts[i]:starts[i + 1]]
+                correct = sum(r[0] for r in results)
+                samples = sum(r[2] for r in results)
                 client_s = compute_time_s(flops, prepared.devices[i], cfg.clients.cpu_share)
                 link = prepared.network.link(i)
                 predicted_s = (client_s + 8.0 * nbytes / _uplink_bps(prepared, i) + link.latency_s
@@ -147,7 +149,8 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
 
 def format_inference(table: pd.DataFrame, deadline_ms: float | None) -> str:
     """One screen: per client its chosen budget (or every budget without a deadline)."""
-    shown = table[table["chosen"]] if deadline_ms is not None else table
+    shown = (table[table["chosen"]] if deadline_ms is not None else table).sort_values(
+        ["client_id", "budget"], ascending=[True, False], kind="stable")
     columns = ["client_id", "device", "budget", "test_accuracy", "bytes_per_sample",
                "predicted_latency_ms", "sim_latency_ms_mean", "sim_latency_ms_p95"]
     if deadline_ms is not None:

@@ -249,10 +249,10 @@ class RunContext:
         clients = self.get([c.call(ClientRole.get_weights) for c in self.clients])
         servers = self.get([self.server.call(ServerRole.get_weights, i)
                             for i in range(len(self.clients))])
-        as_tensors = [{k: torch.from_numpy(a) for k, a in w.items()} for w in clients]
+        # torch.tensor copies: arrays from the object store are read-only.
         state = {"format": MODEL_FORMAT, "budget": budget, "split_layers": self.split_layers,
-                 "clients": as_tensors,
-                 "servers": [{k: torch.from_numpy(a) for k, a in w.items()} for w in servers]}
+                 "clients": [{k: torch.tensor(a) for k, a in w.items()} for w in clients],
+                 "servers": [{k: torch.tensor(a) for k, a in w.items()} for w in servers]}
         relative = f"{MODELS_DIR}/budget-{budget}.pt"
         if "://" not in self.run_dir:
             os.makedirs(join_path(self.run_dir, MODELS_DIR), exist_ok=True)
