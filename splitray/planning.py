@@ -59,6 +59,7 @@ class SplitCosts:
     client_forward_flops_per_sample: float
     client_backward_flops_per_sample: float
     server_flops_per_sample: float         # forward + backward
+    server_forward_flops_per_sample: float  # the server part's forward (EPSL's shared positions)
     up_bytes_per_sample: int               # activation (and label) bytes of one sample
     up_bytes_per_batch: int                # fixed bytes of one payload: channel indices, codec scale
     down_bytes_per_sample: int
@@ -256,6 +257,7 @@ def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
             client_forward_flops_per_sample=float(client_forward),
             client_backward_flops_per_sample=float(client_backward),
             server_flops_per_sample=float(decomp + int(server_train[n:].sum())),
+            server_forward_flops_per_sample=float(forward[n:].sum()),
             up_bytes_per_sample=up[1] - up[0], up_bytes_per_batch=2 * up[0] - up[1],
             down_bytes_per_sample=down[1] - down[0], down_bytes_per_batch=2 * down[0] - down[1],
             client_weights_bytes=_state_bytes([*model.units[:n], _codec_modules(cfg, shape)[0]])))
@@ -275,6 +277,8 @@ class _Times:
     down_s: np.ndarray
     latency_up_s: float
     latency_down_s: float
+    server_forward_s: np.ndarray  # the server part's forward of one batch
+    shared_fraction: float    # EPSL: the share of each batch's positions aggregated (m / b)
     model_up_s: np.ndarray    # model averaging's upload at the whole capacity (0: no averaging)
     model_down_s: np.ndarray
     period: int               # rounds between two averages
@@ -344,6 +348,10 @@ def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceP
         forward_s=client_s([c.client_forward_flops_per_sample for c in costs]),
         backward_s=client_s([c.client_backward_flops_per_sample for c in costs]),
         server_s=per_client([compute_time_s(b * c.server_flops_per_sample, server) for c in costs]),
+        server_forward_s=per_client([compute_time_s(b * c.server_forward_flops_per_sample, server)
+                                     for c in costs]),
+        shared_fraction=(math.ceil(cfg.train.phi * b) / b if cfg.train.algorithm == "epsl"
+                         else 0.0),
         up_s=per_client([8.0 * c.up_bytes(b) / medium.rate_bps("up") for c in costs]),
         down_s=per_client([8.0 * c.down_bytes(b) / medium.rate_bps("down") for c in costs]),
         latency_up_s=delay_s, latency_down_s=delay_s,
@@ -461,27 +469,34 @@ def _epsl_shares(ready_s: np.ndarray, up_s: np.ndarray, tail_s: np.ndarray, down
     return shares / shares.sum()  # any spare capacity goes to everyone in proportion
 
 
-def _epsl_round(times: _Times, cut: int, shares: np.ndarray) -> tuple[float, np.ndarray]:
-    """§6's round at one cut: max_k(forward + up) + server (all clients) + max_k(down + backward),
-    latencies included; returns the round and each client's wait for the slowest upload."""
+def _epsl_parts(times: _Times, cut: int, shares: np.ndarray
+                ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """§6's round at one cut, in parts: each client's upload end, the server's work for all
+    (each batch's own positions, the shared positions' forward, then their one aggregated
+    backward), each client's gradient download (its unicast, or the broadcast of the shared
+    positions at the whole capacity, whichever ends later) and its backward with latency."""
+    f = times.shared_fraction
     upload = times.forward_s[:, cut] + times.up_s[:, cut] / shares + times.latency_up_s
-    t1 = float(upload.max())
-    end = (t1 + float(times.server_s[:, cut].sum()) + times.down_s[:, cut] / shares
-           + times.latency_down_s + times.backward_s[:, cut])
-    return float(end.max()), t1 - upload
+    server_all = float(np.sum(times.server_s[:, cut] * (1 - f) + times.server_forward_s[:, cut] * f)
+                       + times.server_s[0, cut] * f)
+    download = np.maximum(times.down_s[:, cut] * (1 - f) / shares, times.down_s[0, cut] * f)
+    return upload, server_all, download, times.backward_s[:, cut] + times.latency_down_s
 
 
-def _plan_epsl(times: _Times) -> tuple[int, np.ndarray, np.ndarray]:
-    """The cut (column) with the shortest §6 round at its best shares, its shares and waits."""
-    best: tuple[float, int, np.ndarray, np.ndarray] | None = None
+def _plan_epsl(times: _Times) -> tuple[int, np.ndarray]:
+    """The cut (column) with the shortest §6 round at its best shares, and those shares."""
+    best: tuple[float, int, np.ndarray] | None = None
+    f = times.shared_fraction
     for cut in range(times.forward_s.shape[1]):
         shares = _epsl_shares(times.forward_s[:, cut] + times.latency_up_s, times.up_s[:, cut],
-                              times.backward_s[:, cut] + times.latency_down_s, times.down_s[:, cut])
-        round_s, wait = _epsl_round(times, cut, shares)
+                              times.backward_s[:, cut] + times.latency_down_s,
+                              times.down_s[:, cut] * (1 - f) + 1e-12)
+        upload, server_all, download, tail = _epsl_parts(times, cut, shares)
+        round_s = float(upload.max() + server_all + (download + tail).max())
         if best is None or round_s < best[0]:
-            best = (round_s, cut, shares, wait)
+            best = (round_s, cut, shares)
     assert best is not None
-    return best[1], best[2], best[3]
+    return best[1], best[2]
 
 
 def candidate_splits(cfg: ExperimentConfig, costs: list[SplitCosts]) -> list[int]:
@@ -517,10 +532,14 @@ def plan(cfg: ExperimentConfig, objective: str = "edgesplit") -> Plan:
     n = len(devices)
     if objective == "edgesplit":
         columns, shares, wait, passes = _plan_edgesplit(times)
-        return _plan_of(objective, times, costs, devices, columns, shares, wait, passes)
-    cut, shares, wait = _plan_epsl(times)
-    return _plan_of(objective, times, costs, devices, np.full(n, cut), shares, wait, 1,
-                    server_for_all=True)
+        return _plan_served(objective, times, costs, devices, columns, shares, wait, passes)
+    cut, shares = _plan_epsl(times)
+    upload, server_all, download, _ = _epsl_parts(times, cut, shares)
+    compute = times.forward_s[:, cut] + times.backward_s[:, cut] + server_all
+    transfer = times.up_s[:, cut] / shares + download
+    wait = upload.max() - upload  # for the slowest upload
+    return _plan_of(objective, times, costs, devices, np.full(n, cut), shares, compute, transfer,
+                    wait, 1)
 
 
 def predict(cfg: ExperimentConfig) -> Plan:
@@ -539,7 +558,7 @@ def predict(cfg: ExperimentConfig) -> Plan:
     arrival_s = (times.forward_s[rows, columns] + times.up_s[rows, columns] / shares
                  + times.latency_up_s)
     wait = _server_queue(arrival_s, times.server_s[rows, columns])
-    return _plan_of("given", times, costs, devices, columns, shares, wait, 0)
+    return _plan_served("given", times, costs, devices, columns, shares, wait, 0)
 
 
 def baseline_config(cfg: ExperimentConfig, split_layer: int) -> ExperimentConfig:
@@ -564,24 +583,30 @@ def best_single_split(cfg: ExperimentConfig) -> Plan:
     return min(rounds, key=lambda p: p.round_s)
 
 
+def _plan_served(objective: str, times: _Times, costs: list[SplitCosts],
+                 devices: list[DeviceProfile], columns: np.ndarray, shares: np.ndarray,
+                 wait: np.ndarray, passes: int) -> Plan:
+    """A Plan where the server serves each payload as it comes (parallel SL, EdgeSplit)."""
+    rows = np.arange(len(devices))
+    compute = (times.forward_s[rows, columns] + times.backward_s[rows, columns]
+               + times.server_s[rows, columns])
+    transfer = times.drain_s()[rows, columns] / shares
+    return _plan_of(objective, times, costs, devices, columns, shares, compute, transfer, wait,
+                    passes)
+
+
 def _plan_of(objective: str, times: _Times, costs: list[SplitCosts],
              devices: list[DeviceProfile], columns: np.ndarray, shares: np.ndarray,
-             wait: np.ndarray, passes: int, server_for_all: bool = False) -> Plan:
-    """A Plan from split columns, shares and waits: every client's predicted seconds. With
-    `server_for_all` (EPSL) the server works through every client's batch before it answers."""
-    n = len(devices)
-    rows = np.arange(n)
-    server_s = (np.full(n, times.server_s[:, columns[0]].sum()) if server_for_all
-                else times.server_s[rows, columns])
-    compute = times.forward_s[rows, columns] + times.backward_s[rows, columns] + server_s
-    transfer = times.drain_s()[rows, columns] / shares
+             compute: np.ndarray, transfer: np.ndarray, wait: np.ndarray, passes: int) -> Plan:
+    """A Plan from every client's split column, share and predicted seconds."""
+    rows = np.arange(len(devices))
     latency = times.latency_up_s + times.latency_down_s
     clients = tuple(
         ClientPlan(client_id=i, device=devices[i].name, split_layer=costs[columns[i]].split_layer,
                    share=float(shares[i]), compute_s=float(compute[i]),
                    transfer_s=float(transfer[i]), latency_s=latency, wait_s=float(wait[i]),
                    round_s=float(compute[i] + transfer[i] + latency + wait[i]))
-        for i in range(n))
+        for i in rows)
     return Plan(objective, clients, _mean_round_s(times, rows, columns, shares, clients), passes)
 
 

@@ -199,3 +199,16 @@ def test_epsl_phi_needs_uncompressed_activations():
         tiny(**{"train.algorithm": "epsl", "train.phi": 0.5, "compression.enabled": "true"})
     with pytest.raises(ConfigError, match="train.phi: 0.5 is not allowed with train.algorithm"):
         tiny(**{"train.phi": 0.5})
+
+
+@pytest.mark.parametrize("phi", [0.0, 1.0])
+def test_epsl_planned_cut_and_shares_give_the_predicted_round(phi):
+    cfg = tiny(**{"train.algorithm": "epsl", "train.phi": phi,
+                  "network.shared": "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.005, "
+                                    "allocation: planned}"})
+    predicted = plan(cfg, "epsl")
+    steps = run_experiment(cfg, out_dir=None, engine="local", progress=False).steps
+    assert set(steps["split_layer"]) == {predicted.clients[0].split_layer}
+    rounds = steps.groupby("round").agg(start=("sim_start_s", "min"), end=("sim_time_s", "max"))
+    assert float((rounds["end"] - rounds["start"]).mean()) == pytest.approx(predicted.round_s,
+                                                                          rel=0.05)
