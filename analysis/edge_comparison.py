@@ -132,7 +132,9 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
     ax_round.bar(x, table["mean_round_s"], 0.27, label="simulated, all rounds")
     ax_round.bar(x + 0.27, table["predicted_round_s"], 0.27, label="planner's prediction")
     ax_round.set_ylabel("seconds per round")
-    ax_round.legend(fontsize=8)
+    top = table[["round_s", "mean_round_s", "predicted_round_s"]].to_numpy().max()
+    ax_round.set_ylim(0, 1.4 * top)  # room for the legend above the bars
+    ax_round.legend(fontsize=7, loc="upper right")
     ax_epoch.bar(x, table["epoch_s"], 0.6, color="#2ca02c")
     ax_epoch.set_ylabel("simulated seconds per epoch")
     ax_acc.bar(x, table["final_accuracy"], 0.6, color="#9467bd")

@@ -417,15 +417,35 @@ def _server_queue(arrival_s: np.ndarray, server_s: np.ndarray) -> np.ndarray:
 
 
 def _plan_edgesplit(times: _Times) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Split columns, shares and server waits of the EdgeSplit plan, and its passes."""
+    """Split columns, shares and server waits of the EdgeSplit plan, and its passes.
+
+    With averaging, rounds wait for the slowest client while the averaging's transfers come once
+    per period, so the alternation's balance is not always the best mean round: the plan is the
+    better of it and every single split point with balanced shares (the project's choice)."""
     columns, shares, passes = _edgesplit(times)
+    candidates = [(columns, shares)]
+    if times.exchange_s.any():
+        fixed, drain = times.fixed_s(), times.drain_s()
+        for k in range(fixed.shape[1]):
+            t = _deadline(fixed[:, k], drain[:, k])
+            candidates.append((np.full(len(columns), k), drain[:, k] / (t - fixed[:, k])))
+    best = min(candidates, key=lambda c: _served(times, *c)[1])
+    return best[0], best[1], _served(times, *best)[0], passes
+
+
+def _served(times: _Times, columns: np.ndarray, shares: np.ndarray
+            ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """A round where the server serves each payload as it comes (parallel SL, EdgeSplit): each
+    client's server wait, the mean round (see `_mean_round_s`), its compute and transfer."""
     rows = np.arange(len(columns))
-
-    def at(a: np.ndarray) -> np.ndarray:
-        return a[rows, columns]
-
-    arrival_s = at(times.forward_s) + at(times.up_s) / shares + times.latency_up_s
-    return columns, shares, _server_queue(arrival_s, at(times.server_s)), passes
+    arrival_s = (times.forward_s[rows, columns] + times.up_s[rows, columns] / shares
+                 + times.latency_up_s)
+    wait = _server_queue(arrival_s, times.server_s[rows, columns])
+    compute = (times.forward_s[rows, columns] + times.backward_s[rows, columns]
+               + times.server_s[rows, columns])
+    transfer = times.drain_s()[rows, columns] / shares
+    rounds = compute + transfer + times.latency_up_s + times.latency_down_s + wait
+    return wait, _mean_round_s(times, rows, columns, shares, rounds), compute, transfer
 
 
 def _epsl_shares(ready_s: np.ndarray, up_s: np.ndarray, tail_s: np.ndarray, down_s: np.ndarray
@@ -554,10 +574,7 @@ def predict(cfg: ExperimentConfig) -> Plan:
     column_of = {c.split_layer: k for k, c in enumerate(costs)}
     columns = np.array([column_of[split_layer_of(cfg, i)] for i in range(n)])
     shares = np.array(medium.shares if medium.allocation == "shares" else [1.0 / n] * n)
-    rows = np.arange(n)
-    arrival_s = (times.forward_s[rows, columns] + times.up_s[rows, columns] / shares
-                 + times.latency_up_s)
-    wait = _server_queue(arrival_s, times.server_s[rows, columns])
+    wait = _served(times, columns, shares)[0]
     return _plan_served("given", times, costs, devices, columns, shares, wait, 0)
 
 
@@ -587,10 +604,7 @@ def _plan_served(objective: str, times: _Times, costs: list[SplitCosts],
                  devices: list[DeviceProfile], columns: np.ndarray, shares: np.ndarray,
                  wait: np.ndarray, passes: int) -> Plan:
     """A Plan where the server serves each payload as it comes (parallel SL, EdgeSplit)."""
-    rows = np.arange(len(devices))
-    compute = (times.forward_s[rows, columns] + times.backward_s[rows, columns]
-               + times.server_s[rows, columns])
-    transfer = times.drain_s()[rows, columns] / shares
+    _, _, compute, transfer = _served(times, columns, shares)
     return _plan_of(objective, times, costs, devices, columns, shares, compute, transfer, wait,
                     passes)
 
@@ -607,20 +621,21 @@ def _plan_of(objective: str, times: _Times, costs: list[SplitCosts],
                    transfer_s=float(transfer[i]), latency_s=latency, wait_s=float(wait[i]),
                    round_s=float(compute[i] + transfer[i] + latency + wait[i]))
         for i in rows)
-    return Plan(objective, clients, _mean_round_s(times, rows, columns, shares, clients), passes)
+    rounds = np.array([c.round_s for c in clients])
+    return Plan(objective, clients, _mean_round_s(times, rows, columns, shares, rounds), passes)
 
 
 def _mean_round_s(times: _Times, rows: np.ndarray, columns: np.ndarray, shares: np.ndarray,
-                  clients: tuple[ClientPlan, ...]) -> float:
+                  rounds: np.ndarray) -> float:
     """The mean round of a period between two averages, as the rounds run: each round waits for
     the slowest client; the period's last round adds each client's model upload, its first the
     download of the average (steady state: every period has both). Without averaging, the round."""
     model_up = times.model_up_s[rows, columns] / shares
     model_down = times.model_down_s[rows, columns] / shares
     if not (model_up.any() or model_down.any()):
-        return max(c.round_s for c in clients)
+        return float(rounds.max())
     # A client's round without the averaging's share of the transfers.
-    step = np.array([c.round_s for c in clients]) - times.exchange_s[rows, columns] / shares
+    step = rounds - times.exchange_s[rows, columns] / shares
     up = model_up + times.latency_up_s
     down = model_down + times.latency_down_s
     period = times.period
