@@ -42,6 +42,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from splitray.analysis import (
     bytes_to_target,
@@ -157,7 +158,7 @@ def derived(group: str, key: str, label: str, cfg: ExperimentConfig, how: str) -
     data = cfg.to_dict()
     data["name"] = f"claims-{key}"
     return RunSpec(group, key, label, config_from_dict(data),
-                   f"splitray run RUN_DIR/config.yaml --engine local ({how})")
+                   f"splitray run RUN_DIR/config.yaml --engine local (the config: {how})")
 
 
 class Suite:
@@ -355,7 +356,7 @@ class Claims:
         base = "experiments/edgesplit.yaml " + " ".join(f"--set {_quote(o)}" for o in self.synth)
         if key == "parallel-best-split":
             return derived("edge", key, baseline.label, baseline.cfg,
-                           f"`splitray.planning.baseline_config` of {base}")
+                           f"splitray.planning.baseline_config of {base}")
         if key == "edgesplit":
             return derived("edge", key, "EdgeSplit", edge.cfg, f"{base}, planned at run start")
         if key == "epsl-phi1":
@@ -553,7 +554,10 @@ class Claims:
         full = rounds["batch_size"].agg(lambda x: len(x) == k and (x == b).all())
         st = steps[steps["round"].isin(full[full].index)]
         n = st["round"].nunique()
-        backward = float(st["server_flops"].sum()) - part.forward_flops_per_sample * k * b * n
+        # Every client's batch is forwarded, and the aggregated back-propagation runs one more
+        # forward at the averaged input of the m shared positions.
+        forward = part.forward_flops_per_sample * (k * b + m) * n
+        backward = float(st["server_flops"].sum()) - forward
         backward_formula = ((part.flops_per_sample - part.forward_flops_per_sample)
                             * ((k * (b - m)) + m) * n)
         down = float(st["bytes_down"].sum())
@@ -609,6 +613,7 @@ def plot_fig8(runs: dict[str, Run], high_epochs: int, path: Path) -> Path:
     ax.text(high_epochs + 0.6, 0.02, "deprune: 4 -> 128", transform=ax.get_xaxis_transform(),
             fontsize="x-small", color="grey")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
     net.set_ylabel("cumulative network usage, up + down (MB)")
     lines = ax.get_legend_handles_labels()
@@ -634,6 +639,7 @@ def plot_fig12(prune: Run, scratch: dict[int, Run], full_epochs: int, path: Path
                    label="from-scratch final accuracy")
         ax.set_title(f"B = {budget} of {FULL_CHANNELS}")
         ax.set_xlabel(f"epochs at B = {budget}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="x-small", loc="lower right")
@@ -700,9 +706,10 @@ def write_report(out: Path, rows: list[Row], claims: Claims, figures: list[Path]
         "single split point with equal shares (`splitray.planning.best_single_split`) over "
         "EdgeSplit's (`analysis/edge_comparison.py`'s systems); the planner's prediction beside it.",
         "- EPSL: both runs at the cut layer and uplink shares that the planner chose for phi = 1. "
-        "Server backward FLOPs: the rounds' server FLOPs minus the forward of every client's "
-        "batch; formula: (server FLOPs per sample minus its forward) x ((1 - phi) K b + phi b) per "
-        "round. Downlink formula: K unicasts of b - ceil(phi b) positions plus one broadcast of "
+        "Server backward FLOPs: the rounds' server FLOPs minus the forwards (every client's "
+        "batch, and the m = ceil(phi b) shared positions once more at their average); formula: "
+        "(server FLOPs per sample minus its forward) x ((1 - phi) K b + phi b) per round. "
+        "Downlink formula: K unicasts of b - ceil(phi b) positions plus one broadcast of "
         "ceil(phi b), in the planner's wire bytes.",
         "",
         "## Runs and wall times",
@@ -713,7 +720,8 @@ def write_report(out: Path, rows: list[Row], claims: Claims, figures: list[Path]
         run_rows.append([run.spec.key, run.spec.label, "read" if run.reused else "ran",
                          run.spec.cfg.total_epochs, f"{run.wall_s:.0f}",
                          pct(run.final_accuracy), f"{run.total_bytes / MB:.1f}",
-                         str(run.run_dir.relative_to(out)), f"`{run.spec.command}`"])
+                         str(run.run_dir.relative_to(out)),
+                         f"`{run.spec.command.replace('RUN_DIR', str(run.run_dir))}`"])
     if run_rows:
         lines.append(markdown_table(pd.DataFrame(run_rows, columns=[
             "run", "what", "this time", "epochs", "wall s", "final accuracy", "MB", "directory",
