@@ -211,6 +211,17 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_option(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config value, {example} (repeatable)")
+
+
+def _engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=("ray", "local"), default="ray",
+                        help="ray: client and server actors exchanging ObjectRefs; local: the "
+                             "fused single-process reference [ray]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="splitray", description="Simulate split learning with heterogeneous clients on Ray.")
@@ -224,13 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", default=None, metavar="RUN_DIR",
                      help="continue a killed run from its last checkpoint (instead of a config; "
                           "the run's own config.yaml is used)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set train.lr=0.05 (repeatable)")
+    _set_option(run, "e.g. --set train.lr=0.05")
     run.add_argument("--out", default="runs",
                      help="parent directory (local path or URI) of the run directory [runs]")
-    run.add_argument("--engine", choices=("ray", "local"), default="ray",
-                     help="ray: actors and ObjectRefs; local: the fused single-process "
-                          "reference trainer [ray]")
+    _engine_option(run)
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.set_defaults(func=_cmd_run)
 
@@ -265,8 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "one cut layer for all) from the config's model, devices and "
                                     "network; prints the plan and its predicted round time.")
     pl.add_argument("config", help="experiment YAML with network.shared")
-    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value (repeatable)")
+    _set_option(pl, "e.g. --set clients.count=16")
     pl.add_argument("--objective", choices=("edgesplit", "epsl"), default=None,
                     help="edgesplit: a split point per client; epsl: one cut layer for all "
                          "[epsl for train.algorithm epsl, else edgesplit]")
@@ -284,11 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("run_dir", help="run directory of a train.algorithm: prune run")
     inf.add_argument("--deadline-ms", type=float, default=None, metavar="D",
                      help="per-request latency deadline; without it every budget is reported")
-    inf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override the run's config, e.g. --set network.links=[lte] "
-                          "(devices, links; repeatable)")
-    inf.add_argument("--engine", choices=("ray", "local"), default="ray",
-                     help="ray: client and server actors; local: in this process [ray]")
+    _set_option(inf, "of the run's, e.g. --set network.links=[lte]")
+    _engine_option(inf)
     inf.set_defaults(func=_cmd_infer)
 
     an = sub.add_parser("analyze", help="summarise and plot results",
