@@ -27,7 +27,9 @@ def _config(algorithm: str = "parallel_sl", **overrides):
         "train.algorithm": algorithm, "clients.count": 2, "clients.num_cpus": 0.5,
         "server.num_cpus": 0.5, "clients.devices": "[raspberry_pi_4, laptop_cpu]",
         "network.shared": "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.01}",
-        "schedule.phases": "[{budget: 4, epochs: 2}, {budget: 16, epochs: 2}]",
+        "schedule.phases": ("[{budget: 16, epochs: 2}, {budget: 4, epochs: 2}]"  # largest first
+                            if algorithm == "prune" else
+                            "[{budget: 4, epochs: 2}, {budget: 16, epochs: 2}]"),
         "checkpoint.every_epochs": 1, "splitfed.every_rounds": 3,
         **overrides,
     }

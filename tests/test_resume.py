@@ -30,8 +30,11 @@ SETTINGS = {
 
 
 def _command(algorithm: str, out: Path) -> list[str]:
-    sets = [a for k, v in {**SETTINGS, "train.algorithm": algorithm}.items()
-            for a in ("--set", f"{k}={v}")]
+    settings = {**SETTINGS, "train.algorithm": algorithm}
+    if algorithm == "prune":  # budgets from the largest down
+        settings["schedule.phases"] = (f"[{{budget: 16, epochs: {EPOCHS // 2}}}, "
+                                       f"{{budget: 4, epochs: {EPOCHS // 2}}}]")
+    sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
     return [sys.executable, "-m", "splitray.cli", "run", QUICKSTART, *sets, "--engine", "local",
             "--quiet", "--out", str(out)]
 
