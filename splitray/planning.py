@@ -583,6 +583,7 @@ def baseline_config(cfg: ExperimentConfig, split_layer: int) -> ExperimentConfig
     `split_layer`, network.shared divided in equal fixed shares."""
     data = cfg.to_dict()
     data["train"]["algorithm"] = "parallel_sl"
+    data["train"]["phi"] = 0.0
     data["model"]["split_layer"] = split_layer
     data["clients"]["split_layers"] = None
     spec = _medium_spec(cfg.network.shared)

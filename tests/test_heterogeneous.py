@@ -135,6 +135,10 @@ def test_plan_command_prints_the_plan_and_writes_a_runnable_config(tmp_path, cap
     assert len(planned.clients.split_layers) == 3
     assert main(["plan", str(path), "--objective", "epsl"]) == 0
     assert "(epsl, " in capsys.readouterr().out
+    epsl = tmp_path / "epsl.yaml"  # its baseline is parallel SL: phi does not carry over
+    epsl.write_text(tiny(**{"train.algorithm": "epsl", "train.phi": 0.5}).to_yaml())
+    assert main(["plan", str(epsl)]) == 0
+    assert "(epsl, " in capsys.readouterr().out
     own_links = tmp_path / "own.yaml"
     own_links.write_text(tiny(**{"network.shared": "null"}).to_yaml())
     assert main(["plan", str(own_links)]) == 2
