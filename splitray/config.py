@@ -200,6 +200,13 @@ class ClientsConfig:
     cpu_share: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))  # e.g. 0.4 core
     # Each client's split point, cycled over clients like devices; None: model.split_layer for all
     split_layers: list[int] | None = None
+    # Clients that take part in a round, drawn (seeded, uniform) among those online at its start;
+    # None: every client each round. An epoch is as many rounds as its steps need at that rate.
+    per_round: int | None = field(default=None, metadata=_range(1))
+    # Over-selection: draw ceil(per_round x over_selection) and keep the first per_round payloads
+    # to arrive (the others are dropped as late), as FedScale does.
+    over_selection: float = field(default=1.0, metadata=_range(1))
+    round_deadline_s: float | None = field(default=None, metadata=_range(0, lo_open=True))
 
 
 @dataclass
@@ -210,6 +217,17 @@ class NetworkConfig:
     # none: every trace link replays from its start; random: each client from a seeded offset
     # within the trace, so clients on the same trace file are not perfectly correlated
     trace_offset: str = field(default="none", metadata=_choices("none", "random"))
+
+
+@dataclass
+class AvailabilityConfig:
+    """When each client is online: always, a seeded synthetic on/off process, or a trace file
+    (CSV `client_id,start_s,end_s`, one online interval per line; clients not in it: always)."""
+
+    kind: str = field(default="always", metadata=_choices("always", "synthetic", "file"))
+    mean_on_s: float = field(default=600.0, metadata=_range(0, lo_open=True))
+    mean_off_s: float = field(default=300.0, metadata=_range(0, lo_open=True))
+    path: str | None = None
 
 
 @dataclass
@@ -225,6 +243,11 @@ class EngineConfig:
     compute_time: str = field(default="flops", metadata=_choices("flops", "measured"))
     measured_scale: float = field(default=1.0, metadata=_range(0, lo_open=True))
     ray_address: str | None = None  # None: connect to a running cluster if any, else start one
+    # Ray engine: an actor per client, or clients as state on a pool of worker actors; auto:
+    # actors when every client's num_cpus fits the cluster next to the server, else the pool.
+    clients: str = field(default="auto", metadata=_choices("auto", "actors", "pool"))
+    pool_workers: int | None = field(default=None, metadata=_range(1))  # None: from the CPUs
+    pool_capacity: int = field(default=64, metadata=_range(1))  # live clients a worker keeps
 
 
 @dataclass
@@ -242,6 +265,7 @@ class ExperimentConfig:
     plan: PlanConfig = field(default_factory=PlanConfig)
     async_sl: AsyncConfig = field(default_factory=AsyncConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
+    availability: AvailabilityConfig = field(default_factory=AvailabilityConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -394,6 +418,25 @@ def _check_semantics(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.phi: {cfg.train.phi!r} is not allowed with compression.enabled "
                           "true; EPSL averages the clients' activations, which needs them whole "
                           "(set compression.enabled: false, or phi: 0)")
+    sampled = (cfg.clients.per_round is not None or cfg.availability.kind != "always"
+               or cfg.clients.over_selection > 1 or cfg.clients.round_deadline_s is not None)
+    if sampled and cfg.train.algorithm in ("vanilla_sl", "async_sl"):
+        raise ConfigError(f"train.algorithm: {cfg.train.algorithm!r} is not allowed with client "
+                          "sampling or availability (clients.per_round, over_selection, "
+                          "round_deadline_s, availability); it takes every client by turn or by "
+                          "state: use parallel_sl, splitfed, edgesplit, epsl or prune")
+    drops = (cfg.availability.kind != "always" or cfg.clients.over_selection > 1
+             or cfg.clients.round_deadline_s is not None)
+    if drops and cfg.train.algorithm == "epsl":
+        raise ConfigError("train.algorithm: 'epsl' is not allowed with availability, "
+                          "over_selection or round_deadline_s; its aggregated gradient waits for "
+                          "every client of the round (clients.per_round alone is allowed)")
+    if cfg.clients.over_selection > 1 and cfg.clients.per_round is None:
+        raise ConfigError(f"clients.over_selection: {cfg.clients.over_selection!r} is not allowed "
+                          "without clients.per_round (the payloads to keep)")
+    if cfg.availability.kind == "file" and not cfg.availability.path:
+        raise ConfigError("availability.path: null is not allowed with availability.kind file; "
+                          "give the CSV file (client_id,start_s,end_s)")
     if cfg.clients.split_layers is not None:
         if not cfg.clients.split_layers:
             raise ConfigError("clients.split_layers: [] is not allowed; give split points or null")

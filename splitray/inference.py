@@ -31,7 +31,7 @@ from splitray.metrics import (
 from splitray.network import SharedMedium, Transfer, compute_time_s
 from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.context import MODEL_FORMAT, load_tensors
-from splitray.runtime.orchestrator import Prepared, prepare, start_peers, stop_peers
+from splitray.runtime.orchestrator import Prepared, prepare, start_peers
 
 
 @dataclass
@@ -99,7 +99,8 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
     model_set = load_model_set(run_dir)
     cfg = load_config(join_path(run_dir, "config.yaml"), overrides)
     prepared = prepare(cfg)
-    clients, server, get = start_peers(prepared, engine)
+    peers = start_peers(prepared, engine)
+    clients, server, get = peers.clients, peers.server, peers.get
     n = len(clients)
     rows: list[dict] = []
     try:
@@ -135,7 +136,7 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
                                            if deadline_ms is not None else float("nan")),
                 })
     finally:
-        stop_peers([*clients, server])
+        peers.stop()
     table = pd.DataFrame(rows)
     if deadline_ms is not None:
         for _, group in table.groupby("client_id"):

@@ -34,7 +34,9 @@ STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "phase": (pa.int32(), "index of the budget phase in the schedule"),
     "budget": (pa.int32(), "channels sent (B); equals all channels when uncompressed"),
     "split_layer": (pa.int32(), "split point n of the client"),
-    "batch_size": (pa.int32(), "samples in the step"),
+    "batch_size": (pa.int32(), "samples the server trained on in the step (0: dropped before)"),
+    "dropped": (pa.string(), "why the step was dropped: offline (the client left during it) or "
+                             "late (over-selection: not among the first payloads); empty: not"),
     "lr": (pa.float64(), "learning rate used in the step"),
     "bytes_up": (pa.int64(), "payload bytes client -> server (activations, indices, labels, scale)"),
     "bytes_down": (pa.int64(), "payload bytes server -> client (gradient, scale)"),

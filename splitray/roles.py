@@ -6,6 +6,7 @@ Neither side imports Ray.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -162,6 +163,11 @@ def load_weights(named: list[tuple[str, nn.Module | None]], weights: dict[str, n
                                for name in m.state_dict()})
 
 
+def client_generator(cfg: ExperimentConfig, client_id: int) -> torch.Generator:
+    """The generator of a client's data order, augmentation and filter resets, as it starts."""
+    return torch.Generator().manual_seed(cfg.seed * 1000 + client_id)
+
+
 class ClientRole(_Role):
     """A client device: its data shard, client part, compressor and optimizer."""
 
@@ -180,7 +186,7 @@ class ClientRole(_Role):
         params = [p for m in self.modules() for p in m.parameters()]
         # A client part with no parameters (split 0 or 1) has nothing to train.
         self.optimizer = _sgd(params, cfg) if params else None
-        self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + client_id)
+        self.generator = client_generator(cfg, client_id)
         self.budget = self.num_channels
         self._order: np.ndarray = np.arange(0)
         self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -196,13 +202,38 @@ class ClientRole(_Role):
         return [("", self.client_part), (f"compressor@{self.split_layer}.", self.compressor)]
 
     def checkpoint(self) -> dict:
+        if self._pending is not None:
+            raise RuntimeError(f"client {self.client_id}: checkpoint() between forward() and "
+                               "backward()")
         return {**super().checkpoint(), "generator": self.generator.get_state(),
-                "budget": self.budget}
+                "budget": self.budget, "order": torch.from_numpy(self._order.copy())}
 
     def restore(self, state: dict) -> None:
         super().restore(state)
         self.generator.set_state(state["generator"])
         self.budget = state["budget"]
+        if "order" in state:  # checkpoints before the worker pool did not hold it
+            self._order = np.asarray(state["order"], dtype=np.int64)
+
+    def rebind(self, client_id: int, shard: ArrayDataset, test_shard: ArrayDataset,
+               state: dict) -> None:
+        """Become another client of the same split point (a worker pool's slot): its identity,
+        its data and its `checkpoint()` state."""
+        if split_layer_of(self.cfg, client_id) != self.split_layer:
+            raise ValueError(f"client {client_id} splits at {split_layer_of(self.cfg, client_id)}, "
+                             f"this slot at {self.split_layer}")
+        self.client_id, self.shard, self.test_shard = client_id, shard, test_shard
+        self._pending = None
+        self.restore(state)
+
+    def initial_state(self) -> dict:
+        """The `checkpoint()` of this client as built: the run seed's weights, no momentum, the
+        generator it starts with; every client of a split point starts so, but for the generator."""
+        return {"modules": [{k: v.clone() for k, v in m.state_dict().items()}
+                            for m in self.modules()],
+                "optimizers": [copy.deepcopy(o.state_dict()) for o in self.optimizers()],
+                "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state(),
+                "budget": self.num_channels, "order": torch.zeros(0, dtype=torch.int64)}
 
     @property
     def num_channels(self) -> int:
@@ -284,6 +315,10 @@ class ClientRole(_Role):
         info = ForwardInfo(self.client_id, payload.nbytes, n, self.fwd_flops_per_sample * n,
                            time.perf_counter() - t0)
         return payload, info
+
+    def drop_step(self) -> None:
+        """Forget the forward in progress: its step was dropped, no gradient will come."""
+        self._pending = None
 
     def backward(self, grad: Payload, broadcast: Payload | None = None) -> BackwardInfo:
         """Backpropagate the server's gradient (plus ε·pruneLoss on the local filter), then step.

@@ -7,18 +7,18 @@ weights right after its last step before the average (its row carries `bytes_mod
 average waits for the slowest upload (the next round starts after it); every client downloads
 the average before its next step (`bytes_model_down`). Each client evaluates with its own client
 part, identical across clients right after an average; after the run's last average nothing is
-sent down.
+sent down. With clients.per_round the rounds draw their clients (`RunContext.rounds`); a client's
+weights join an average when it takes part in the round the average closes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from splitray.roles import ClientRole, ServerRole
-from splitray.runtime.context import ClientStep
 
 if TYPE_CHECKING:
     from splitray.runtime.context import RunContext
@@ -63,38 +63,48 @@ def train(ctx: RunContext, every_rounds: int | None, server_parts: bool) -> None
     and the average is taken over those whole models, layer by layer."""
     clients, get = ctx.clients, ctx.get
     n = len(clients)
-    model_nbytes = get([c.call(ClientRole.weights_nbytes) for c in clients])
+    model_nbytes = ctx.each_client(lambda i, c: c.call(ClientRole.weights_nbytes))
     state = ctx.keep(SplitFedState(trained=[0] * n, needs_average=[False] * n))
     for plan in ctx.epochs():
         budget, steps = ctx.begin_epoch(plan)
-        rounds = max(steps)
+        rounds = ctx.round_count(steps)
         period = every_rounds or rounds
-        for step in range(rounds):
+        for k, round_ in enumerate(ctx.rounds(steps)):
             r = state.round_index
-            # A client's next step is the next round, or the first round of the next epoch.
-            next_round = {i: r + 1 if step + 1 < k else r + rounds - step
-                          for i, k in enumerate(steps) if step < k}
-            start_s = ctx.timeline.barrier(range(n))  # the round (and an average) waits for all
-            ctx.run_steps(plan, budget, [ClientStep(
-                i, step, ready_s=start_s,
-                bytes_model_down=model_nbytes[i] if state.needs_average[i] else 0,
-                bytes_model_up=model_nbytes[i] if _averages(r, nxt, period) else 0)
-                for i, nxt in next_round.items()])
-            for i in next_round:
-                state.trained[i] += 1
-                state.needs_average[i] = False
+            # The round of a client's next step: the next one, or the next epoch's first; a
+            # sampled client's is unknown, so it uploads only when an average closes this round
+            # (weights it trained before and did not upload stay out of that average).
+            next_round = {s.client_id: r + 1 if ctx.sampled or s.step + 1 < steps[s.client_id]
+                          else r + rounds - k for s in round_.steps}
+            planned_down = {s.client_id: model_nbytes[s.client_id]
+                            if state.needs_average[s.client_id] else 0 for s in round_.steps}
+            rows = ctx.run_steps(plan, budget, [replace(
+                s, bytes_model_down=planned_down[s.client_id],
+                bytes_model_up=model_nbytes[s.client_id] if _averages(r, next_round[s.client_id], period)
+                else 0) for s in round_.steps], keep_first=round_.keep_first)
+            uploaded = set()
+            for row in rows:
+                i = row["client_id"]
+                if row["bytes_model_down"] == planned_down[i]:  # the average came down
+                    state.needs_average[i] = False
+                if not row["dropped"]:
+                    state.trained[i] += 1
+                    uploaded.add(i)
             if (r + 1) % period == 0:
-                ids = [i for i in range(n) if state.trained[i]]
+                ids = [i for i in range(n) if state.trained[i]
+                       and (not ctx.sampled or i in uploaded)]
                 weights = get([clients[i].call(ClientRole.get_weights) for i in ids])
                 if server_parts:  # the server side of each model joins its client side
                     server_side = get([ctx.server.call(ServerRole.get_weights, i) for i in ids])
                     weights = [{**w, **s} for w, s in zip(weights, server_side, strict=True)]
-                average = fedavg(weights, [state.trained[i] for i in ids])
-                get([c.call(ClientRole.set_weights, average) for c in clients])
-                if server_parts:
-                    get([ctx.server.call(ServerRole.set_weights, i, average) for i in range(n)])
+                if ids:
+                    average = ctx.peers.share(fedavg(weights, [state.trained[i] for i in ids]))
+                    ctx.each_client(lambda i, c, w=average: c.call(ClientRole.set_weights, w))
+                    if server_parts:
+                        get([ctx.server.call(ServerRole.set_weights, i, average)
+                             for i in range(n)])
+                    state.needs_average = [True] * n
                 state.trained = [0] * n
-                state.needs_average = [True] * n
             state.round_index += 1
 
         ctx.evaluate(plan, budget)

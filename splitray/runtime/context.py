@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
+from splitray.availability import Availability, sample_clients
 from splitray.config import ExperimentConfig
 from splitray.metrics import (
     EVAL_COLUMNS,
@@ -29,8 +31,8 @@ from splitray.metrics import (
     table_parts,
 )
 from splitray.roles import BackwardInfo, ClientRole, ForwardInfo, ServerInfo, ServerRole
-from splitray.runtime.peers import Peer
-from splitray.runtime.timeline import Broadcast, ServerWork, StepJob, Timeline
+from splitray.runtime.peers import Peer, Peers
+from splitray.runtime.timeline import Broadcast, ServerWork, StepJob, StepTimes, Timeline
 from splitray.schedules import EpochPlan, epoch_plans, reset_kind, scaled_budget
 
 T = TypeVar("T")
@@ -100,28 +102,62 @@ class ClientStep:
     ready_s: float = 0.0         # earliest simulated start
     bytes_model_down: int = 0    # weights the client receives before it computes
     bytes_model_up: int = 0      # weights the client sends after its step
+    offline_s: float = math.inf  # when the client goes offline (availability, round deadline)
+
+
+# The transfers of a step in order, as `StepTimes.cut` names them.
+_TRANSFERS = ("model_down", "up", "down", "model_up")
+
+
+def _bytes_sent(times: StepTimes, planned: list[int]) -> list[int]:
+    """Bytes each transfer of a step (model down, payload up, gradient down, model up) sent:
+    all of them, or, for a dropped step, those before the cut, the cut one's sent share, none
+    after; a late payload was sent whole, nothing after it."""
+    if not times.dropped:
+        return planned
+    if times.dropped == "late":
+        return [*planned[:2], 0, 0]
+    if not times.cut:  # offline at the start or during the forward: the model came, or nothing
+        return [planned[0] if times.model_down_s else 0, 0, 0, 0]
+    k = _TRANSFERS.index(times.cut)
+    return [*planned[:k], int(planned[k] * times.cut_share), *([0] * (3 - k))]
+
+
+@dataclass
+class Round:
+    """The steps of one round (one per taking part client) and how many payloads the server
+    keeps (over-selection; None: all)."""
+
+    steps: list[ClientStep]
+    keep_first: int | None = None
 
 
 class RunContext:
     """Holds the run's peers, timeline and rows; algorithms hand it client steps to run and time."""
 
     def __init__(self, cfg: ExperimentConfig, run_id: str, run_dir: str | None,
-                 clients: list[Peer], server: Peer, get: Callable[[Any], Any],
-                 timeline: Timeline, devices: list[str], num_channels: int,
+                 peers: Peers, timeline: Timeline, devices: list[str], num_channels: int,
                  split_layers: list[int], client_channels: list[int],
-                 on_epoch: EpochCallback | None = None, progress: bool = True) -> None:
+                 on_epoch: EpochCallback | None = None, progress: bool = True,
+                 availability: Availability | None = None) -> None:
         self.cfg = cfg
         self.run_id = run_id
         self.run_dir = run_dir
-        self.clients = clients
-        self.server = server
-        self.get = get
+        self.peers = peers
+        self.clients = peers.clients
+        self.server = peers.server
+        self.get = peers.get
         self.timeline = timeline
         self.devices = devices
         self.num_channels = num_channels  # at model.split_layer, where phase budgets count
         self.split_layers = split_layers  # each client's split point
         self.client_channels = client_channels  # the channels at each client's split point
         self.on_epoch = on_epoch
+        self.availability = availability or Availability.always_online(len(peers.clients))
+        c = cfg.clients
+        # Rounds draw their clients (and may drop steps) instead of taking every client.
+        self.sampled = (c.per_round is not None or cfg.availability.kind != "always"
+                        or c.over_selection > 1 or c.round_deadline_s is not None)
         self.progress = Progress(cfg.total_epochs, progress)
         self.step_rows: list[dict] = []
         self.eval_rows: list[dict] = []
@@ -180,7 +216,7 @@ class RunContext:
             "parts": ({name: len(table_parts(join_path(self.run_dir, name)))
                        for name in (STEPS_TABLE, EVALS_TABLE)} if self.run_dir else {}),
             "rows": {STEPS_TABLE: len(self.step_rows), EVALS_TABLE: len(self.eval_rows)},
-            "clients": self.get([c.call(ClientRole.checkpoint) for c in self.clients]),
+            "clients": self.peers.client_states(),
             "server": self.get(self.server.call(ServerRole.checkpoint)),
             "timeline": self.timeline.checkpoint(),
             "context": {"cum_bytes_up": self.cum_bytes_up, "cum_bytes_down": self.cum_bytes_down,
@@ -196,13 +232,12 @@ class RunContext:
         state = self.commit()
         if self.run_dir is not None:
             with atomic_output(join_path(self.run_dir, CHECKPOINT_FILE)) as f:
-                torch.save(state, f)
+                torch.save({**state, "clients": self.peers.saved(state["clients"])}, f)
 
     def restore(self, state: dict) -> None:
         """Continue from a checkpoint: every role, the timeline and the counters (the algorithm's
         state is handed back by `keep`)."""
-        self.get([c.call(ClientRole.restore, s)
-                  for c, s in zip(self.clients, state["clients"], strict=True)])
+        self.peers.restore_clients(state["clients"])
         self.get(self.server.call(ServerRole.restore, state["server"]))
         self.timeline.restore(state["timeline"])
         saved = state["context"]
@@ -228,13 +263,21 @@ class RunContext:
         state = self._committed
         if state is None:
             raise RuntimeError("no state committed: nothing to roll back to")
-        for peer in [*self.clients, self.server]:
-            peer.wait_ready()
+        self.peers.wait_ready()
         drop_parts_after(self.run_dir, state["parts"])
         self.step_rows = self.step_rows[:state["rows"][STEPS_TABLE]]
         self.eval_rows = self.eval_rows[:state["rows"][EVALS_TABLE]]
         self._algorithm_state = None
         self.restore(state)
+
+    def each_client(self, submit: Callable[[int, Peer], Any]) -> list:
+        """`submit(client_id, peer)` for every client, in runs a worker pool holds live, and
+        their results in client order."""
+        results: list = []
+        for ids in self.peers.chunks():
+            results += self.get([submit(i, self.clients[i]) for i in ids])
+            self.peers.between_rounds()
+        return results
 
     def client_budget(self, client_id: int, budget: int) -> int:
         """A phase's budget at this client's split point (the same fraction of its channels)."""
@@ -246,7 +289,7 @@ class RunContext:
         relative to the run directory (None when the run writes nothing)."""
         if self.run_dir is None:
             return None
-        clients = self.get([c.call(ClientRole.get_weights) for c in self.clients])
+        clients = self.each_client(lambda i, c: c.call(ClientRole.get_weights))
         servers = self.get([self.server.call(ServerRole.get_weights, i)
                             for i in range(len(self.clients))])
         # torch.tensor copies: arrays from the object store are read-only.
@@ -268,20 +311,63 @@ class RunContext:
         if plan.phase_start and previous is not None and self.cfg.schedule.reset_filter:
             kind = reset_kind(previous, budget)
             if kind:
-                self.get([c.call(ClientRole.reset_filter, kind, self.client_budget(i, previous))
-                          for i, c in enumerate(self.clients)])
+                self.each_client(lambda i, c: c.call(ClientRole.reset_filter, kind,
+                                                     self.client_budget(i, previous)))
         self._budget = budget
-        steps = self.get([c.call(ClientRole.begin_epoch, plan.epoch, plan.lr,
-                                 self.client_budget(i, budget))
-                          for i, c in enumerate(self.clients)])
+        steps = self.each_client(lambda i, c: c.call(ClientRole.begin_epoch, plan.epoch, plan.lr,
+                                                     self.client_budget(i, budget)))
         self.get(self.server.call(ServerRole.set_lr, plan.lr))
         self._epoch_losses = []
         self._epoch_steps = sum(steps)
         self._epoch_done = 0
         return budget, steps
 
+    def round_count(self, steps: list[int]) -> int:
+        """Rounds in an epoch whose clients have `steps` steps each: the most steps, or with
+        clients.per_round as many rounds as all the steps need at that many per round."""
+        per_round = self.cfg.clients.per_round
+        return math.ceil(sum(steps) / per_round) if per_round else max(steps)
+
+    def rounds(self, steps: list[int]) -> Iterator[Round]:
+        """The epoch's rounds. Unsampled, every client with steps left takes part and the round
+        starts when the slowest is free. Sampled, each round starts when the last one ended (or
+        when a client is next online) and draws clients.per_round of the clients online then
+        (seeded by the round; over-selected by clients.over_selection); each takes its next step
+        (cycling through its epoch's steps) and drops it if it goes offline first or misses
+        clients.round_deadline_s."""
+        n = len(steps)
+        if not self.sampled:
+            for step in range(max(steps)):
+                start_s = self.timeline.barrier(range(n))  # the round waits for everyone
+                yield Round([ClientStep(i, step, ready_s=start_s)
+                             for i, k in enumerate(steps) if step < k])
+            return
+        c = self.cfg.clients
+        per_round = c.per_round or n
+        draw = math.ceil(per_round * c.over_selection)
+        cursor = [0] * n
+        for _ in range(self.round_count(steps)):
+            t = self.timeline.now_s
+            online = self.availability.online_clients(t)
+            if not online:
+                t = self.availability.next_online_s(t)
+                if math.isinf(t):
+                    raise RunFailed(f"no client is online after simulated second "
+                                    f"{self.timeline.now_s:.1f}, and none comes back")
+                online = self.availability.online_clients(t)
+            chosen = sample_clients(online, draw, np.random.default_rng([self.cfg.seed, self.round]))
+            start_s = self.timeline.barrier(chosen, not_before_s=t)
+            deadline_s = start_s + c.round_deadline_s if c.round_deadline_s else math.inf
+            round_steps = []
+            for i in chosen:
+                round_steps.append(ClientStep(
+                    i, cursor[i] % steps[i], ready_s=start_s,
+                    offline_s=min(self.availability.offline_after(i, start_s), deadline_s)))
+                cursor[i] += 1
+            yield Round(round_steps, per_round if draw > per_round else None)
+
     def run_steps(self, plan: EpochPlan, budget: int, steps: list[ClientStep],
-                  shared_positions: int = 0) -> list[dict]:
+                  shared_positions: int = 0, keep_first: int | None = None) -> list[dict]:
         """Run one step of each listed client on the peers and the timeline; record the rows.
 
         Clients compute their forwards at once (Ray runs them in parallel); the server takes the
@@ -289,6 +375,9 @@ class RunContext:
         With `shared_positions` m > 0 (EPSL) the server trains each batch's positions from m on
         as it arrives and, once all are in, the first m positions once for all at their mean;
         that gradient goes down as one broadcast, charged to the lowest client id's row.
+        A step whose client goes offline before it ends, or whose payload arrives after the
+        first `keep_first`, is dropped (see `splitray.runtime.timeline`): no client update, the
+        bytes sent counted, its row's `dropped` says why.
         """
         timeline, get = self.timeline, self.get
         if len({s.client_id for s in steps}) != len(steps):
@@ -315,11 +404,13 @@ class RunContext:
                 srv = self.server.call(ServerRole.step, fwd[i][0], i, s.step, num_returns=2)
             if s.state == "A" and shared_positions:
                 gradients[i] = srv[0]
-            elif s.state == "A":
+            elif s.state == "A" and math.isinf(s.offline_s):
                 bwd[i] = self.clients[i].call(ClientRole.backward, srv[0])
             info = srv_info[i] = get(srv[1])
 
             def backward_s() -> float:
+                if i not in bwd:  # a client that may go offline: its update waits for the gradient
+                    bwd[i] = self.clients[i].call(ClientRole.backward, srv[0])
                 b = bwd_info[i] = get(bwd[i])
                 return timeline.client_compute_s(i, b.flops, b.compute_s)
 
@@ -343,34 +434,42 @@ class RunContext:
                 s.client_id, s.ready_s,
                 forward_s=timeline.client_compute_s(s.client_id, f.flops, f.compute_s) if f else 0.0,
                 bytes_up=f.bytes_up if f else None, learn=s.state == "A",
-                bytes_model_down=s.bytes_model_down, bytes_model_up=s.bytes_model_up, tag=s))
+                bytes_model_down=s.bytes_model_down, bytes_model_up=s.bytes_model_up, tag=s,
+                offline_s=s.offline_s))
         rows = []
-        timed = timeline.run(jobs, serve, broadcast=broadcast if shared_positions else None)
+        timed = timeline.run(jobs, serve, broadcast=broadcast if shared_positions else None,
+                             keep_first=keep_first)
+        dropped = [job.client_id for job, t in timed if t.dropped and job.learn]
+        if dropped:
+            get([self.clients[i].call(ClientRole.drop_step) for i in dropped])
         charged = min(gradients, default=None)  # the row that carries the broadcast
         wall = self.wall_s()
         for job, t in timed:
             s, i = job.tag, job.client_id
-            f, srv, bwd = fwd_info.get(i), srv_info[i], bwd_info.get(i)
-            bytes_up = f.bytes_up if f else 0
-            bytes_down = srv.bytes_down if s.state == "A" else 0
-            server_flops = srv.flops
+            f, srv, bwd = fwd_info.get(i), srv_info.get(i), bwd_info.get(i)
+            sent = _bytes_sent(t, [s.bytes_model_down, f.bytes_up if f else 0,
+                                   srv.bytes_down if srv and s.state == "A" else 0,
+                                   s.bytes_model_up])
+            model_down, bytes_up, bytes_down, model_up = sent
+            server_flops = srv.flops if srv else 0.0
             if i == charged and aggregated:
                 bytes_down += aggregated[0].bytes_down
                 server_flops += aggregated[0].flops
-            self.cum_bytes_up += bytes_up + s.bytes_model_up
-            self.cum_bytes_down += bytes_down + s.bytes_model_down
-            self.samples_seen += srv.batch_size
-            self._epoch_losses.append(srv.loss)
+            self.cum_bytes_up += bytes_up + model_up
+            self.cum_bytes_down += bytes_down + model_down
+            if srv is not None:
+                self.samples_seen += srv.batch_size
+                self._epoch_losses.append(srv.loss)
             rows.append({
                 "run_id": self.run_id, "algorithm": self.cfg.train.algorithm, "client_id": i,
                 "device": self.devices[i], "epoch": plan.epoch, "step": s.step, "round": self.round,
                 "client_state": s.state, "phase": plan.phase,
                 "budget": self.client_budget(i, budget), "split_layer": self.split_layers[i],
-                "batch_size": srv.batch_size,
+                "batch_size": srv.batch_size if srv else 0, "dropped": t.dropped,
                 "lr": plan.lr, "bytes_up": bytes_up, "bytes_down": bytes_down,
-                "bytes_model_up": s.bytes_model_up, "bytes_model_down": s.bytes_model_down,
+                "bytes_model_up": model_up, "bytes_model_down": model_down,
                 "client_flops": (f.flops if f else 0.0) + (bwd.flops if bwd else 0.0),
-                "server_flops": server_flops, "loss": srv.loss,
+                "server_flops": server_flops, "loss": srv.loss if srv else math.nan,
                 "prune_loss": bwd.prune_loss if bwd else 0.0, "sim_start_s": t.start_s,
                 "sim_time_s": t.end_s, "sim_model_down_s": t.model_down_s,
                 "sim_client_compute_s": t.client_compute_s,
@@ -380,12 +479,14 @@ class RunContext:
                 "wall_time_s": wall,
             })
         self.step_rows += rows
-        diverged = next((r for r in rows if not math.isfinite(r["loss"])), None)
+        diverged = next((r for r in rows if not r["dropped"] and not math.isfinite(r["loss"])),
+                        None)
         if diverged is not None:
             raise RunDiverged(f"loss {diverged['loss']} at epoch {plan.epoch} step "
                               f"{diverged['step']} (client {diverged['client_id']})")
         self.round += 1
         self._epoch_done += len(steps)
+        self.peers.between_rounds()
         if self.cfg.engine.time_mode == "realtime":
             # Emulate: hold the next round until the host clock has caught up with the model.
             lag_s = timeline.now_s - (self.wall_s() - self.eval_wall_s)
@@ -397,11 +498,14 @@ class RunContext:
     def evaluate(self, plan: EpochPlan, budget: int) -> dict:
         """Test every client's encoder with the server on its test slice; record and report."""
         t0 = time.perf_counter()
-        counts = self.get([c.call(ClientRole.num_eval_batches) for c in self.clients])
-        futures = [self.server.call(ServerRole.evaluate, c.call(ClientRole.encode_eval, b), i)
-                   for i, (c, n) in enumerate(zip(self.clients, counts, strict=True))
-                   for b in range(n)]
-        results = self.get(futures)
+        counts = self.each_client(lambda i, c: c.call(ClientRole.num_eval_batches))
+        results: list = []
+        for ids in self.peers.chunks():
+            results += self.get([
+                self.server.call(ServerRole.evaluate,
+                                 self.clients[i].call(ClientRole.encode_eval, b), i)
+                for i in ids for b in range(counts[i])])
+            self.peers.between_rounds()
         correct = sum(r[0] for r in results)
         loss_sum = sum(r[1] for r in results)
         n = sum(r[2] for r in results)

@@ -6,17 +6,16 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from splitray.algorithms import ALGORITHMS
+from splitray.availability import Availability
 from splitray.config import ConfigError, ExperimentConfig, load_config, split_layer_of
 from splitray.data import (
     ArrayDataset,
@@ -57,7 +56,15 @@ from splitray.runtime.context import (
     RunFailed,
     load_tensors,
 )
-from splitray.runtime.peers import LocalPeer, Peer, RayPeer, get_local, get_ray
+from splitray.runtime.peers import (
+    LocalPeer,
+    Peer,
+    Peers,
+    PoolClient,
+    RayPeer,
+    get_local,
+    get_ray,
+)
 from splitray.runtime.timeline import Timeline
 
 ENGINES = ("ray", "local")
@@ -79,8 +86,10 @@ class Prepared:
     """Everything a run needs, built and checked before any training or writing starts."""
 
     cfg: ExperimentConfig
-    train_shards: list[ArrayDataset]
-    test_shards: list[ArrayDataset]
+    train: ArrayDataset
+    test: ArrayDataset
+    train_parts: list[np.ndarray]  # each client's sample indices into `train`
+    test_parts: list[np.ndarray]   # each client's test slice of `test`
     num_classes: int
     input_shape: tuple[int, int, int]
     num_channels: int  # at model.split_layer
@@ -88,6 +97,13 @@ class Prepared:
     devices: list[DeviceProfile]
     server_device: DeviceProfile
     network: NetworkModel
+    availability: Availability
+
+    def train_shard(self, client_id: int) -> ArrayDataset:
+        return self.train.subset(self.train_parts[client_id])
+
+    def test_shard(self, client_id: int) -> ArrayDataset:
+        return self.test.subset(self.test_parts[client_id])
 
 
 def _split_channels(cfg: ExperimentConfig, input_shape: tuple[int, int, int],
@@ -180,9 +196,22 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
         network = NetworkModel(_links(cfg), seed=cfg.seed)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"network: {e}") from None
-    return Prepared(cfg, [train.subset(p) for p in parts], [test.subset(p) for p in test_parts],
-                    train.num_classes, input_shape, num_channels, client_channels, devices,
-                    server_device, network)
+    return Prepared(cfg, train, test, parts, test_parts, train.num_classes, input_shape,
+                    num_channels, client_channels, devices, server_device, network,
+                    _availability(cfg))
+
+
+def _availability(cfg: ExperimentConfig) -> Availability:
+    """When each client is online, from the config's availability section."""
+    a, n = cfg.availability, cfg.clients.count
+    if a.kind == "synthetic":
+        return Availability.synthetic(n, a.mean_on_s, a.mean_off_s, cfg.seed)
+    if a.kind == "file":
+        try:
+            return Availability.from_file(a.path, n)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"availability.path: {a.path!r} is not allowed; {e}") from None
+    return Availability.always_online(n)
 
 
 def _links(cfg: ExperimentConfig) -> dict[int, Link]:
@@ -207,7 +236,7 @@ def run_id_for(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{digest}"
 
 
-def _ray_peers(p: Prepared) -> tuple[list[RayPeer], RayPeer]:
+def _ray_peers(p: Prepared) -> Peers:
     import ray
 
     from splitray.runtime.actors import ClientActor, ServerActor
@@ -216,55 +245,64 @@ def _ray_peers(p: Prepared) -> tuple[list[RayPeer], RayPeer]:
     if not ray.is_initialized():
         ray.init(address=cfg.engine.ray_address, log_to_driver=True)
     resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0)
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     num_gpus = {"auto": 1 if gpus >= 1 else 0, "0": 0, "1": 1}[cfg.server.num_gpus]
     if num_gpus > gpus:
         raise ConfigError(f"server.num_gpus: {cfg.server.num_gpus!r} is not allowed; the Ray "
                           "cluster has no GPU")
     need = cfg.clients.count * cfg.clients.num_cpus + cfg.server.num_cpus
-    if need > resources.get("CPU", 0) + 1e-9:
+    on_pool = cfg.engine.clients == "pool" or (cfg.engine.clients == "auto" and need > cpus + 1e-9)
+    if on_pool and cfg.clients.num_cpus + cfg.server.num_cpus > cpus + 1e-9:
+        raise ConfigError(
+            f"clients.num_cpus: {cfg.clients.num_cpus} is not allowed; a pool worker at that and "
+            f"the server at {cfg.server.num_cpus} exceed the cluster's {cpus:g} CPUs (Ray "
+            "resources are logical: lower them)")
+    if not on_pool and need > cpus + 1e-9:
         raise ConfigError(
             f"clients.num_cpus: {cfg.clients.num_cpus} is not allowed; {cfg.clients.count} clients "
             f"x {cfg.clients.num_cpus} + server {cfg.server.num_cpus} = {need} CPUs exceed the "
-            f"cluster's {resources.get('CPU', 0):g} (Ray resources are logical: lower them)")
+            f"cluster's {cpus:g} (Ray resources are logical: lower them, or set "
+            "engine.clients: pool)")
     client_threads = max(1, math.floor(cfg.clients.num_cpus))
     # A dead actor is restarted by Ray (its constructor runs again); the run then restores it.
     restarts = cfg.faults.max_failures
-    server = ServerActor.options(num_cpus=cfg.server.num_cpus, num_gpus=num_gpus,
-                                 max_restarts=restarts).remote(
+    server = RayPeer(ServerActor.options(num_cpus=cfg.server.num_cpus, num_gpus=num_gpus,
+                                         max_restarts=restarts).remote(
         max(1, math.floor(cfg.server.num_cpus)), cfg, p.input_shape, p.num_classes,
-        "cuda" if num_gpus else "cpu")
-    clients = [
-        ClientActor.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts).remote(
-            client_threads, i, cfg, p.train_shards[i], p.test_shards[i], p.num_classes)
-        for i in range(cfg.clients.count)]
-    return [RayPeer(c) for c in clients], RayPeer(server)
+        "cuda" if num_gpus else "cpu"))
+    if on_pool:
+        from splitray.runtime.pool import ClientPool, PoolWorker, dataset_arrays, pool_size
+
+        # Put once; every worker maps the same object-store pages.
+        train, test = ray.put(dataset_arrays(p.train)), ray.put(dataset_arrays(p.test))
+        parts = ray.put((p.train_parts, p.test_parts))
+        workers = [PoolWorker.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts)
+                   .remote(client_threads, cfg, train, test, parts)
+                   for _ in range(pool_size(cfg, cpus))]
+        pool = ClientPool(workers, cfg.engine.pool_capacity)
+        pool.constructor_args = (train, test, parts)  # a restarted worker reads them again
+        clients: list[Peer] = [PoolClient(pool, i) for i in range(cfg.clients.count)]
+        return Peers(clients, server, get_ray, [server, *(RayPeer(w) for w in workers)], pool)
+    actors = [RayPeer(ClientActor.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts)
+                      .remote(client_threads, i, cfg, p.train_shard(i), p.test_shard(i),
+                              p.num_classes))
+              for i in range(cfg.clients.count)]
+    return Peers(list(actors), server, get_ray, [server, *actors])
 
 
-def _local_peers(p: Prepared) -> tuple[list[LocalPeer], LocalPeer]:
+def _local_peers(p: Prepared) -> Peers:
     cfg = p.cfg
     server = ServerRole(cfg, p.input_shape, p.num_classes, "cpu")
-    clients = [ClientRole(i, cfg, p.train_shards[i], p.test_shards[i], p.num_classes)
+    clients = [ClientRole(i, cfg, p.train_shard(i), p.test_shard(i), p.num_classes)
                for i in range(cfg.clients.count)]
-    return [LocalPeer(c) for c in clients], LocalPeer(server)
+    return Peers([LocalPeer(c) for c in clients], LocalPeer(server), get_local)
 
 
-def start_peers(p: Prepared, engine: str) -> tuple[list[Peer], Peer, Callable[[Any], Any]]:
+def start_peers(p: Prepared, engine: str) -> Peers:
     """The clients, the server and the way to wait for their results, on `engine`: Ray actors
-    ("ray") or objects in this process ("local")."""
-    if engine == "ray":
-        return (*_ray_peers(p), get_ray)
-    return (*_local_peers(p), get_local)
-
-
-def stop_peers(peers: list[Peer]) -> None:
-    """End the actors of Ray peers (local peers need nothing)."""
-    handles = [p.handle for p in peers if isinstance(p, RayPeer)]
-    if handles:
-        import ray
-
-        for handle in handles:
-            ray.kill(handle)
+    ("ray": an actor per client, or a pool of workers holding the clients as state) or objects
+    in this process ("local")."""
+    return _ray_peers(p) if engine == "ray" else _local_peers(p)
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: str = "ray",
@@ -294,23 +332,24 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     elif run_dir is not None and not resume and _has_tables(run_dir):
         raise ConfigError(f"run_dir: {run_dir!r} is not allowed; it already holds a run's tables "
                           "(continue it with --resume, or choose another directory)")
-    clients, server, get = start_peers(prepared, engine)
+    peers = start_peers(prepared, engine)
     # Wait until every actor is built, so the run's wall clock starts with training.
-    get([c.call(ClientRole.num_eval_batches) for c in clients]
-        + [server.call(ServerRole.set_lr, cfg.train.lr)])
+    peers.get([a.handle.__ray_ready__.remote() for a in peers.actors] if peers.actors else [])
     measured = cfg.engine.compute_time == "measured" or cfg.engine.time_mode == "realtime"
     timeline = Timeline(prepared.network, prepared.devices, prepared.server_device,
                          cpu_share=cfg.clients.cpu_share,
                          compute_time="measured" if measured else "flops",
                          measured_scale=cfg.engine.measured_scale)
-    ctx = RunContext(cfg, run_id, run_dir, clients, server, get, timeline,
+    ctx = RunContext(cfg, run_id, run_dir, peers, timeline,
                      [d.name for d in prepared.devices], prepared.num_channels,
                      [split_layer_of(cfg, i) for i in range(cfg.clients.count)],
-                     prepared.client_channels, on_epoch, progress)
+                     prepared.client_channels, on_epoch, progress, prepared.availability)
     started = now_iso()
     extra = {"engine": engine, "config": "config.yaml", "clients": [
         {"client_id": i, "device": d.name, "link": prepared.network.describe(i),
-         "train_samples": len(prepared.train_shards[i])} for i, d in enumerate(prepared.devices)]}
+         "train_samples": len(prepared.train_parts[i])} for i, d in enumerate(prepared.devices)]}
+    if peers.pool is not None:
+        extra["pool_workers"] = len(peers.pool.workers)
     if resume:
         ctx.restore(resume["checkpoint"])
         started = resume["manifest"]["started"]
@@ -365,7 +404,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
             extra["wall_time_s"] = time.perf_counter() - t0
             extra["summary"] = ctx.summary
             write_manifest(manifest(run_id, cfg.seed, started, now_iso(), status, extra), run_dir)
-        stop_peers([*clients, server])
+        peers.stop()
     if run_dir is None:
         steps, evals = pd.DataFrame(ctx.step_rows), pd.DataFrame(ctx.eval_rows)
     else:  # the rows were flushed to disk as they came

@@ -11,8 +11,11 @@ payloads travel client -> server -> client without passing through the driver).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from splitray.roles import ClientRole
 
 
 class Peer(Protocol):
@@ -59,6 +62,81 @@ class RayPeer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+
+class PoolClient:
+    """A client that is state on a worker pool (`splitray.runtime.pool`): calls go to the worker
+    that runs it; waiting for it is waiting for the pool's workers (see `Peers.wait_ready`)."""
+
+    def __init__(self, pool: Any, client_id: int) -> None:
+        self.pool = pool
+        self.client_id = client_id
+
+    def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any:
+        return self.pool.call(self.client_id, method, *args, num_returns=num_returns)
+
+    def wait_ready(self) -> None:
+        RayPeer(self.pool.workers[self.pool.home(self.client_id)]).wait_ready()
+
+
+@dataclass
+class Peers:
+    """A run's clients and server, how to wait for their results, and the processes behind
+    them: none (local), an actor each, or a worker pool that holds the clients as state."""
+
+    clients: list[Peer]
+    server: Peer
+    get: Callable[[Any], Any]
+    actors: list[RayPeer] = field(default_factory=list)  # every Ray actor of the run, once
+    pool: Any = None  # a ClientPool when the clients are state on worker actors
+
+    def chunks(self) -> Iterator[range]:
+        """Client ids in runs to submit together: all at once, or what the pool holds live."""
+        n = len(self.clients)
+        return self.pool.chunks(n) if self.pool is not None else iter([range(n)])
+
+    def share(self, value: Any) -> Any:
+        """`value` as an argument many calls take: put into the object store once on Ray."""
+        if self.actors:
+            import ray
+
+            return ray.put(value)
+        return value
+
+    def between_rounds(self) -> None:
+        """No client is between its forward and backward: the pool may evict clients now."""
+        if self.pool is not None:
+            self.pool.trim()
+
+    def wait_ready(self) -> None:
+        """Block until every actor takes calls again (after a fault, Ray restarts them)."""
+        for actor in self.actors:
+            actor.wait_ready()
+
+    def client_states(self) -> list[Any]:
+        """Every client's `ClientRole.checkpoint()` (on a pool: ObjectRefs, None if untouched)."""
+        if self.pool is not None:
+            return self.pool.states(len(self.clients))
+        return self.get([c.call(ClientRole.checkpoint) for c in self.clients])
+
+    def restore_clients(self, states: list[Any]) -> None:
+        """Return every client to `client_states()` (or their tensors from a checkpoint file)."""
+        if self.pool is not None:
+            self.pool.restore(states)
+            return
+        self.get([c.call(ClientRole.restore, s) for c, s in zip(self.clients, states, strict=True)])
+
+    def saved(self, states: list[Any]) -> list[Any]:
+        """`client_states()` as tensors, for a checkpoint file."""
+        return self.pool.saved(states) if self.pool is not None else states
+
+    def stop(self) -> None:
+        """End the run's actors (local peers need nothing)."""
+        if self.actors:
+            import ray
+
+            for actor in self.actors:
+                ray.kill(actor.handle)
 
 
 def get_local(futures: Any) -> Any:

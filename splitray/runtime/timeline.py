@@ -11,12 +11,20 @@ A step, in order: model download (if the job receives weights first), forward co
 server queue, server compute, gradient download, backward compute, model upload (if the job
 sends weights after). A job that sends nothing (`bytes_up=None`) asks the server to work from
 its cache; a job that does not learn (`learn=False`) ends when the server is done.
+
+Dropped steps. A client that goes offline (`offline_s`) loses its link, not its processor: a
+step whose forward or a transfer has not finished by then ends there, dropped. A transfer cut
+short counts the share of its bytes sent by then (the medium carries it to its end: a
+simplification, its airtime is not given back); a payload that never arrives is not served, a
+gradient that never arrives is not applied (the server's own update stands). With `keep_first`
+k, the server takes the first k payloads to arrive and drops the later ones as late.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +44,7 @@ class StepJob:
     bytes_model_down: int = 0      # model bytes the client receives before it computes
     bytes_model_up: int = 0        # model bytes the client sends after its step
     tag: Any = None                # the caller's own handle for the step
+    offline_s: float = math.inf    # when the client goes offline (its link is gone)
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,14 @@ class StepTimes:
     downlink_s: float
     model_up_s: float
     end_s: float
+    dropped: str = ""         # "offline" or "late" when the step was dropped
+    cut: str = ""             # the transfer an offline client cut short: model_down, up, down,
+    cut_share: float = 1.0    # model_up; and the share of its bytes that was sent
+
+
+# The phases of a step in order, each ending at a mark (`_Progress.marks`).
+_PHASES = ("model_down_s", "forward_s", "uplink_s", "server_wait_s", "server_compute_s",
+           "downlink_s", "backward_s", "model_up_s")
 
 
 @dataclass
@@ -87,7 +104,25 @@ class _Progress:
     model_up_start_s: float = 0.0
     gradient_here: bool = False    # its own gradient arrived
     broadcast_here: bool = False   # the run's broadcast arrived (or there is none)
+    marks: list[float] | None = None  # the times its phases ended so far (for a dropped step)
+    sending_since_s: float = 0.0   # the start of the transfer in flight
 
+
+def _dropped_times(p: _Progress, end_s: float, dropped: str, cut: str = "",
+                   cut_share: float = 1.0) -> StepTimes:
+    """A step that ended at `end_s` in the phase after its last mark: that phase ends there,
+    the later ones take no time."""
+    bounds = [p.start_s, *p.marks, end_s]
+    spans = dict.fromkeys(_PHASES, 0.0)
+    for phase, a, b in zip(_PHASES, bounds, bounds[1:], strict=False):
+        spans[phase] = b - a
+    return StepTimes(
+        start_s=p.start_s, model_down_s=spans["model_down_s"],
+        client_compute_s=spans["forward_s"] + spans["backward_s"],
+        client_backward_s=spans["backward_s"], uplink_s=spans["uplink_s"],
+        server_wait_s=spans["server_wait_s"], server_compute_s=spans["server_compute_s"],
+        downlink_s=spans["downlink_s"], model_up_s=spans["model_up_s"], end_s=end_s,
+        dropped=dropped, cut=cut, cut_share=cut_share)
 
 # Same-time order: deliveries and compute first, then the server picks among all that arrived.
 _FIRST, _SERVER = 0, 1
@@ -136,10 +171,11 @@ class Timeline:
         return self._compute_s(flops, host_s, self.server_device, 1.0)
 
     # ---------------------------------------------------------------- clients
-    def barrier(self, client_ids: Iterable[int]) -> float:
-        """The time all of `client_ids` are free (they wait for the slowest); sets them to it."""
+    def barrier(self, client_ids: Iterable[int], not_before_s: float = 0.0) -> float:
+        """The time all of `client_ids` are free (they wait for the slowest), and not before
+        `not_before_s`; sets them to it."""
         ids = list(client_ids)
-        t = max((self.client_free_s[i] for i in ids), default=self.now_s)
+        t = max(max((self.client_free_s[i] for i in ids), default=self.now_s), not_before_s)
         for i in ids:
             self.client_free_s[i] = t
         return t
@@ -148,14 +184,15 @@ class Timeline:
     def run(self, jobs: Iterable[StepJob], serve: Callable[[StepJob], ServerWork],
             then: Callable[[StepJob, StepTimes], Iterable[StepJob]] | None = None,
             broadcast: Callable[[], Broadcast] | None = None,
-            ) -> list[tuple[StepJob, StepTimes]]:
+            keep_first: int | None = None) -> list[tuple[StepJob, StepTimes]]:
         """Run `jobs` (and the jobs `then` hands back as each step ends) until all have ended.
 
         `serve(job)` is called when the server takes the job's payload, in simulated order, and
         returns what that cost. `broadcast()` is called once the server has served every job:
         it works `server_s` more, then sends `nbytes` once per shared medium (once per own link)
         to every learning job, whose backward waits for it and its own gradient (EPSL's
-        aggregated gradient). Returns (job, times) for every job in the order they were given.
+        aggregated gradient). `keep_first`: the server takes only the first k payloads to
+        arrive (over-selection). Returns (job, times) for every job in the order given.
         """
         jobs = list(jobs)
         if broadcast is not None and then is not None:
@@ -167,18 +204,39 @@ class Timeline:
         queue: list[tuple[float, int, int, _Progress]] = []  # server queue: arrival, client, seq
         in_flight: dict[int, tuple[Any, str]] = {}
         served: list[_Progress] = []
+        accepted = 0  # payloads the server took (or will take) in
+        unserved = 0  # jobs dropped before the server took them
 
         def push(t: float, kind: str, p: _Progress, priority: int = _FIRST) -> None:
             heapq.heappush(events, (t, priority, next(seq), kind, p))
 
         def submit(job: StepJob) -> None:
-            p = _Progress(job, next(order))
+            p = _Progress(job, next(order), marks=[])
             # Never in the past: a job handed back by `then` starts no earlier than now.
             push(max(job.ready_s, self.client_free_s[job.client_id], self.now_s), "begin", p)
 
         def send(p: _Progress, direction: str, nbytes: int, what: str) -> None:
+            p.sending_since_s = self.now_s
             handle = self.traffic.start(direction, Transfer(p.job.client_id, self.now_s, nbytes))
             in_flight[handle] = (p, what)
+
+        def mark(p: _Progress) -> None:
+            p.marks.append(self.now_s)
+
+        def drop(p: _Progress, dropped: str, cut: str = "") -> None:
+            """End the step, dropped: by the client going offline (during the transfer `cut`,
+            when given) or as a late payload."""
+            nonlocal unserved
+            if p.work is None:
+                unserved += 1
+            end_s = max(min(self.now_s, p.job.offline_s), p.start_s) if dropped == "offline" \
+                else self.now_s
+            share = 1.0
+            if cut:
+                share = min(max((end_s - p.sending_since_s)
+                                / max(self.now_s - p.sending_since_s, 1e-12), 0.0), 1.0)
+            self.client_free_s[p.job.client_id] = end_s
+            done.append((p.rank, p.job, _dropped_times(p, end_s, dropped, cut, share)))
 
         def finish(p: _Progress) -> None:
             job, end_s = p.job, self.now_s
@@ -200,6 +258,7 @@ class Timeline:
 
         def backward(p: _Progress) -> None:
             p.downlink_done_s = self.now_s
+            mark(p)
             p.backward_s = p.work.backward_s()
             push(self.now_s + p.backward_s, "backward_done", p)
 
@@ -217,6 +276,7 @@ class Timeline:
                 in_flight[handle] = (group, "broadcast")
 
         def after_backward(p: _Progress) -> None:
+            mark(p)
             if p.job.bytes_model_up:
                 p.model_up_start_s = self.now_s
                 send(p, "up", p.job.bytes_model_up, "model_up")
@@ -240,32 +300,52 @@ class Timeline:
             job = p.job if isinstance(p, _Progress) else None
             if kind == "begin":
                 p.start_s = t
-                if job.bytes_model_down:
+                if t >= job.offline_s:
+                    drop(p, "offline")
+                elif job.bytes_model_down:
                     send(p, "down", job.bytes_model_down, "model_down")
                 else:
+                    mark(p)
                     push(t + job.forward_s, "forward_done", p)
             elif kind == "model_down":
+                if t > job.offline_s:
+                    drop(p, "offline", "model_down")
+                    continue
                 p.model_down_s = t - p.start_s
+                mark(p)
                 push(t + job.forward_s, "forward_done", p)
             elif kind == "forward_done":
+                if t > job.offline_s:
+                    drop(p, "offline")
+                    continue
                 p.forward_done_s = t
+                mark(p)
                 if job.bytes_up is None:
                     push(t, "arrived", p)
                 else:
                     send(p, "up", job.bytes_up, "arrived")
             elif kind == "arrived":
+                if t > job.offline_s:
+                    drop(p, "offline", "up")
+                    continue
                 p.arrival_s = t
+                mark(p)
+                if keep_first is not None and accepted >= keep_first:
+                    drop(p, "late")
+                    continue
+                accepted += 1
                 heapq.heappush(queue, (t, job.client_id, next(seq), p))
                 push(t, "server", p, _SERVER)
             elif kind == "server":
                 if queue and self.server_free_s <= t:
                     _, _, _, q = heapq.heappop(queue)
                     q.server_begin_s = t
+                    mark(q)
                     q.work = serve(q.job)
                     served.append(q)
                     self.server_free_s = t + q.work.server_s
                     push(self.server_free_s, "server_done", q)
-                elif pending_broadcast and not queue and len(served) == len(jobs) and \
+                elif pending_broadcast and not queue and len(served) + unserved == len(jobs) and \
                         self.server_free_s <= t:
                     pending_broadcast = False
                     cast = broadcast()
@@ -273,12 +353,16 @@ class Timeline:
                     push(self.server_free_s, "broadcast_send", cast)
             elif kind == "server_done":
                 p.server_done_s = t
+                mark(p)
                 push(t, "server", p, _SERVER)
                 if job.learn:
                     send(p, "down", p.work.bytes_down, "gradient")
                 else:
                     after_backward(p)
             elif kind == "gradient":
+                if t > job.offline_s:
+                    drop(p, "offline", "down")
+                    continue
                 p.gradient_here = True
                 if p.broadcast_here or broadcast is None:
                     backward(p)
@@ -292,5 +376,8 @@ class Timeline:
             elif kind == "backward_done":
                 after_backward(p)
             elif kind == "model_up":
-                finish(p)
+                if t > job.offline_s:
+                    drop(p, "offline", "model_up")
+                else:
+                    finish(p)
         return [(job, times) for _, job, times in sorted(done, key=lambda d: d[0])]

@@ -1,0 +1,188 @@
+"""Clients as state on a fixed pool of worker actors: thousands of clients on a few processes.
+
+A client is data (weights, optimizer state, filter, generator, data order, budget) plus its shard
+indices. Each client has a home worker (client id modulo the pool size). A worker keeps the
+clients it ran since the last trim as live `ClientRole` objects; at round boundaries the driver
+trims each worker to `engine.pool_capacity` clients, and the worker returns each evicted client's
+state as numpy arrays, a return value the driver owns (so it outlives the worker), kept in the
+object store until the client runs again. The dataset goes into the object store once; a worker
+cuts a client's shard from it by index when the client arrives.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from splitray.config import ExperimentConfig, split_layer_of
+from splitray.data import ArrayDataset
+from splitray.roles import ClientRole, client_generator
+
+
+def as_arrays(tree: Any) -> Any:
+    """A state tree with every tensor as a numpy array (what travels through the object store)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu().numpy()
+    if isinstance(tree, dict):
+        return {k: as_arrays(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(as_arrays(v) for v in tree)
+    return tree
+
+
+def as_tensors(tree: Any) -> Any:
+    """The inverse of `as_arrays`; copies, since arrays from the object store are read-only."""
+    if isinstance(tree, np.ndarray):
+        return torch.tensor(tree)
+    if isinstance(tree, dict):
+        return {k: as_tensors(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(as_tensors(v) for v in tree)
+    return tree
+
+
+def dataset_arrays(data: ArrayDataset) -> tuple[np.ndarray, np.ndarray, int]:
+    """A dataset as the numpy arrays the object store shares without copies."""
+    return data.images.numpy(), data.labels.numpy(), data.num_classes
+
+
+def _dataset(arrays: tuple[np.ndarray, np.ndarray, int]) -> ArrayDataset:
+    images, labels, num_classes = arrays
+    with warnings.catch_warnings():  # read-only store pages: batches index (copy) them, never write
+        warnings.simplefilter("ignore", UserWarning)
+        return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels), num_classes)
+
+
+@ray.remote
+class PoolWorker:
+    """Runs steps of whichever client it is handed, its torch threads capped at a client's CPUs."""
+
+    def __init__(self, num_threads: int, cfg: ExperimentConfig, train: tuple, test: tuple,
+                 parts: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+        torch.set_num_threads(num_threads)
+        self.cfg = cfg
+        self.train, self.test = _dataset(train), _dataset(test)
+        self.train_parts, self.test_parts = parts
+        self.live: dict[int, ClientRole] = {}
+        self.free: dict[int, list[ClientRole]] = {}  # unused slots by split point
+        self.initial: dict[int, dict] = {}  # a fresh client's state by split point
+
+    def _load(self, client_id: int, state: dict | None) -> ClientRole:
+        split_layer = split_layer_of(self.cfg, client_id)
+        shard = self.train.subset(self.train_parts[client_id])
+        test_shard = self.test.subset(self.test_parts[client_id])
+        slots = self.free.get(split_layer)
+        if slots:
+            role = slots.pop()
+        else:
+            role = ClientRole(client_id, self.cfg, shard, test_shard, self.train.num_classes)
+            if split_layer not in self.initial:
+                self.initial[split_layer] = role.initial_state()
+        if state is None:
+            state = {**self.initial[split_layer],
+                     "generator": client_generator(self.cfg, client_id).get_state()}
+        else:
+            state = as_tensors(state)
+        role.rebind(client_id, shard, test_shard, state)
+        self.live[client_id] = role
+        return role
+
+    def run(self, client_id: int, arrives: bool, state: dict | None, method: Callable,
+            *args: Any) -> Any:
+        """`method(client, *args)` for client `client_id`; `arrives`: the client is not live here
+        and comes with `state` (None: as it starts)."""
+        if arrives == (client_id in self.live):
+            raise RuntimeError(f"client {client_id}: the driver and the worker disagree on "
+                               "whether it is live here")
+        role = self._load(client_id, state) if arrives else self.live[client_id]
+        return method(role, *args)
+
+    def release(self, client_id: int) -> dict:
+        """Give client `client_id` up: its state as numpy arrays; its slot serves the next."""
+        role = self.live.pop(client_id)
+        state = as_arrays(role.checkpoint())
+        self.free.setdefault(role.split_layer, []).append(role)
+        return state
+
+    def drop_all(self) -> int:
+        """Forget every live client (a rollback restores them from the driver's states)."""
+        for role in self.live.values():
+            role.drop_step()
+            self.free.setdefault(role.split_layer, []).append(role)
+        dropped, self.live = len(self.live), {}
+        return dropped
+
+
+class ClientPool:
+    """The driver's side of the pool: where each client runs, which are live, their states."""
+
+    def __init__(self, workers: list[Any], capacity: int) -> None:
+        self.workers = workers
+        self.capacity = capacity  # live clients a worker keeps from one round to the next
+        self.live: list[OrderedDict[int, None]] = [OrderedDict() for _ in workers]
+        self.stored: dict[int, Any] = {}  # client id -> ObjectRef of its state; absent: fresh
+        self.constructor_args: tuple = ()  # the workers' data refs, kept alive for restarts
+
+    def home(self, client_id: int) -> int:
+        return client_id % len(self.workers)
+
+    def call(self, client_id: int, method: Callable, *args: Any, num_returns: int = 1) -> Any:
+        w = self.home(client_id)
+        live = self.live[w]
+        arrives = client_id not in live
+        live[client_id] = None
+        live.move_to_end(client_id)
+        state = self.stored.pop(client_id, None) if arrives else None
+        return self.workers[w].run.options(num_returns=num_returns).remote(
+            client_id, arrives, state, method, *args)
+
+    def trim(self, keep: int | None = None) -> None:
+        """Evict each worker's least recently used clients beyond `keep` (default: capacity);
+        call it only when no client is between its forward and its backward."""
+        keep = self.capacity if keep is None else keep
+        for w, live in enumerate(self.live):
+            while len(live) > keep:
+                client_id, _ = live.popitem(last=False)
+                self.stored[client_id] = self.workers[w].release.remote(client_id)
+
+    def chunks(self, num_clients: int) -> Iterator[range]:
+        """Client ids in runs that fit the pool's live clients, to trim between."""
+        size = max(1, self.capacity * len(self.workers))
+        for start in range(0, num_clients, size):
+            yield range(start, min(start + size, num_clients))
+
+    def states(self, num_clients: int) -> list[Any]:
+        """Every client's state: an ObjectRef, or None for a client still as it started."""
+        self.trim(keep=0)
+        return [self.stored.get(i) for i in range(num_clients)]
+
+    def restore(self, states: list[Any]) -> None:
+        """Make `states` (ObjectRefs, state trees or None) the clients' states; no client live."""
+        ray.get([w.drop_all.remote() for w in self.workers])
+        self.live = [OrderedDict() for _ in self.workers]
+        self.stored = {}
+        for i, s in enumerate(states):
+            if s is not None:
+                self.stored[i] = s if isinstance(s, ray.ObjectRef) else ray.put(as_arrays(s))
+
+    def saved(self, states: list[Any]) -> list[dict | None]:
+        """`states` as tensor trees (None stays None), for a checkpoint file."""
+        refs = [s for s in states if s is not None]
+        values = iter(ray.get(refs))
+        return [as_tensors(next(values)) if s is not None else None for s in states]
+
+
+def pool_size(cfg: ExperimentConfig, cluster_cpus: float) -> int:
+    """Workers in the pool: `engine.pool_workers`, or as many as the CPUs left after the server
+    hold at `clients.num_cpus` each (at least one), never more than the clients."""
+    if cfg.engine.pool_workers is not None:
+        return min(cfg.engine.pool_workers, cfg.clients.count)
+    free = max(cluster_cpus - cfg.server.num_cpus, cfg.clients.num_cpus)
+    return max(1, min(math.floor(free / cfg.clients.num_cpus + 1e-9), cfg.clients.count))
