@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from splitray.network.links import ConstantLink, SharedMedium, Transfer
+from splitray.network.links import ConstantLink, SharedMedium, TraceLink, Transfer
 
 if TYPE_CHECKING:
     from splitray.network.model import NetworkModel
@@ -72,6 +72,26 @@ class _SharedFlow:
             return math.inf, -1
         target_s, handle = self.heads[0]
         return self.last_s + max(target_s - self.airtime_s, 0.0) * len(self.heads), handle
+
+    def cancel(self, now_s: float, queue_key: tuple[int, str], handle: int) -> float:
+        """Take a transfer off the channel now; returns the bytes it had left to send."""
+        self.advance(now_s)
+        queue = self.queues[queue_key]
+        position = next(k for k, entry in enumerate(queue) if entry[0] == handle)
+        _, nbytes, bytes_per_s = queue[position]
+        del queue[position]
+        if position:  # still waiting behind the client's earlier transfer
+            return float(nbytes)
+        k = next(k for k, (_, h) in enumerate(self.heads) if h == handle)
+        left = max(self.heads[k][0] - self.airtime_s, 0.0) * bytes_per_s
+        self.heads[k] = self.heads[-1]
+        self.heads.pop()
+        heapq.heapify(self.heads)
+        if not self.heads:
+            self.airtime_s = 0.0
+        if queue:
+            self._activate(*queue[0])
+        return left
 
     def drain(self, now_s: float, queue_key: tuple[int, str], handle: int) -> None:
         self.advance(now_s)
@@ -163,6 +183,29 @@ class Traffic:
             flow.drain(drained_s, (queue_client, direction), handle)
         arrival_s = drained_s + self.network.delay_s(transfer.client_id, direction)
         return Delivery(handle, direction, transfer, drained_s, arrival_s)
+
+    def cancel(self, handle: int, now_s: float) -> float:
+        """Stop a transfer in flight at `now_s` (its sender went offline); returns the share of
+        its bytes sent by then. A shared channel re-splits at once; an own link or a fixed share
+        is free from now (a trace link's slots already taken stay taken)."""
+        direction, transfer, queue_client = self._started.pop(handle)
+        link = self.network.link(transfer.client_id)
+        if transfer.nbytes and isinstance(link, SharedMedium) \
+                and link.allocation == "processor_sharing":
+            flow = self._flows[(id(link), "both" if link.half_duplex else direction)]
+            left = flow.cancel(now_s, (queue_client, direction), handle)
+            return 1.0 - left / transfer.nbytes
+        k = next(k for k, (_, h) in enumerate(self._own) if h == handle)
+        drained_s = self._own[k][0]
+        self._own[k] = self._own[-1]
+        self._own.pop()
+        heapq.heapify(self._own)
+        key = (queue_client, "both" if isinstance(link, SharedMedium) and link.half_duplex
+               else direction)
+        if not isinstance(link, TraceLink) and self._own_state.get(key) == drained_s:
+            self._own_state[key] = now_s  # the link's last transfer: free from now
+        span_s = drained_s - transfer.start_s
+        return 1.0 if span_s <= 0 else min(max((now_s - transfer.start_s) / span_s, 0.0), 1.0)
 
     def idle(self) -> bool:
         return not self._started

@@ -12,12 +12,13 @@ server queue, server compute, gradient download, backward compute, model upload 
 sends weights after). A job that sends nothing (`bytes_up=None`) asks the server to work from
 its cache; a job that does not learn (`learn=False`) ends when the server is done.
 
-Dropped steps. A client that goes offline (`offline_s`) loses its link, not its processor: a
-step whose forward or a transfer has not finished by then ends there, dropped. A transfer cut
-short counts the share of its bytes sent by then (the medium carries it to its end: a
-simplification, its airtime is not given back); a payload that never arrives is not served, a
-gradient that never arrives is not applied (the server's own update stands). With `keep_first`
-k, the server takes the first k payloads to arrive and drops the later ones as late.
+Dropped steps. A client that goes offline (`offline_s`) loses its link, not its processor: at
+that moment a step still computing its forward ends, dropped, and a transfer of the step still
+on the link is cut (`Traffic.cancel`: the share of its bytes sent counts, the link is free again);
+a step whose payload is at the server goes on until it needs the link again and ends there. A
+payload that never arrives is not served; a gradient that never arrives is not applied (the
+server's own update stands). With `keep_first` k, the server takes the first k payloads to
+arrive and drops the later ones as late.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ class StepTimes:
     model_up_s: float
     end_s: float
     dropped: str = ""         # "offline" or "late" when the step was dropped
-    cut: str = ""             # the transfer an offline client cut short: model_down, up, down,
-    cut_share: float = 1.0    # model_up; and the share of its bytes that was sent
+    cut: str = ""             # the transfer an offline client cut short (model_down, up: the
+    cut_share: float = 1.0    # payload, down: the gradient, model_up) and the share of it sent
 
 
 # The phases of a step in order, each ending at a mark (`_Progress.marks`).
@@ -105,7 +106,9 @@ class _Progress:
     gradient_here: bool = False    # its own gradient arrived
     broadcast_here: bool = False   # the run's broadcast arrived (or there is none)
     marks: list[float] | None = None  # the times its phases ended so far (for a dropped step)
-    sending_since_s: float = 0.0   # the start of the transfer in flight
+    sending: int | None = None     # the handle of its transfer on the link, if one is
+    offline: bool = False          # its client went offline while it was at the server
+    ended: bool = False
 
 
 def _dropped_times(p: _Progress, end_s: float, dropped: str, cut: str = "",
@@ -123,6 +126,9 @@ def _dropped_times(p: _Progress, end_s: float, dropped: str, cut: str = "",
         server_wait_s=spans["server_wait_s"], server_compute_s=spans["server_compute_s"],
         downlink_s=spans["downlink_s"], model_up_s=spans["model_up_s"], end_s=end_s,
         dropped=dropped, cut=cut, cut_share=cut_share)
+
+# A transfer's delivery event, by the name `StepTimes.cut` gives it.
+_CUT = {"model_down": "model_down", "arrived": "up", "gradient": "down", "model_up": "model_up"}
 
 # Same-time order: deliveries and compute first, then the server picks among all that arrived.
 _FIRST, _SERVER = 0, 1
@@ -212,33 +218,49 @@ class Timeline:
 
         def submit(job: StepJob) -> None:
             p = _Progress(job, next(order), marks=[])
+            if not math.isinf(job.offline_s):
+                push(job.offline_s, "offline", p)
             # Never in the past: a job handed back by `then` starts no earlier than now.
             push(max(job.ready_s, self.client_free_s[job.client_id], self.now_s), "begin", p)
 
-        def send(p: _Progress, direction: str, nbytes: int, what: str) -> None:
-            p.sending_since_s = self.now_s
+        def send(p: _Progress, direction: str, nbytes: int, what: str) -> bool:
+            """Start a transfer of the step, or drop the step if its client is offline."""
+            if p.offline:
+                drop(p, "offline", _CUT[what], 0.0)
+                return False
             handle = self.traffic.start(direction, Transfer(p.job.client_id, self.now_s, nbytes))
             in_flight[handle] = (p, what)
+            p.sending = handle
+            return True
 
         def mark(p: _Progress) -> None:
             p.marks.append(self.now_s)
 
-        def drop(p: _Progress, dropped: str, cut: str = "") -> None:
-            """End the step, dropped: by the client going offline (during the transfer `cut`,
-            when given) or as a late payload."""
+        def drop(p: _Progress, dropped: str, cut: str = "", cut_share: float = 1.0) -> None:
+            """End the step now, dropped: its client went offline (cutting the transfer `cut`,
+            of which `cut_share` was sent) or its payload came late."""
             nonlocal unserved
             if p.work is None:
                 unserved += 1
-            end_s = max(min(self.now_s, p.job.offline_s), p.start_s) if dropped == "offline" \
-                else self.now_s
-            share = 1.0
-            if cut:
-                share = min(max((end_s - p.sending_since_s)
-                                / max(self.now_s - p.sending_since_s, 1e-12), 0.0), 1.0)
-            self.client_free_s[p.job.client_id] = end_s
-            done.append((p.rank, p.job, _dropped_times(p, end_s, dropped, cut, share)))
+            p.ended = True
+            self.client_free_s[p.job.client_id] = self.now_s
+            done.append((p.rank, p.job, _dropped_times(p, self.now_s, dropped, cut, cut_share)))
+
+        def go_offline(p: _Progress) -> None:
+            if p.ended:
+                return
+            if p.sending is not None:  # a transfer on the link: cut it
+                handle, p.sending = p.sending, None
+                _, what = in_flight.pop(handle)
+                drop(p, "offline", _CUT[what], self.traffic.cancel(handle, self.now_s))
+            elif len(p.marks) == 1:
+                drop(p, "offline")  # still computing its forward
+            elif p.marks:
+                p.offline = True  # at the server or in its backward: ends at its next send
+            # not begun: it begins offline and drops then
 
         def finish(p: _Progress) -> None:
+            p.ended = True
             job, end_s = p.job, self.now_s
             self.client_free_s[job.client_id] = end_s
             forward_s = p.forward_done_s - p.start_s - p.model_down_s
@@ -293,12 +315,18 @@ class Timeline:
                 delivery = self.traffic.pop()
                 self.now_s = max(self.now_s, delivery.drained_s)
                 p, what = in_flight.pop(delivery.handle)
+                if isinstance(p, _Progress):
+                    p.sending = None  # off the link: going offline no longer cuts it
                 push(delivery.arrival_s, what, p)
                 continue
             t, _, _, kind, p = heapq.heappop(events)
             self.now_s = max(self.now_s, t)
             job = p.job if isinstance(p, _Progress) else None
-            if kind == "begin":
+            if kind != "server" and isinstance(p, _Progress) and p.ended:
+                continue  # a dropped step's later events
+            if kind == "offline":
+                go_offline(p)
+            elif kind == "begin":
                 p.start_s = t
                 if t >= job.offline_s:
                     drop(p, "offline")
@@ -308,16 +336,10 @@ class Timeline:
                     mark(p)
                     push(t + job.forward_s, "forward_done", p)
             elif kind == "model_down":
-                if t > job.offline_s:
-                    drop(p, "offline", "model_down")
-                    continue
                 p.model_down_s = t - p.start_s
                 mark(p)
                 push(t + job.forward_s, "forward_done", p)
             elif kind == "forward_done":
-                if t > job.offline_s:
-                    drop(p, "offline")
-                    continue
                 p.forward_done_s = t
                 mark(p)
                 if job.bytes_up is None:
@@ -325,9 +347,6 @@ class Timeline:
                 else:
                     send(p, "up", job.bytes_up, "arrived")
             elif kind == "arrived":
-                if t > job.offline_s:
-                    drop(p, "offline", "up")
-                    continue
                 p.arrival_s = t
                 mark(p)
                 if keep_first is not None and accepted >= keep_first:
@@ -360,9 +379,6 @@ class Timeline:
                 else:
                     after_backward(p)
             elif kind == "gradient":
-                if t > job.offline_s:
-                    drop(p, "offline", "down")
-                    continue
                 p.gradient_here = True
                 if p.broadcast_here or broadcast is None:
                     backward(p)
@@ -376,8 +392,5 @@ class Timeline:
             elif kind == "backward_done":
                 after_backward(p)
             elif kind == "model_up":
-                if t > job.offline_s:
-                    drop(p, "offline", "model_up")
-                else:
-                    finish(p)
+                finish(p)
         return [(job, times) for _, job, times in sorted(done, key=lambda d: d[0])]

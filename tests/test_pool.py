@@ -1,0 +1,128 @@
+"""Clients as state on a worker pool: the same tables as the fused trainer, faults and resume."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+
+from splitray.algorithms import ALGORITHMS
+from splitray.config import ConfigError, load_config
+from splitray.runtime import resume_experiment, run_experiment
+from splitray.runtime.context import RunContext
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # one Ray instance for the module
+
+
+def _config(algorithm: str = "parallel_sl", **overrides):
+    settings = {
+        "model.name": "tiny_cnn", "model.split_layer": 3, "data.name": "synthetic",
+        "data.image_size": 16, "data.train_samples": 96, "data.test_samples": 48,
+        "train.batch_size": 8, "train.steps_per_epoch": 2, "train.algorithm": algorithm,
+        "clients.count": 5, "clients.num_cpus": 0.5, "server.num_cpus": 0.5,
+        "clients.devices": "[raspberry_pi_4, laptop_cpu]", "network.links": "[wifi5, lte]",
+        "schedule.phases": "[{budget: 4, epochs: 2}]", "splitfed.every_rounds": 1,
+        # Two workers keeping one client each between rounds: every round moves states.
+        "engine.clients": "pool", "engine.pool_workers": 2, "engine.pool_capacity": 1,
+    }
+    if algorithm == "prune":
+        settings["schedule.phases"] = "[{budget: 8, epochs: 1}, {budget: 4, epochs: 1}]"
+    if algorithm == "edgesplit":
+        settings["clients.split_layers"] = "[2, 3]"
+    if algorithm == "epsl":
+        settings.update({"compression.enabled": "false", "schedule.phases": "[{epochs: 2}]",
+                         "train.phi": 0.5, "network.shared": "wifi6_shared"})
+    settings.update(overrides)
+    return load_config(overrides=[f"{k}={v}" for k, v in settings.items()])
+
+
+def _assert_same(got, expected) -> None:
+    exact = [c for c in expected.steps.columns
+             if c.startswith(("sim_", "bytes_", "client_")) or c in ("round", "step", "dropped")]
+    pd.testing.assert_frame_equal(got.steps[exact], expected.steps[exact])
+    np.testing.assert_allclose(got.steps["loss"], expected.steps["loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.evals["test_accuracy"], expected.evals["test_accuracy"],
+                               atol=1 / 48)
+
+
+SLOW_LINKS = "[wifi5, {kind: constant, up_bps: 1e5, down_bps: 1e5, latency_s: 0.01}]"
+CASES = {name: {} for name in sorted(ALGORITHMS)} | {
+    # Three of five clients a round among those online, some steps cut by a deadline.
+    "parallel_sl-sampled": {"clients.per_round": 3, "availability.kind": "synthetic",
+                            "availability.mean_on_s": 0.02, "availability.mean_off_s": 0.01,
+                            "clients.round_deadline_s": 0.5, "network.links": SLOW_LINKS},
+    "splitfed-sampled": {"clients.per_round": 2, "clients.over_selection": 1.5},
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_pool_gives_the_fused_trainers_tables(case):
+    algorithm = case.split("-")[0]
+    cfg = _config(algorithm, **CASES[case])
+    fused = run_experiment(cfg, out_dir=None, engine="local", progress=False)
+    pooled = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
+    _assert_same(pooled, fused)
+    if case.endswith("sampled"):
+        assert (pooled.steps["dropped"] != "").any()
+
+
+def test_auto_puts_clients_on_a_pool_when_their_actors_would_not_fit(tmp_path):
+    # 5 clients x 0.5 CPUs + server 0.5 exceed the test cluster's 2 CPUs: a pool of 3 workers.
+    cfg = _config(**{"engine.clients": "auto", "engine.pool_workers": "null"})
+    result = run_experiment(cfg, out_dir=str(tmp_path), progress=False)
+    manifest = pd.read_json(os.path.join(result.run_dir, "manifest.json"), typ="series")
+    assert manifest["pool_workers"] == 3
+    with pytest.raises(ConfigError, match="engine.clients: pool"):
+        run_experiment(_config(**{"engine.clients": "actors"}), out_dir=None, progress=False)
+
+
+def test_a_killed_pool_worker_costs_a_replay_not_a_row(tmp_path, monkeypatch):
+    cfg = _config(**{"schedule.phases": "[{budget: 4, epochs: 3}]", "checkpoint.every_epochs": 1})
+    whole = run_experiment(cfg, out_dir=str(tmp_path / "whole"), progress=False)
+    original = RunContext.run_steps
+    fired: list[int] = []
+
+    def run_steps(self, plan, budget, steps, **kwargs):
+        if self.round in (1, 5) and self.round not in fired:  # epoch 0, then epoch 2
+            fired.append(self.round)
+            threading.Timer(0.02, ray.kill, [self.peers.pool.workers[1]],
+                            {"no_restart": False}).start()
+        return original(self, plan, budget, steps, **kwargs)
+
+    monkeypatch.setattr(RunContext, "run_steps", run_steps)
+    faulty = run_experiment(cfg, out_dir=str(tmp_path / "faulty"), progress=False)
+    assert fired == [1, 5]
+    for name in ("steps.parquet", "evals.parquet"):
+        got, expected = (pd.read_parquet(os.path.join(r.run_dir, name))
+                         .drop(columns=["wall_time_s", "run_id"]) for r in (faulty, whole))
+        pd.testing.assert_frame_equal(got, expected)
+    manifest = pd.read_json(os.path.join(faulty.run_dir, "manifest.json"), typ="series")
+    assert [f["epochs_done"] for f in manifest["faults"]] == [0, 2]
+
+
+def test_a_pool_run_resumes_from_its_checkpoint_file(tmp_path):
+    cfg = _config(**{"schedule.phases": "[{budget: 4, epochs: 3}]", "checkpoint.every_epochs": 1})
+    whole = run_experiment(cfg, out_dir=str(tmp_path / "whole"), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_second(row, checkpoint):
+        if row["epoch"] == 1:
+            assert checkpoint is not None
+            raise Stop
+
+    run_dir = str(tmp_path / "stopped")
+    with pytest.raises(Stop):
+        run_experiment(cfg, out_dir=None, run_dir=run_dir, progress=False,
+                       on_epoch=stop_after_second)
+    resume_experiment(run_dir, progress=False)
+    for name in ("steps.parquet", "evals.parquet"):
+        got, expected = (pd.read_parquet(os.path.join(d, name)).drop(columns=["wall_time_s",
+                                                                               "run_id"])
+                         for d in (run_dir, whole.run_dir))
+        pd.testing.assert_frame_equal(got, expected)

@@ -1,0 +1,144 @@
+"""Client sampling, availability and dropped steps: who takes part, when, and what a drop costs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from splitray.config import ConfigError, load_config
+from splitray.network import NetworkModel, Transfer, build_link
+from splitray.roles import ClientRole
+from splitray.runtime import run_experiment
+
+SLOW_UP_BPS = 2e5  # a 4 kB payload takes 0.16 s: steps long enough to cut
+
+
+def _config(**overrides):
+    settings = {
+        "model.name": "tiny_cnn", "model.split_layer": 3, "data.name": "synthetic",
+        "data.image_size": 16, "data.train_samples": 96, "data.test_samples": 24,
+        "train.batch_size": 4, "train.steps_per_epoch": 3, "clients.count": 6,
+        "clients.devices": "[laptop_cpu]", "compression.enabled": "false",
+        "network.links": f"[{{kind: constant, up_bps: {SLOW_UP_BPS}, down_bps: 1e6, "
+                         "latency_s: 0.0}]",
+        "schedule.phases": "[{epochs: 2}]",
+    }
+    settings.update(overrides)
+    return load_config(overrides=[f"{k}={v}" for k, v in settings.items()])
+
+
+def _run(**overrides):
+    return run_experiment(_config(**overrides), out_dir=None, engine="local", progress=False)
+
+
+def test_per_round_draws_that_many_distinct_clients_reproducibly():
+    result = _run(**{"clients.per_round": 4})
+    steps = result.steps
+    per_round = steps.groupby("round")["client_id"].agg(list)
+    # 6 clients x 3 steps = 18 steps an epoch, 4 a round: ceil(18 / 4) = 5 rounds an epoch.
+    assert len(per_round) == 10
+    assert all(len(ids) == 4 == len(set(ids)) for ids in per_round)
+    assert len({tuple(ids) for ids in per_round}) > 1  # not the same four every round
+    # A round starts when the one before ended.
+    bounds = steps.groupby("round").agg(start=("sim_start_s", "min"), end=("sim_time_s", "max"))
+    assert (bounds["start"].iloc[1:].to_numpy() >= bounds["end"].iloc[:-1].to_numpy()).all()
+    again = _run(**{"clients.per_round": 4})
+    assert again.steps["client_id"].tolist() == steps["client_id"].tolist()
+    # Each client walks through its epoch's steps in order.
+    for _, rows in steps[steps["epoch"] == 0].groupby("client_id"):
+        assert rows["step"].tolist() == [k % 3 for k in range(len(rows))]
+
+
+def test_clients_offline_at_a_rounds_start_are_not_drawn(tmp_path):
+    trace = tmp_path / "online.csv"
+    # Client 1 leaves after 0.1 s; client 2 is online from 1 s on; the others always.
+    trace.write_text("client_id,start_s,end_s\n1,0,0.1\n2,1.0,inf\n")
+    result = _run(**{"availability.kind": "file", "availability.path": str(trace)})
+    steps = result.steps[result.steps["dropped"] == ""]
+    starts = result.steps.groupby("round")["sim_start_s"].min()
+    for r, start_s in starts.items():
+        ids = set(result.steps.loc[result.steps["round"] == r, "client_id"])
+        assert (1 in ids) == (start_s < 0.1)
+        assert (2 in ids) == (start_s >= 1.0)
+        assert {0, 3, 4, 5} <= ids
+    assert not steps.empty
+
+
+def test_a_client_going_offline_mid_upload_drops_its_step(tmp_path, monkeypatch):
+    backward_calls: list[int] = []
+    original = ClientRole.backward
+
+    def backward(self, *args):
+        backward_calls.append(self.client_id)
+        return original(self, *args)
+
+    monkeypatch.setattr(ClientRole, "backward", backward)
+    trace = tmp_path / "online.csv"
+    trace.write_text("client_id,start_s,end_s\n0,0,0.1\n")  # client 0 leaves at 0.1 s
+    result = _run(**{"availability.kind": "file", "availability.path": str(trace),
+                     "clients.count": 2, "schedule.phases": "[{epochs: 1}]"})
+    first = result.steps[result.steps["round"] == 0].set_index("client_id")
+    dropped, kept = first.loc[0], first.loc[1]
+    assert dropped["dropped"] == "offline" and kept["dropped"] == ""
+    assert dropped["sim_time_s"] == pytest.approx(0.1)
+    # The payload was on the link for sim_uplink_s at 200 kbit/s: those bytes were sent, no more.
+    assert dropped["bytes_up"] == int(SLOW_UP_BPS / 8 * dropped["sim_uplink_s"])
+    assert 0 < dropped["bytes_up"] < kept["bytes_up"]
+    assert dropped["bytes_down"] == 0 and dropped["batch_size"] == 0
+    assert math.isnan(dropped["loss"])
+    assert backward_calls.count(0) == 0 and backward_calls.count(1) == 3
+    # Offline for good: client 0 never takes part again; the epoch's loss is client 1's alone.
+    assert set(result.steps.loc[result.steps["round"] > 0, "client_id"]) == {1}
+    assert math.isfinite(result.evals["train_loss"].iloc[0])
+
+
+def test_over_selection_keeps_the_first_payloads_and_drops_the_late():
+    # Two of the four links are 4x slower: their payloads arrive last in every round.
+    links = (f"[{{kind: constant, up_bps: {SLOW_UP_BPS}, down_bps: 1e6, latency_s: 0.0}}, "
+             f"{{kind: constant, up_bps: {SLOW_UP_BPS / 4}, down_bps: 1e6, latency_s: 0.0}}]")
+    result = _run(**{"clients.count": 4, "clients.per_round": 2, "clients.over_selection": 2,
+                     "network.links": links})
+    for _, rows in result.steps.groupby("round"):
+        assert len(rows) == 4  # ceil(2 x 2) drawn of 4
+        late = rows[rows["dropped"] == "late"]
+        kept = rows[rows["dropped"] == ""]
+        assert len(kept) == 2 and len(late) == 2
+        assert set(late["client_id"] % 2) == {1}  # the slow links
+        assert (late["batch_size"] == 0).all() and (late["bytes_down"] == 0).all()
+        assert (late["bytes_up"] == kept["bytes_up"].iloc[0]).all()  # sent whole, too late
+        arrival = rows["sim_start_s"] + rows["sim_client_compute_s"] + rows["sim_uplink_s"]
+        assert arrival[late.index].min() >= arrival[kept.index].max()
+
+
+def test_a_round_deadline_cuts_the_steps_that_would_end_after_it():
+    slow = _run(**{"clients.count": 2})
+    step_s = (slow.steps["sim_time_s"] - slow.steps["sim_start_s"]).iloc[0]
+    cut = _run(**{"clients.count": 2, "clients.round_deadline_s": step_s / 2})
+    assert (cut.steps["dropped"] == "offline").all()
+    duration = cut.steps["sim_time_s"] - cut.steps["sim_start_s"]
+    assert duration.to_numpy() == pytest.approx(step_s / 2)
+
+
+def test_cancelling_a_transfer_gives_its_share_of_a_shared_medium_back():
+    network = NetworkModel(dict.fromkeys(range(2), build_link(
+        {"kind": "shared", "up_bps": 8e3, "down_bps": 8e3, "latency_s": 0.0})))
+    traffic = network.traffic()
+    # Two 1 kB uploads at once on 1 kB/s: each at half rate. Cut one at 1 s: 500 B sent, and the
+    # other, with 500 B left, gets the whole medium: it drains at 1.5 s, not 2 s.
+    a = traffic.start("up", Transfer(0, 0.0, 1000))
+    traffic.start("up", Transfer(1, 0.0, 1000))
+    assert traffic.cancel(a, 1.0) == pytest.approx(0.5)
+    delivery = traffic.pop()
+    assert delivery.transfer.client_id == 1 and delivery.drained_s == pytest.approx(1.5)
+    assert traffic.idle()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.algorithm": "vanilla_sl", "clients.per_round": 2}, "vanilla_sl"),
+    ({"clients.over_selection": 1.5}, "without clients.per_round"),
+    ({"availability.kind": "file"}, "availability.path"),
+])
+def test_sampling_settings_that_cannot_work_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(**overrides)
