@@ -316,6 +316,15 @@ class ClientRole(_Role):
                            time.perf_counter() - t0)
         return payload, info
 
+    def forward_cost(self, step: int) -> ForwardInfo:
+        """What `forward(step)` will report (wire bytes and FLOPs), without running it."""
+        bs = self.cfg.train.batch_size
+        n = len(self._order[step * bs:(step + 1) * bs])
+        channels, height, width, with_indices = self._wire_shape()
+        nbytes = payload_nbytes(n, channels, height, width, self.cfg.compression.codec_up,
+                                with_indices, True)
+        return ForwardInfo(self.client_id, nbytes, n, self.fwd_flops_per_sample * n, 0.0)
+
     def drop_step(self) -> None:
         """Forget the forward in progress: its step was dropped, no gradient will come."""
         self._pending = None

@@ -383,10 +383,40 @@ class RunContext:
         if len({s.client_id for s in steps}) != len(steps):
             raise ValueError("run_steps takes at most one step per client")
         sending = [s for s in steps if s.state != "C"]
-        fwd = {s.client_id: self.clients[s.client_id].call(ClientRole.forward, s.step, s.state == "A",
-                                                            num_returns=2) for s in sending}
-        fwd_info: dict[int, ForwardInfo] = dict(
-            zip(fwd, get([f[1] for f in fwd.values()]), strict=True))
+        fwd: dict[int, Any] = {}  # each sending client's forward, once submitted
+
+        def submit_forward(s: ClientStep) -> None:
+            if s.client_id not in fwd:
+                fwd[s.client_id] = self.clients[s.client_id].call(
+                    ClientRole.forward, s.step, s.state == "A", num_returns=2)
+
+        # With FLOP-timed compute the timeline needs only each forward's cost, known beforehand:
+        # a forward then runs when the server is about to take its payload (plus a few ahead),
+        # so a round of a thousand clients never holds a thousand autograd graphs at once.
+        lazy = timeline.compute_time == "flops"
+        if lazy:
+            costs = get([self.clients[s.client_id].call(ClientRole.forward_cost, s.step)
+                         for s in sending])
+        else:
+            for s in sending:
+                submit_forward(s)
+            costs = get([fwd[s.client_id][1] for s in sending])
+        fwd_info: dict[int, ForwardInfo] = {s.client_id: f
+                                            for s, f in zip(sending, costs, strict=True)}
+        ahead = iter(sorted(sending, key=lambda s: (
+            s.ready_s + timeline.client_compute_s(s.client_id, fwd_info[s.client_id].flops, 0.0),
+            s.client_id)))
+
+        def forward(s: ClientStep) -> Any:
+            """The payload of the step's forward: submitted now if it was not, with the next
+            `peers.prefetch` forwards in expected arrival order."""
+            submit_forward(s)
+            while sum(1 for i in fwd if i not in srv_info) <= self.peers.prefetch:
+                nxt = next(ahead, None)
+                if nxt is None:
+                    break
+                submit_forward(nxt)
+            return fwd[s.client_id][0]
         srv_info: dict[int, ServerInfo] = {}
         bwd_info: dict[int, BackwardInfo] = {}
         bwd: dict[int, Any] = {}  # each learning client's backward, once submitted
@@ -398,10 +428,10 @@ class RunContext:
             if s.state == "C":
                 srv = self.server.call(ServerRole.step_cached, i, s.step, num_returns=2)
             elif shared_positions:
-                srv = self.server.call(ServerRole.step_epsl, fwd[i][0], i, s.step,
+                srv = self.server.call(ServerRole.step_epsl, forward(s), i, s.step,
                                        shared_positions, num_returns=2)
             else:
-                srv = self.server.call(ServerRole.step, fwd[i][0], i, s.step, num_returns=2)
+                srv = self.server.call(ServerRole.step, forward(s), i, s.step, num_returns=2)
             if s.state == "A" and shared_positions:
                 gradients[i] = srv[0]
             elif s.state == "A" and math.isinf(s.offline_s):
@@ -439,7 +469,13 @@ class RunContext:
         rows = []
         timed = timeline.run(jobs, serve, broadcast=broadcast if shared_positions else None,
                              keep_first=keep_first)
-        dropped = [job.client_id for job, t in timed if t.dropped and job.learn]
+        if lazy:  # what the forwards sent is what their costs said
+            for i, info in zip(fwd, get([f[1] for f in fwd.values()]), strict=True):
+                if info.bytes_up != fwd_info[i].bytes_up:
+                    raise RuntimeError(f"client {i} sent {info.bytes_up} bytes, its forward's "
+                                       f"cost said {fwd_info[i].bytes_up}")
+        dropped = [job.client_id for job, t in timed
+                   if t.dropped and job.learn and job.client_id in fwd]
         if dropped:
             get([self.clients[i].call(ClientRole.drop_step) for i in dropped])
         charged = min(gradients, default=None)  # the row that carries the broadcast

@@ -282,12 +282,13 @@ def _ray_peers(p: Prepared) -> Peers:
         pool = ClientPool(workers, cfg.engine.pool_capacity)
         pool.constructor_args = (train, test, parts)  # a restarted worker reads them again
         clients: list[Peer] = [PoolClient(pool, i) for i in range(cfg.clients.count)]
-        return Peers(clients, server, get_ray, [server, *(RayPeer(w) for w in workers)], pool)
+        return Peers(clients, server, get_ray, [server, *(RayPeer(w) for w in workers)], pool,
+                     prefetch=2 * len(workers))
     actors = [RayPeer(ClientActor.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts)
                       .remote(client_threads, i, cfg, p.train_shard(i), p.test_shard(i),
                               p.num_classes))
               for i in range(cfg.clients.count)]
-    return Peers(list(actors), server, get_ray, [server, *actors])
+    return Peers(list(actors), server, get_ray, [server, *actors], prefetch=len(actors))
 
 
 def _local_peers(p: Prepared) -> Peers:

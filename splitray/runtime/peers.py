@@ -89,6 +89,7 @@ class Peers:
     get: Callable[[Any], Any]
     actors: list[RayPeer] = field(default_factory=list)  # every Ray actor of the run, once
     pool: Any = None  # a ClientPool when the clients are state on worker actors
+    prefetch: int = 0  # client forwards to run ahead of the server (0: in-process, no gain)
 
     def chunks(self) -> Iterator[range]:
         """Client ids in runs to submit together: all at once, or what the pool holds live."""
