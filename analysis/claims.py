@@ -93,7 +93,6 @@ class Scale:
     prune_full_epochs: int        # prune: epochs at 128, then prune_small_epochs at 32 and at 4
     prune_small_epochs: int
     async_epochs: int             # async SL and its parallel-SL fp32 baselines
-    async_in_suite: bool          # False: async rows run only when named with --row (time budget)
     synth_train_samples: int      # EdgeSplit / EPSL (synthetic, 8 clients, batch 32)
     synth_test_samples: int
     synth_epochs: int
@@ -105,10 +104,10 @@ class Scale:
 
 
 FULL = Scale("full", train_samples=5000, test_samples=1000, high_epochs=7, full_epochs=3,
-             prune_full_epochs=10, prune_small_epochs=2, async_epochs=5, async_in_suite=False,
+             prune_full_epochs=10, prune_small_epochs=2, async_epochs=5,
              synth_train_samples=2048, synth_test_samples=512, synth_epochs=3)
 QUICK = Scale("quick", train_samples=96, test_samples=64, high_epochs=1, full_epochs=1,
-              prune_full_epochs=1, prune_small_epochs=1, async_epochs=2, async_in_suite=True,
+              prune_full_epochs=1, prune_small_epochs=1, async_epochs=2,
               synth_train_samples=256, synth_test_samples=64, synth_epochs=1)
 
 
@@ -319,7 +318,6 @@ class Claims:
         self.samples = [f"data.train_samples={scale.train_samples}",
                         f"data.test_samples={scale.test_samples}"]
         self._edge: list | None = None
-        self.named: set[str] = set()  # rows named with --row
         self.synth = [f"data.train_samples={scale.synth_train_samples}",
                       f"data.test_samples={scale.synth_test_samples}",
                       f"schedule.phases=[{{epochs: {scale.synth_epochs}}}]",
@@ -380,23 +378,12 @@ class Claims:
             common.append(f"clients.count={clients}")
         fp32 = ["train.algorithm=parallel_sl", "compression.codec_up=fp32",
                 "compression.codec_down=fp32"]
-        specs = (self._cifar("async", f"async-{clients}", f"async SL FP8, {clients} client(s)",
-                             base, common),
-                 self._cifar("async", f"parallel-fp32-{clients}",
-                             f"parallel SL fp32, {clients} client(s)", base, [*common, *fp32]))
-        if self.s.async_in_suite or f"async-{clients}" in self.named:
-            asyn, para = (self.suite.get(spec) for spec in specs)
-            return asyn, para
-        allowed, self.suite.allowed = self.suite.allowed, False  # read them if they exist
-        try:
-            asyn, para = (self.suite.get(spec) for spec in specs)
-            return asyn, para
-        except NotRun:
-            epochs = sum(s.cfg.total_epochs for s in specs)
-            raise NotRun(f"not run: time budget (its {epochs} epochs are left out of the "
-                         f"{self.s.name} suite; the command runs them)") from None
-        finally:
-            self.suite.allowed = allowed
+        asyn = self.suite.get(self._cifar("async", f"async-{clients}",
+                                          f"async SL FP8, {clients} client(s)", base, common))
+        para = self.suite.get(self._cifar("async", f"parallel-fp32-{clients}",
+                                          f"parallel SL fp32, {clients} client(s)", base,
+                                          [*common, *fp32]))
+        return asyn, para
 
     def edge_systems(self) -> list:
         """Parallel SL at its best single split (equal shares), EdgeSplit, EPSL phi = 1: built by
@@ -756,11 +743,7 @@ def write_report(out: Path, rows: list[Row], claims: Claims, figures: list[Path]
         "from scratch is the high-compression run).",
         f"- Async SL: experiments/async_fp8_cifar10.yaml (fp8 E4M3 up, E5M2 down, loss threshold "
         f"0.01) for {s.async_epochs} epochs, 1 and 5 clients (the subset split iid), against "
-        "parallel SL with fp32 payloads on the same data and epochs"
-        + ("." if s.async_in_suite else
-           f"; these {4 * s.async_epochs} epochs are not part of the default suite (time budget: "
-           "the 2 cores run one CIFAR-10 epoch of this size in about a minute), "
-           "`--row async-1 --row async-5` runs them and later invocations read them."),
+        "parallel SL with fp32 payloads on the same data and epochs.",
         f"- EdgeSplit and EPSL: experiments/edgesplit.yaml (synthetic, {s.synth_train_samples} "
         f"training and {s.synth_test_samples} test samples, 8 clients, batch 32, {s.synth_epochs} "
         "epoch(s), one shared 5/12.5 Mbit/s access point) with the devices cycled over "
@@ -865,7 +848,6 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     suite = Suite(out, args.rerun, args.quiet)
     claims = Claims(suite, scale, Path(args.data).resolve())
-    claims.named = set(args.row or [])
     t0 = time.perf_counter()
     computes = claims.rows()
     # The rows that may run go first, so a run they share with a read-only row is (re)run once

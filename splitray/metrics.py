@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STEPS_TABLE = "steps.parquet"  # in a run directory: a directory of part files
 EVALS_TABLE = "evals.parquet"
 

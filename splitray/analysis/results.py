@@ -14,11 +14,12 @@ PARAM_PREFIX = "param."
 EVALS_FILE = "evals.parquet"
 STEPS_FILE = "steps.parquet"
 SWEEP_FILE = "sweep.json"
-# Step columns schema version 2 added, with the value they have in a version-1 run.
-ADDED_IN_V2: dict[str, object] = {
+# Step columns added since schema version 1, with the value they have in an older run.
+ADDED_COLUMNS: dict[str, object] = {
     "client_state": "A", "bytes_model_up": 0, "bytes_model_down": 0, "client_flops": float("nan"),
     "server_flops": float("nan"), "sim_model_down_s": 0.0, "sim_client_backward_s": float("nan"),
-    "sim_model_up_s": 0.0,
+    "sim_model_up_s": 0.0,  # version 2
+    "dropped": "",  # version 3
 }
 
 
@@ -60,7 +61,7 @@ def _read_checked(path: str, columns: dict, key: str) -> pd.DataFrame:
     if not table_exists(path):
         raise FileNotFoundError(f"missing results table: {path}")
     df = read_table(path)
-    for column, value in ADDED_IN_V2.items():  # runs written before schema version 2
+    for column, value in ADDED_COLUMNS.items():  # runs written by an older splitray
         if column in columns and column not in df.columns:
             df[column] = value
     missing = [c for c in [*columns, key] if c not in df.columns]
