@@ -276,15 +276,22 @@ def load_space(path: str | Path) -> SearchSpace:
         raise ConfigError(f"{p}: {e}") from None
 
 
-def trial_bundles(cfg: ExperimentConfig, has_gpu: bool) -> list[dict[str, float]]:
-    """Placement-group bundles of one trial: the driver, the server, then one per client."""
+def trial_bundles(cfg: ExperimentConfig, has_gpu: bool,
+                  cluster_cpus: float = math.inf) -> list[dict[str, float]]:
+    """Placement-group bundles of one trial: the driver, the server, then one per client actor
+    (or per pool worker, when the clients are state on a pool: see `engine.clients`)."""
+    from splitray.runtime.pool import pool_size, uses_pool
+
     gpus = {"auto": 1 if has_gpu else 0, "0": 0, "1": 1}[cfg.server.num_gpus]
     server = {"CPU": cfg.server.num_cpus, **({"GPU": float(gpus)} if gpus else {})}
+    cpus = cluster_cpus - TRIAL_DRIVER_CPUS
+    processes = pool_size(cfg, cpus) if uses_pool(cfg, cpus) else cfg.clients.count
     return [{"CPU": TRIAL_DRIVER_CPUS}, server,
-            *({"CPU": cfg.clients.num_cpus} for _ in range(cfg.clients.count))]
+            *({"CPU": cfg.clients.num_cpus} for _ in range(processes))]
 
 
-def trial_resources(base: dict, has_gpu: bool, config: dict) -> Any:
+def trial_resources(base: dict, has_gpu: bool, config: dict,
+                    cluster_cpus: float = math.inf) -> Any:
     """Tune's resources callable: a PlacementGroupFactory sized by the trial's own config."""
     from ray import tune
 
@@ -292,7 +299,7 @@ def trial_resources(base: dict, has_gpu: bool, config: dict) -> Any:
         cfg = trial_config(base, config)
     except ConfigError:  # a bad combination of values: the trial itself fails and is reported
         cfg = config_from_dict(base)
-    return tune.PlacementGroupFactory(trial_bundles(cfg, has_gpu))
+    return tune.PlacementGroupFactory(trial_bundles(cfg, has_gpu, cluster_cpus))
 
 
 def _report_row(row: dict, metric: str) -> dict[str, float]:
@@ -430,7 +437,7 @@ def _check_fits(space: SearchSpace, cluster: dict[str, float], has_gpu: bool) ->
     cpus = cluster.get("CPU", 0.0)
     for sample in _validation_samples(space):
         cfg = trial_config(space.base, sample)
-        need = sum(b.get("CPU", 0.0) for b in trial_bundles(cfg, has_gpu))
+        need = sum(b.get("CPU", 0.0) for b in trial_bundles(cfg, has_gpu, cpus))
         if need > cpus + 1e-9:
             raise ConfigError(
                 f"{space.path}: a trial needs {need:g} CPUs (driver {TRIAL_DRIVER_CPUS:g} + "
@@ -569,12 +576,14 @@ def resume_sweep(out_dir: str | Path, verbose: int = 1) -> SweepResult:
 
 
 def _trainable(space: SearchSpace, out: Path, has_gpu: bool) -> Any:
+    import ray
     from ray import tune
 
     return tune.with_resources(
         tune.with_parameters(run_trial, base=space.base, trials_dir=str(out / "trials"),
                              metric=space.metric),
-        functools.partial(trial_resources, space.base, has_gpu))
+        functools.partial(trial_resources, space.base, has_gpu,
+                          cluster_cpus=ray.cluster_resources().get("CPU", 0.0)))
 
 
 def _finish_sweep(results: Any, space: SearchSpace, out: Path, scheduler: str,

@@ -93,6 +93,17 @@ def test_a_client_going_offline_mid_upload_drops_its_step(tmp_path, monkeypatch)
     assert math.isfinite(result.evals["train_loss"].iloc[0])
 
 
+def test_the_timeline_picture_marks_where_dropped_steps_ended(tmp_path):
+    from splitray.analysis.timeline import dropped_marks, plot_timeline
+
+    result = _run(**{"clients.count": 4, "clients.per_round": 2, "clients.over_selection": 2})
+    marks = dropped_marks(result.steps)
+    late = result.steps[result.steps["dropped"] == "late"]
+    assert len(marks) == len(late) > 0 and set(marks["why"]) == {"late"}
+    assert marks["end_s"].tolist() == late["sim_time_s"].tolist()
+    assert (tmp_path / "t.png").name in plot_timeline(result.steps, str(tmp_path / "t.png"))
+
+
 def test_over_selection_keeps_the_first_payloads_and_drops_the_late():
     # Two of the four links are 4x slower: their payloads arrive last in every round.
     links = (f"[{{kind: constant, up_bps: {SLOW_UP_BPS}, down_bps: 1e6, latency_s: 0.0}}, "

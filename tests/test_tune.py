@@ -172,6 +172,17 @@ def test_trial_bundles_follow_the_trial_config() -> None:
     assert len(sweep.trial_resources(TINY_BASE, False, bad).bundles) == 4
 
 
+def test_a_trial_of_many_clients_asks_for_pool_workers_not_a_bundle_per_client() -> None:
+    driver = {"CPU": sweep.TRIAL_DRIVER_CPUS}
+    many = sweep.trial_config(TINY_BASE, {"clients.count": 1000})
+    # 1,000 clients x 0.25 CPUs do not fit 4.25 CPUs: the pool takes the CPUs left after the
+    # driver and the server, (4.25 - 0.25 - 0.25) / 0.25 = 15 workers.
+    assert sweep.trial_bundles(many, False, cluster_cpus=4.25) == \
+        [driver, {"CPU": 0.25}] + [{"CPU": 0.25}] * 15
+    pinned = sweep.trial_config(TINY_BASE, {"clients.count": 1000, "engine.pool_workers": 2})
+    assert len(sweep.trial_bundles(pinned, False, cluster_cpus=64)) == 4
+
+
 def test_a_trial_too_big_for_the_cluster_fails_before_any_trial(tmp_path: Path) -> None:
     space = sweep.load_space(write_space(tmp_path, {"clients.count": {"grid": [2, 7]}}))
     sweep._check_fits(space, {"CPU": 4.0}, has_gpu=False)  # 0.25 + 0.25 + 7 x 0.25 = 2.25

@@ -3,7 +3,7 @@
 Each step row is laid out from its `sim_start_s` in the order the timeline runs it: weight
 download, forward, uplink, wait for the server, (server compute on the server's lane), downlink,
 backward, weight upload. Stragglers show as long client lanes; contention as long transfers and
-waits.
+waits; a dropped step ends in a cross (its client went offline) or a bar (its payload came late).
 """
 
 from __future__ import annotations
@@ -50,6 +50,19 @@ def step_segments(steps: pd.DataFrame) -> pd.DataFrame:
                                       "round"])
 
 
+DROPPED_MARKS = {"offline": ("x", "#d62728"), "late": ("|", "#7f7f7f")}  # marker, colour
+
+
+def dropped_marks(steps: pd.DataFrame) -> pd.DataFrame:
+    """Where each dropped step ended: lane, end_s and why (offline or late)."""
+    if "dropped" not in steps:
+        return pd.DataFrame(columns=["lane", "end_s", "why"])
+    dropped = steps[steps["dropped"].fillna("") != ""]
+    return pd.DataFrame({"lane": [f"client {c}" for c in dropped["client_id"]],
+                         "end_s": dropped["sim_time_s"].to_numpy(),
+                         "why": dropped["dropped"].to_numpy()})
+
+
 def select_window(steps: pd.DataFrame, rounds: tuple[int, int] | None = None,
                   window_s: tuple[float, float] | None = None) -> tuple[pd.DataFrame, str]:
     """The steps to draw and a title: rounds lo..hi, a time window, or the first three rounds."""
@@ -87,6 +100,12 @@ def plot_timeline(steps: pd.DataFrame, path: str, rounds: tuple[int, int] | None
                 ax.broken_barh(list(zip(seg["start_s"], widths, strict=True)),
                                (y - 0.35, 0.7), facecolors=colour, edgecolor="white",
                                linewidth=0.3)
+    marks = dropped_marks(chosen)
+    for why, (marker, colour) in DROPPED_MARKS.items():
+        at = marks[marks["why"] == why]
+        if len(at):
+            ax.plot(at["end_s"], [lanes.index(lane) for lane in at["lane"]], linestyle="none",
+                    marker=marker, markersize=9, color=colour, label=f"dropped ({why})")
     ax.set_yticks(range(len(lanes)), lanes)
     ax.invert_yaxis()
     ax.set_xlabel("simulated time (s)")
@@ -95,7 +114,7 @@ def plot_timeline(steps: pd.DataFrame, path: str, rounds: tuple[int, int] | None
     if window_s is not None:
         ax.set_xlim(*window_s)
     handles = [Patch(facecolor=c, label=k) for k, c in SEGMENTS.items()
-               if k in set(segments["kind"])]
+               if k in set(segments["kind"])] + ax.get_lines()
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
               frameon=False)
     return _save(fig, path)

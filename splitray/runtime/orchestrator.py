@@ -240,6 +240,7 @@ def _ray_peers(p: Prepared) -> Peers:
     import ray
 
     from splitray.runtime.actors import ClientActor, ServerActor
+    from splitray.runtime.pool import ClientPool, PoolWorker, dataset_arrays, pool_size, uses_pool
 
     cfg = p.cfg
     if not ray.is_initialized():
@@ -251,7 +252,12 @@ def _ray_peers(p: Prepared) -> Peers:
         raise ConfigError(f"server.num_gpus: {cfg.server.num_gpus!r} is not allowed; the Ray "
                           "cluster has no GPU")
     need = cfg.clients.count * cfg.clients.num_cpus + cfg.server.num_cpus
-    on_pool = cfg.engine.clients == "pool" or (cfg.engine.clients == "auto" and need > cpus + 1e-9)
+    on_pool = uses_pool(cfg, cpus)
+    num_workers = pool_size(cfg, cpus)
+    trial = ray.util.get_current_placement_group()
+    if trial is not None:  # a Tune trial: its bundles are the driver, the server, the clients'
+        processes = len(trial.bundle_specs) - 2
+        on_pool, num_workers, cpus = processes < cfg.clients.count or on_pool, processes, math.inf
     if on_pool and cfg.clients.num_cpus + cfg.server.num_cpus > cpus + 1e-9:
         raise ConfigError(
             f"clients.num_cpus: {cfg.clients.num_cpus} is not allowed; a pool worker at that and "
@@ -271,14 +277,16 @@ def _ray_peers(p: Prepared) -> Peers:
         max(1, math.floor(cfg.server.num_cpus)), cfg, p.input_shape, p.num_classes,
         "cuda" if num_gpus else "cpu"))
     if on_pool:
-        from splitray.runtime.pool import ClientPool, PoolWorker, dataset_arrays, pool_size
-
         # Put once; every worker maps the same object-store pages.
         train, test = ray.put(dataset_arrays(p.train)), ray.put(dataset_arrays(p.test))
         parts = ray.put((p.train_parts, p.test_parts))
-        workers = [PoolWorker.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts)
+        # SPREAD: on a cluster the workers go to every node, not the head's CPUs first; inside
+        # a Tune trial's placement group they take its bundles instead.
+        spread = {} if trial is not None else {"scheduling_strategy": "SPREAD"}
+        workers = [PoolWorker.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts,
+                                      **spread)
                    .remote(client_threads, cfg, train, test, parts)
-                   for _ in range(pool_size(cfg, cpus))]
+                   for _ in range(num_workers)]
         pool = ClientPool(workers, cfg.engine.pool_capacity)
         pool.constructor_args = (train, test, parts)  # a restarted worker reads them again
         clients: list[Peer] = [PoolClient(pool, i) for i in range(cfg.clients.count)]
@@ -350,7 +358,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
         {"client_id": i, "device": d.name, "link": prepared.network.describe(i),
          "train_samples": len(prepared.train_parts[i])} for i, d in enumerate(prepared.devices)]}
     if peers.pool is not None:
-        extra["pool_workers"] = len(peers.pool.workers)
+        nodes = peers.pool.nodes()
+        extra["pool_workers"], extra["pool_nodes"] = len(nodes), len(set(nodes))
     if resume:
         ctx.restore(resume["checkpoint"])
         started = resume["manifest"]["started"]

@@ -11,6 +11,7 @@ cuts a client's shard from it by index when the client arrives.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections import OrderedDict
@@ -73,6 +74,7 @@ class PoolWorker:
         self.live: dict[int, ClientRole] = {}
         self.free: dict[int, list[ClientRole]] = {}  # unused slots by split point
         self.initial: dict[int, dict] = {}  # a fresh client's state by split point
+        self.templates: dict[int, ClientRole] = {}  # a slot to copy by split point
 
     def _load(self, client_id: int, state: dict | None) -> ClientRole:
         split_layer = split_layer_of(self.cfg, client_id)
@@ -81,10 +83,12 @@ class PoolWorker:
         slots = self.free.get(split_layer)
         if slots:
             role = slots.pop()
+        elif split_layer in self.templates:  # a copy costs far less than building the model
+            role = copy.deepcopy(self.templates[split_layer])
         else:
             role = ClientRole(client_id, self.cfg, shard, test_shard, self.train.num_classes)
-            if split_layer not in self.initial:
-                self.initial[split_layer] = role.initial_state()
+            self.initial[split_layer] = role.initial_state()
+            self.templates[split_layer] = copy.deepcopy(role)
         if state is None:
             state = {**self.initial[split_layer],
                      "generator": client_generator(self.cfg, client_id).get_state()}
@@ -111,6 +115,10 @@ class PoolWorker:
         self.free.setdefault(role.split_layer, []).append(role)
         return state
 
+    def node_id(self) -> str:
+        """The Ray node this worker runs on."""
+        return ray.get_runtime_context().get_node_id()
+
     def drop_all(self) -> int:
         """Forget every live client (a rollback restores them from the driver's states)."""
         for role in self.live.values():
@@ -129,6 +137,10 @@ class ClientPool:
         self.live: list[OrderedDict[int, None]] = [OrderedDict() for _ in workers]
         self.stored: dict[int, Any] = {}  # client id -> ObjectRef of its state; absent: fresh
         self.constructor_args: tuple = ()  # the workers' data refs, kept alive for restarts
+
+    def nodes(self) -> list[str]:
+        """The Ray node of each worker."""
+        return ray.get([w.node_id.remote() for w in self.workers])
 
     def home(self, client_id: int) -> int:
         return client_id % len(self.workers)
@@ -177,6 +189,14 @@ class ClientPool:
         refs = [s for s in states if s is not None]
         values = iter(ray.get(refs))
         return [as_tensors(next(values)) if s is not None else None for s in states]
+
+
+def uses_pool(cfg: ExperimentConfig, cluster_cpus: float) -> bool:
+    """Whether the Ray engine runs the clients on a worker pool: `engine.clients: pool`, or auto
+    and an actor per client (at clients.num_cpus, next to the server) would not fit."""
+    need = cfg.clients.count * cfg.clients.num_cpus + cfg.server.num_cpus
+    return cfg.engine.clients == "pool" or (cfg.engine.clients == "auto"
+                                            and need > cluster_cpus + 1e-9)
 
 
 def pool_size(cfg: ExperimentConfig, cluster_cpus: float) -> int:

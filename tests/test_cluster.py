@@ -1,0 +1,36 @@
+"""The worker pool across two Ray nodes (both on this machine): workers on each, same tables."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from splitray.runtime import run_experiment
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
+                                                           "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_pool_workers_spread_over_two_nodes_and_give_the_fused_tables(two_nodes, tmp_path):
+    from test_pool import _assert_same, _config
+
+    cfg = _config(**{"engine.pool_workers": 2, "clients.per_round": 3})
+    fused = run_experiment(cfg, out_dir=None, engine="local", progress=False)
+    pooled = run_experiment(cfg, out_dir=str(tmp_path), engine="ray", progress=False)
+    manifest = pd.read_json(os.path.join(pooled.run_dir, "manifest.json"), typ="series")
+    assert manifest["pool_workers"] == 2 and manifest["pool_nodes"] == 2
+    _assert_same(pooled, fused)
