@@ -47,7 +47,6 @@ from splitray.metrics import (
     EVAL_COLUMNS,
     STEP_COLUMNS,
     read_table,
-    write_bytes,
     write_manifest,
     write_table,
     write_text,
@@ -311,11 +310,19 @@ def _report_row(row: dict, metric: str) -> dict[str, float]:
             if isinstance(row.get(k), int | float) and not isinstance(row.get(k), bool)}
 
 
+TRIAL_MARKER = "epochs_done.json"  # what a trial's Tune checkpoint holds
+
+
 def run_trial(config: dict, base: dict, trials_dir: str, metric: str) -> None:
-    """Tune function trainable: one full simulation whose epochs are reported to Tune, with the
-    run's checkpoint whenever it writes one. A retried or restored trial continues from Tune's
-    latest checkpoint (rows after it dropped), or starts over with its run directory cleared: a
-    trial's tables never hold a step twice."""
+    """Tune function trainable: one full simulation whose epochs are reported to Tune.
+
+    The run's state lives in its own run directory (under the sweep's --out), whose
+    checkpoint.pt the run rewrites; Tune gets a marker checkpoint (the epochs done) each time, so
+    that it knows the trial can continue. A retried or restored trial continues from its run
+    directory's checkpoint (rows after it dropped), or starts over with the directory cleared: a
+    trial's tables never hold a step twice. (Tune's own copies of a full checkpoint would have
+    to be kept, every one: Tune deletes the older one before its experiment snapshot names the
+    newer, and a sweep killed in between cannot be restored from a deleted checkpoint.)"""
     from ray import tune
 
     from splitray.runtime import RunDiverged, resume_experiment, run_experiment
@@ -330,15 +337,11 @@ def run_trial(config: dict, base: dict, trials_dir: str, metric: str) -> None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as d:
-            shutil.copyfile(checkpoint, Path(d) / CHECKPOINT_FILE)
+            (Path(d) / TRIAL_MARKER).write_text(json.dumps({"epochs_done": row["epoch"] + 1}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    latest = tune.get_checkpoint()
     try:
-        if latest is not None and (run_dir / "manifest.json").is_file():
-            with latest.as_directory() as d:
-                write_bytes((Path(d) / CHECKPOINT_FILE).read_bytes(),
-                            str(run_dir / CHECKPOINT_FILE))
+        if (run_dir / CHECKPOINT_FILE).is_file() and (run_dir / "manifest.json").is_file():
             resume_experiment(str(run_dir), engine="ray", progress=False, on_epoch=report)
         else:
             if run_dir.exists():  # an earlier attempt's rows, with no checkpoint to continue
@@ -542,7 +545,8 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
         run_config=tune.RunConfig(
             name=TUNE_EXPERIMENT, storage_path=str(out / "tune"), verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            # Every marker kept (a few bytes each): see run_trial.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
     )
     t0 = time.perf_counter()
     results = tuner.fit()

@@ -370,8 +370,9 @@ class RunContext:
                   shared_positions: int = 0, keep_first: int | None = None) -> list[dict]:
         """Run one step of each listed client on the peers and the timeline; record the rows.
 
-        Clients compute their forwards at once (Ray runs them in parallel); the server takes the
-        payloads in simulated-arrival order, each gradient going straight back to its client.
+        The server takes the payloads in simulated-arrival order, each gradient going straight
+        back to its client; a client's forward runs just before the server needs its payload,
+        with `peers.prefetch` more ahead of it (Ray runs those in parallel).
         With `shared_positions` m > 0 (EPSL) the server trains each batch's positions from m on
         as it arrives and, once all are in, the first m positions once for all at their mean;
         that gradient goes down as one broadcast, charged to the lowest client id's row.
@@ -417,6 +418,7 @@ class RunContext:
                     break
                 submit_forward(nxt)
             return fwd[s.client_id][0]
+
         srv_info: dict[int, ServerInfo] = {}
         bwd_info: dict[int, BackwardInfo] = {}
         bwd: dict[int, Any] = {}  # each learning client's backward, once submitted
