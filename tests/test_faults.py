@@ -9,6 +9,7 @@ import threading
 import pandas as pd
 import pytest
 import ray
+from fused import run_fused
 
 from splitray.config import ALGORITHM_NAMES, load_config
 from splitray.runtime import RunFailed, resume_experiment, run_experiment
@@ -64,7 +65,7 @@ def _kill_at_rounds(monkeypatch, kills: dict[int, str], delay_s: float = 0.02) -
 def test_killed_client_and_server_actors_leave_the_tables_of_an_uninterrupted_run(
         algorithm, tmp_path, monkeypatch):
     cfg = _config(algorithm)
-    whole = run_experiment(cfg, out_dir=str(tmp_path / "whole"), progress=False)
+    whole = run_fused(cfg, str(tmp_path / "whole"))  # the Ray engine's tables, sooner
     # Round 2 is in the first epoch (rolled back to the run's start), the other in the third
     # (rolled back to the checkpoint after the second).
     later = int(whole.steps.loc[whole.steps["epoch"] == 2, "round"].min()) + 1
@@ -81,7 +82,7 @@ def test_killed_client_and_server_actors_leave_the_tables_of_an_uninterrupted_ru
 
 def test_more_faults_than_allowed_fail_the_run_which_then_resumes(tmp_path, monkeypatch):
     cfg = _config(**{"faults.max_failures": 1})
-    whole = run_experiment(cfg, out_dir=str(tmp_path / "whole"), progress=False)
+    whole = run_fused(cfg, str(tmp_path / "whole"))
     _kill_at_rounds(monkeypatch, {7: "client1", 13: "client1"})
     with pytest.raises(RunFailed, match="2 faults exceed faults.max_failures = 1") as failed:
         run_experiment(cfg, out_dir=str(tmp_path / "faulty"), progress=False)

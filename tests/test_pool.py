@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
+from fused import run_fused
 
 from splitray.algorithms import ALGORITHMS
 from splitray.config import ConfigError, load_config
@@ -27,7 +28,7 @@ def _config(algorithm: str = "parallel_sl", **overrides):
         "clients.devices": "[raspberry_pi_4, laptop_cpu]", "network.links": "[wifi5, lte]",
         "schedule.phases": "[{budget: 4, epochs: 2}]", "splitfed.every_rounds": 1,
         # Two workers keeping one client each between rounds: every round moves states.
-        "engine.clients": "pool", "engine.pool_workers": 2, "engine.pool_capacity": 1,
+        "engine.clients": "pool", "engine.pool_workers": 1, "engine.pool_capacity": 1,
     }
     if algorithm == "prune":
         settings["schedule.phases"] = "[{budget: 8, epochs: 1}, {budget: 4, epochs: 1}]"
@@ -63,7 +64,7 @@ CASES = {name: {} for name in sorted(ALGORITHMS)} | {
 def test_the_pool_gives_the_fused_trainers_tables(case):
     algorithm = case.split("-")[0]
     cfg = _config(algorithm, **CASES[case])
-    fused = run_experiment(cfg, out_dir=None, engine="local", progress=False)
+    fused = run_fused(cfg)
     pooled = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
     _assert_same(pooled, fused)
     if case.endswith("sampled"):
@@ -81,8 +82,9 @@ def test_auto_puts_clients_on_a_pool_when_their_actors_would_not_fit(tmp_path):
 
 
 def test_a_killed_pool_worker_costs_a_replay_not_a_row(tmp_path, monkeypatch):
-    cfg = _config(**{"schedule.phases": "[{budget: 4, epochs: 3}]", "checkpoint.every_epochs": 1})
-    whole = run_experiment(cfg, out_dir=str(tmp_path / "whole"), progress=False)
+    cfg = _config(**{"schedule.phases": "[{budget: 4, epochs: 3}]", "checkpoint.every_epochs": 1,
+                     "engine.pool_workers": 2})
+    whole = run_fused(cfg, str(tmp_path / "whole"))  # the pool's tables, sooner
     original = RunContext.run_steps
     fired: list[int] = []
 
@@ -106,7 +108,7 @@ def test_a_killed_pool_worker_costs_a_replay_not_a_row(tmp_path, monkeypatch):
 
 def test_a_pool_run_resumes_from_its_checkpoint_file(tmp_path):
     cfg = _config(**{"schedule.phases": "[{budget: 4, epochs: 3}]", "checkpoint.every_epochs": 1})
-    whole = run_experiment(cfg, out_dir=str(tmp_path / "whole"), progress=False)
+    whole = run_fused(cfg, str(tmp_path / "whole"))
 
     class Stop(Exception):
         pass
