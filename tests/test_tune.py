@@ -184,11 +184,15 @@ def test_a_trial_of_many_clients_asks_for_pool_workers_not_a_bundle_per_client()
 
 
 def test_a_trial_too_big_for_the_cluster_fails_before_any_trial(tmp_path: Path) -> None:
-    space = sweep.load_space(write_space(tmp_path, {"clients.count": {"grid": [2, 7]}}))
+    space = sweep.load_space(write_space(tmp_path, {"clients.count": {"grid": [2, 7]}},
+                                         set={"engine.clients": "actors"}))
     sweep._check_fits(space, {"CPU": 4.0}, has_gpu=False)  # 0.25 + 0.25 + 7 x 0.25 = 2.25
     with pytest.raises(ConfigError, match=r"needs 2.25 CPUs .* 7 clients x 0.25\) but the Ray "
                                           r"cluster has 2"):
         sweep._check_fits(space, {"CPU": 2.0}, has_gpu=False)
+    # With engine.clients auto the 7 clients that do not fit as actors share a worker pool.
+    auto = sweep.load_space(write_space(tmp_path, {"clients.count": {"grid": [2, 7]}}))
+    sweep._check_fits(auto, {"CPU": 2.0}, has_gpu=False)
 
 
 def test_param_cells_and_error_lines() -> None:
