@@ -32,6 +32,11 @@ from splitray.config import load_config
 from splitray.runtime import run_experiment
 
 
+# Ray's CPUs are logical: the server gets all cores' worth of threads, as the fused trainer has,
+# and one pool worker a thread (the cluster is started with one CPU more than the cores).
+CORES = os.cpu_count() or 2
+
+
 @dataclass
 class Setting:
     model: str
@@ -122,7 +127,7 @@ def config(s: Setting, clients: int, engine_clients: str):
         f"data.test_samples={clients}", "data.partition=iid",
         f"train.batch_size={s.batch_size}", f"train.steps_per_epoch={s.steps_per_client}",
         "compression.enabled=false", "schedule.phases=[{epochs: 1}]",
-        f"clients.count={clients}", "clients.num_cpus=1", "server.num_cpus=1",
+        f"clients.count={clients}", "clients.num_cpus=1", f"server.num_cpus={CORES}",
         "clients.devices=[laptop_cpu]", "network.links=[wifi5]",
         f"engine.clients={engine_clients}",
     ]
@@ -181,7 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [SETTINGS[0]] if args.quick else [SETTINGS[i] for i in (args.setting or
                                                                      range(len(SETTINGS)))]
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=CORES + 1, include_dashboard=False, log_to_driver=False)
     print(f"{'model':>9} {'clients':>7} {'/round':>6} {'s/round':>8} {'samples/s':>9} "
           f"{'fused/s':>8} {'ratio':>6} {'peak GB':>7} {'start s':>7}", flush=True)
     with tempfile.TemporaryDirectory() as out:
