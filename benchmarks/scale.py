@@ -31,7 +31,6 @@ import ray
 from splitray.config import load_config
 from splitray.runtime import run_experiment
 
-
 # Ray's CPUs are logical: the server gets all cores' worth of threads, as the fused trainer has,
 # and one pool worker a thread (the cluster is started with one CPU more than the cores).
 CORES = os.cpu_count() or 2
