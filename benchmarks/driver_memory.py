@@ -37,7 +37,7 @@ def main() -> None:
         _, driver_gb = tree_pss_gb(os.getpid())
         samples.append((row["epoch"] + 1, driver_gb))
         print(f"epoch {row['epoch'] + 1:>3}  samples so far {row['samples_seen']:>9}  "
-              f"driver PSS {driver_gb:.3f} GB", flush=True)
+              f"wall {row['wall_time_s']:7.1f} s  driver PSS {driver_gb:.3f} GB", flush=True)
 
     with tempfile.TemporaryDirectory() as out:
         result = run_experiment(cfg, out_dir=out, engine="ray", progress=False,
