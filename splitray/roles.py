@@ -276,10 +276,18 @@ class ClientRole(_Role):
 
     def inference_cost(self) -> tuple[int, int]:
         """FLOPs and wire bytes of one sample's forward at the current budget, no label sent."""
+        return self.fwd_flops_per_sample, self._up_nbytes(1, with_labels=False)
+
+    def _up_nbytes(self, batch_size: int, with_labels: bool = True) -> int:
+        """Wire bytes of a payload of `batch_size` samples at the current budget."""
         channels, height, width, with_indices = self._wire_shape()
-        nbytes = payload_nbytes(1, channels, height, width, self.cfg.compression.codec_up,
-                                with_indices, False)
-        return self.fwd_flops_per_sample, nbytes
+        return payload_nbytes(batch_size, channels, height, width,
+                              self.cfg.compression.codec_up, with_indices, with_labels)
+
+    def _batch_indices(self, step: int) -> np.ndarray:
+        """The shard positions of step `step` of the epoch in progress."""
+        bs = self.cfg.train.batch_size
+        return self._order[step * bs:(step + 1) * bs]
 
     def _wire_shape(self) -> tuple[int, int, int, bool]:
         """Channels sent at the current budget, height and width on the wire, and whether the
@@ -302,8 +310,7 @@ class ClientRole(_Role):
         no backward to follow, nothing about the client changes.
         """
         t0 = time.perf_counter()
-        bs = self.cfg.train.batch_size
-        idx = self._order[step * bs:(step + 1) * bs]
+        idx = self._batch_indices(step)
         x, y = self.shard.batch(idx, augment=self.cfg.data.augment, generator=self.generator)
         self.set_training(learn)
         with torch.set_grad_enabled(learn):
@@ -318,12 +325,9 @@ class ClientRole(_Role):
 
     def forward_cost(self, step: int) -> ForwardInfo:
         """What `forward(step)` will report (wire bytes and FLOPs), without running it."""
-        bs = self.cfg.train.batch_size
-        n = len(self._order[step * bs:(step + 1) * bs])
-        channels, height, width, with_indices = self._wire_shape()
-        nbytes = payload_nbytes(n, channels, height, width, self.cfg.compression.codec_up,
-                                with_indices, True)
-        return ForwardInfo(self.client_id, nbytes, n, self.fwd_flops_per_sample * n, 0.0)
+        n = len(self._batch_indices(step))
+        return ForwardInfo(self.client_id, self._up_nbytes(n), n, self.fwd_flops_per_sample * n,
+                           0.0)
 
     def drop_step(self) -> None:
         """Forget the forward in progress: its step was dropped, no gradient will come."""
@@ -360,19 +364,18 @@ class ClientRole(_Role):
 
     def _batch_sizes(self) -> list[int]:
         """Samples in each step of the epoch in progress."""
-        bs = self.cfg.train.batch_size
-        steps = self.num_steps(bs, self.cfg.train.steps_per_epoch)
-        return [len(self._order[k * bs:(k + 1) * bs]) for k in range(steps)]
+        steps = self.num_steps(self.cfg.train.batch_size, self.cfg.train.steps_per_epoch)
+        return [len(self._batch_indices(k)) for k in range(steps)]
 
     def state_a_cost(self) -> tuple[int, float]:
         """Bytes (up + down) and client FLOPs of this epoch's steps, were each a full step: what
         async SL's savings are measured against. Payload sizes are the analytic wire sizes."""
-        c = self.cfg.compression
-        channels, height, width, with_indices = self._wire_shape()
+        channels, height, width, _ = self._wire_shape()
         total_bytes, flops = 0, 0.0
         for n in self._batch_sizes():
-            total_bytes += payload_nbytes(n, channels, height, width, c.codec_up, with_indices, True)
-            total_bytes += payload_nbytes(n, channels, height, width, c.codec_down, False, False)
+            total_bytes += self._up_nbytes(n)
+            total_bytes += payload_nbytes(n, channels, height, width,
+                                          self.cfg.compression.codec_down, False, False)
             flops += (self.fwd_flops_per_sample + self.bwd_flops_per_sample) * n
         return total_bytes, flops
 

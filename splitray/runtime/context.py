@@ -412,7 +412,7 @@ class RunContext:
             """The payload of the step's forward: submitted now if it was not, with the next
             `peers.prefetch` forwards in expected arrival order."""
             submit_forward(s)
-            while sum(1 for i in fwd if i not in srv_info) <= self.peers.prefetch:
+            while len(fwd) - served_forwards <= self.peers.prefetch:
                 nxt = next(ahead, None)
                 if nxt is None:
                     break
@@ -420,11 +420,13 @@ class RunContext:
             return fwd[s.client_id][0]
 
         srv_info: dict[int, ServerInfo] = {}
+        served_forwards = 0  # forwards the server has taken (the rest run ahead of it)
         bwd_info: dict[int, BackwardInfo] = {}
         bwd: dict[int, Any] = {}  # each learning client's backward, once submitted
         gradients: dict[int, Any] = {}  # EPSL: each client's own gradient, until the broadcast
 
         def serve(job: StepJob) -> ServerWork:
+            nonlocal served_forwards
             s: ClientStep = job.tag
             i = s.client_id
             if s.state == "C":
@@ -439,6 +441,7 @@ class RunContext:
             elif s.state == "A" and math.isinf(s.offline_s):
                 bwd[i] = self.clients[i].call(ClientRole.backward, srv[0])
             info = srv_info[i] = get(srv[1])
+            served_forwards += s.state != "C"
 
             def backward_s() -> float:
                 if i not in bwd:  # a client that may go offline: its update waits for the gradient
