@@ -105,6 +105,12 @@ def make_decompressor(cfg: ExperimentConfig, act_shape: tuple[int, ...]) -> Deco
     return build_decompressor(cfg.compression, act_shape)
 
 
+def batch_samples(shard_samples: int, batch_size: int) -> int:
+    """Samples in each training step of a client: a whole batch, or the whole shard when it is
+    smaller than one (epochs take only whole batches)."""
+    return min(shard_samples, batch_size)
+
+
 def _sgd(params, cfg: ExperimentConfig) -> torch.optim.Optimizer:
     t = cfg.train
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -325,7 +331,7 @@ class ClientRole(_Role):
 
     def forward_cost(self, step: int) -> ForwardInfo:
         """What `forward(step)` will report (wire bytes and FLOPs), without running it."""
-        n = len(self._batch_indices(step))
+        n = batch_samples(len(self.shard), self.cfg.train.batch_size)
         return ForwardInfo(self.client_id, self._up_nbytes(n), n, self.fwd_flops_per_sample * n,
                            0.0)
 
@@ -364,8 +370,8 @@ class ClientRole(_Role):
 
     def _batch_sizes(self) -> list[int]:
         """Samples in each step of the epoch in progress."""
-        steps = self.num_steps(self.cfg.train.batch_size, self.cfg.train.steps_per_epoch)
-        return [len(self._batch_indices(k)) for k in range(steps)]
+        bs = self.cfg.train.batch_size
+        return [batch_samples(len(self.shard), bs)] * self.num_steps(bs, self.cfg.train.steps_per_epoch)
 
     def state_a_cost(self) -> tuple[int, float]:
         """Bytes (up + down) and client FLOPs of this epoch's steps, were each a full step: what

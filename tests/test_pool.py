@@ -57,6 +57,10 @@ CASES = {name: {} for name in sorted(ALGORITHMS)} | {
                             "availability.mean_on_s": 0.02, "availability.mean_off_s": 0.01,
                             "clients.round_deadline_s": 0.5, "network.links": SLOW_LINKS},
     "splitfed-sampled": {"clients.per_round": 2, "clients.over_selection": 1.5},
+    # Shards of 9 to 29 samples at batch 12: one client's steps are smaller, so its forwards
+    # cost less than the others' at the same split point and budget.
+    "parallel_sl-uneven": {"data.partition": "dirichlet", "data.dirichlet_alpha": 0.1,
+                           "train.batch_size": 12},
 }
 
 
@@ -69,6 +73,8 @@ def test_the_pool_gives_the_fused_trainers_tables(case):
     _assert_same(pooled, fused)
     if case.endswith("sampled"):
         assert (pooled.steps["dropped"] != "").any()
+    if case.endswith("uneven"):
+        assert sorted(pooled.steps["batch_size"].unique()) == [9, 12]
 
 
 def test_auto_puts_clients_on_a_pool_when_their_actors_would_not_fit(tmp_path):

@@ -30,7 +30,14 @@ from splitray.metrics import (
     table_exists,
     table_parts,
 )
-from splitray.roles import BackwardInfo, ClientRole, ForwardInfo, ServerInfo, ServerRole
+from splitray.roles import (
+    BackwardInfo,
+    ClientRole,
+    ForwardInfo,
+    ServerInfo,
+    ServerRole,
+    batch_samples,
+)
 from splitray.runtime.peers import Peer, Peers
 from splitray.runtime.timeline import Broadcast, ServerWork, StepJob, StepTimes, Timeline
 from splitray.schedules import EpochPlan, epoch_plans, reset_kind, scaled_budget
@@ -137,7 +144,7 @@ class RunContext:
 
     def __init__(self, cfg: ExperimentConfig, run_id: str, run_dir: str | None,
                  peers: Peers, timeline: Timeline, devices: list[str], num_channels: int,
-                 split_layers: list[int], client_channels: list[int],
+                 split_layers: list[int], client_channels: list[int], train_samples: list[int],
                  on_epoch: EpochCallback | None = None, progress: bool = True,
                  availability: Availability | None = None) -> None:
         self.cfg = cfg
@@ -152,6 +159,7 @@ class RunContext:
         self.num_channels = num_channels  # at model.split_layer, where phase budgets count
         self.split_layers = split_layers  # each client's split point
         self.client_channels = client_channels  # the channels at each client's split point
+        self.train_samples = train_samples  # each client's shard size
         self.on_epoch = on_epoch
         self.availability = availability or Availability.always_online(len(peers.clients))
         c = cfg.clients
@@ -177,6 +185,8 @@ class RunContext:
         self._resumed_algorithm: dict | None = None
         self._committed: dict | None = None  # what a fault rolls back to
         self._epoch_row: dict | None = None  # the evals row of the epoch in progress
+        # A forward's cost by (split point, budget, batch size): see _forward_costs.
+        self._cost_of_kind: dict[tuple[int, int, int], ForwardInfo] = {}
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.wall_start
@@ -366,6 +376,21 @@ class RunContext:
                 cursor[i] += 1
             yield Round(round_steps, per_round if draw > per_round else None)
 
+    def _forward_costs(self, sending: list[ClientStep], budget: int) -> list[ForwardInfo]:
+        """Each step's forward cost without running it. A forward's bytes and FLOPs depend only
+        on the client's split point, budget and batch size, so one client of each such kind is
+        asked once per run; run_steps checks every forward against its cost."""
+        bs = self.cfg.train.batch_size
+        kinds = [(self.split_layers[i], self.client_budget(i, budget),
+                  batch_samples(self.train_samples[i], bs))
+                 for i in (s.client_id for s in sending)]
+        ask = {k: s for k, s in zip(kinds, sending, strict=True) if k not in self._cost_of_kind}
+        answers = self.get([self.clients[s.client_id].call(ClientRole.forward_cost, s.step)
+                            for s in ask.values()])
+        self._cost_of_kind.update(zip(ask, answers, strict=True))
+        return [dataclasses.replace(self._cost_of_kind[k], client_id=s.client_id)
+                for k, s in zip(kinds, sending, strict=True)]
+
     def run_steps(self, plan: EpochPlan, budget: int, steps: list[ClientStep],
                   shared_positions: int = 0, keep_first: int | None = None) -> list[dict]:
         """Run one step of each listed client on the peers and the timeline; record the rows.
@@ -396,8 +421,7 @@ class RunContext:
         # so a round of a thousand clients never holds a thousand autograd graphs at once.
         lazy = timeline.compute_time == "flops"
         if lazy:
-            costs = get([self.clients[s.client_id].call(ClientRole.forward_cost, s.step)
-                         for s in sending])
+            costs = self._forward_costs(sending, budget)
         else:
             for s in sending:
                 submit_forward(s)
@@ -476,9 +500,13 @@ class RunContext:
                              keep_first=keep_first)
         if lazy:  # what the forwards sent is what their costs said
             for i, info in zip(fwd, get([f[1] for f in fwd.values()]), strict=True):
-                if info.bytes_up != fwd_info[i].bytes_up:
-                    raise RuntimeError(f"client {i} sent {info.bytes_up} bytes, its forward's "
-                                       f"cost said {fwd_info[i].bytes_up}")
+                said = fwd_info[i]
+                if (info.bytes_up, info.batch_size, info.flops) != (said.bytes_up, said.batch_size,
+                                                                    said.flops):
+                    raise RuntimeError(f"client {i}'s forward sent {info.bytes_up} bytes of "
+                                       f"{info.batch_size} samples ({info.flops:.0f} FLOPs), its "
+                                       f"cost said {said.bytes_up}, {said.batch_size} "
+                                       f"({said.flops:.0f})")
         dropped = [job.client_id for job, t in timed
                    if t.dropped and job.learn and job.client_id in fwd]
         if dropped:

@@ -356,7 +356,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     ctx = RunContext(cfg, run_id, run_dir, peers, timeline,
                      [d.name for d in prepared.devices], prepared.num_channels,
                      [split_layer_of(cfg, i) for i in range(cfg.clients.count)],
-                     prepared.client_channels, on_epoch, progress, prepared.availability)
+                     prepared.client_channels, [len(p) for p in prepared.train_parts], on_epoch,
+                     progress, prepared.availability)
     started = now_iso()
     extra = {"engine": engine, "config": "config.yaml", "clients": [
         {"client_id": i, "device": d.name, "link": prepared.network.describe(i),

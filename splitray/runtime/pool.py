@@ -108,12 +108,16 @@ class PoolWorker:
         role = self._load(client_id, state) if arrives else self.live[client_id]
         return method(role, *args)
 
-    def release(self, client_id: int) -> dict:
-        """Give client `client_id` up: its state as numpy arrays; its slot serves the next."""
-        role = self.live.pop(client_id)
-        state = as_arrays(role.checkpoint())
-        self.free.setdefault(role.split_layer, []).append(role)
-        return state
+    def release(self, client_ids: list[int]) -> dict | list[dict]:
+        """Give the clients up: each one's state as numpy arrays (one return value each, so
+        a single client's is not a list); their slots serve the next clients."""
+        states = []
+        for client_id in client_ids:
+            role = self.live.pop(client_id)
+            # Serialised when the task returns, before any other task can reuse the slot.
+            states.append(as_arrays(role.checkpoint()))
+            self.free.setdefault(role.split_layer, []).append(role)
+        return states[0] if len(states) == 1 else states
 
     def node_id(self) -> str:
         """The Ray node this worker runs on."""
@@ -160,9 +164,10 @@ class ClientPool:
         call it only when no client is between its forward and its backward."""
         keep = self.capacity if keep is None else keep
         for w, live in enumerate(self.live):
-            while len(live) > keep:
-                client_id, _ = live.popitem(last=False)
-                self.stored[client_id] = self.workers[w].release.remote(client_id)
+            evicted = [live.popitem(last=False)[0] for _ in range(len(live) - keep)]
+            if evicted:  # one task per worker, an ObjectRef per client
+                refs = self.workers[w].release.options(num_returns=len(evicted)).remote(evicted)
+                self.stored.update(zip(evicted, refs if len(evicted) > 1 else [refs], strict=True))
 
     def chunks(self, num_clients: int) -> Iterator[range]:
         """Client ids in runs that fit the pool's live clients, to trim between."""
