@@ -471,6 +471,7 @@ class RunContext:
                 if i not in bwd:  # a client that may go offline: its update waits for the gradient
                     bwd[i] = self.clients[i].call(ClientRole.backward, srv[0])
                 b = bwd_info[i] = get(bwd[i])
+                self.peers.finished(i)
                 return timeline.client_compute_s(i, b.flops, b.compute_s)
 
             return ServerWork(timeline.server_compute_s(info.flops, info.compute_s),

@@ -104,6 +104,12 @@ class Peers:
             return ray.put(value)
         return value
 
+    def finished(self, client_id: int) -> None:
+        """The client's step of the round in progress is over (its backward done): the pool
+        may evict it before the round ends."""
+        if self.pool is not None:
+            self.pool.finished(client_id)
+
     def between_rounds(self) -> None:
         """No client is between its forward and backward: the pool may evict clients now."""
         if self.pool is not None:

@@ -3,9 +3,10 @@
 A client is data (weights, optimizer state, filter, generator, data order, budget) plus its shard
 indices. Each client has a home worker (client id modulo the pool size). A worker keeps the
 clients it ran since the last trim as live `ClientRole` objects; at round boundaries the driver
-trims each worker to `engine.pool_capacity` clients, and the worker returns each evicted client's
-state as numpy arrays, a return value the driver owns (so it outlives the worker), kept in the
-object store until the client runs again. The dataset goes into the object store once; a worker
+trims each worker to `engine.pool_capacity` clients, and within a round it evicts clients whose
+step is over once a worker holds more (a batch at a time). The worker returns each evicted
+client's state as numpy arrays, a return value the driver owns (so it outlives the worker), kept
+in the object store until the client runs again. The dataset goes into the object store once; a worker
 cuts a client's shard from it by index when the client arrives.
 """
 
@@ -139,6 +140,8 @@ class ClientPool:
         self.workers = workers
         self.capacity = capacity  # live clients a worker keeps from one round to the next
         self.live: list[OrderedDict[int, None]] = [OrderedDict() for _ in workers]
+        # Per worker, the live clients whose step of the round in progress is over.
+        self.finished_live: list[OrderedDict[int, None]] = [OrderedDict() for _ in workers]
         self.stored: dict[int, Any] = {}  # client id -> ObjectRef of its state; absent: fresh
         self.constructor_args: tuple = ()  # the workers' data refs, kept alive for restarts
 
@@ -155,19 +158,38 @@ class ClientPool:
         arrives = client_id not in live
         live[client_id] = None
         live.move_to_end(client_id)
+        self.finished_live[w].pop(client_id, None)  # busy again until it says otherwise
         state = self.stored.pop(client_id, None) if arrives else None
         return self.workers[w].run.options(num_returns=num_returns).remote(
             client_id, arrives, state, method, *args)
+
+    def finished(self, client_id: int) -> None:
+        """Client `client_id` is done with the round in progress. Once its worker holds
+        `capacity` live clients and a batch more, the batch of finished ones leaves, so a round
+        of many clients never has them all live at once."""
+        w = self.home(client_id)
+        done = self.finished_live[w]
+        done[client_id] = None
+        batch = max(1, min(RELEASE_BATCH, self.capacity))
+        if len(done) >= batch and len(self.live[w]) >= self.capacity + batch:
+            self._release(w, [done.popitem(last=False)[0] for _ in range(batch)])
 
     def trim(self, keep: int | None = None) -> None:
         """Evict each worker's least recently used clients beyond `keep` (default: capacity);
         call it only when no client is between its forward and its backward."""
         keep = self.capacity if keep is None else keep
         for w, live in enumerate(self.live):
-            evicted = [live.popitem(last=False)[0] for _ in range(len(live) - keep)]
-            if evicted:  # one task per worker, an ObjectRef per client
-                refs = self.workers[w].release.options(num_returns=len(evicted)).remote(evicted)
-                self.stored.update(zip(evicted, refs if len(evicted) > 1 else [refs], strict=True))
+            self.finished_live[w] = OrderedDict()
+            self._release(w, list(live)[:max(0, len(live) - keep)])
+
+    def _release(self, w: int, client_ids: list[int]) -> None:
+        """Worker `w` gives the clients up, in one task with an ObjectRef per client's state."""
+        if not client_ids:
+            return
+        for client_id in client_ids:
+            del self.live[w][client_id]
+        refs = self.workers[w].release.options(num_returns=len(client_ids)).remote(client_ids)
+        self.stored.update(zip(client_ids, refs if len(client_ids) > 1 else [refs], strict=True))
 
     def chunks(self, num_clients: int) -> Iterator[range]:
         """Client ids in runs that fit the pool's live clients, to trim between."""
@@ -184,6 +206,7 @@ class ClientPool:
         """Make `states` (ObjectRefs, state trees or None) the clients' states; no client live."""
         ray.get([w.drop_all.remote() for w in self.workers])
         self.live = [OrderedDict() for _ in self.workers]
+        self.finished_live = [OrderedDict() for _ in self.workers]
         self.stored = {}
         for i, s in enumerate(states):
             if s is not None:
@@ -194,6 +217,10 @@ class ClientPool:
         refs = [s for s in states if s is not None]
         values = iter(ray.get(refs))
         return [as_tensors(next(values)) if s is not None else None for s in states]
+
+
+# Most clients a worker gives up at once in the middle of a round (one task for all of them).
+RELEASE_BATCH = 16
 
 
 def uses_pool(cfg: ExperimentConfig, cluster_cpus: float) -> bool:
