@@ -329,8 +329,9 @@ class ClientRole(_Role):
                            time.perf_counter() - t0)
         return payload, info
 
-    def forward_cost(self, step: int) -> ForwardInfo:
-        """What `forward(step)` will report (wire bytes and FLOPs), without running it."""
+    def forward_cost(self) -> ForwardInfo:
+        """What each `forward` of the epoch will report (wire bytes, samples, FLOPs), without
+        running it: every step takes `batch_samples` samples."""
         n = batch_samples(len(self.shard), self.cfg.train.batch_size)
         return ForwardInfo(self.client_id, self._up_nbytes(n), n, self.fwd_flops_per_sample * n,
                            0.0)
@@ -371,7 +372,8 @@ class ClientRole(_Role):
     def _batch_sizes(self) -> list[int]:
         """Samples in each step of the epoch in progress."""
         bs = self.cfg.train.batch_size
-        return [batch_samples(len(self.shard), bs)] * self.num_steps(bs, self.cfg.train.steps_per_epoch)
+        steps = self.num_steps(bs, self.cfg.train.steps_per_epoch)
+        return [batch_samples(len(self.shard), bs)] * steps
 
     def state_a_cost(self) -> tuple[int, float]:
         """Bytes (up + down) and client FLOPs of this epoch's steps, were each a full step: what

@@ -381,15 +381,14 @@ class RunContext:
         on the client's split point, budget and batch size, so one client of each such kind is
         asked once per run; run_steps checks every forward against its cost."""
         bs = self.cfg.train.batch_size
+        ids = [s.client_id for s in sending]
         kinds = [(self.split_layers[i], self.client_budget(i, budget),
-                  batch_samples(self.train_samples[i], bs))
-                 for i in (s.client_id for s in sending)]
-        ask = {k: s for k, s in zip(kinds, sending, strict=True) if k not in self._cost_of_kind}
-        answers = self.get([self.clients[s.client_id].call(ClientRole.forward_cost, s.step)
-                            for s in ask.values()])
+                  batch_samples(self.train_samples[i], bs)) for i in ids]
+        ask = {k: i for k, i in zip(kinds, ids, strict=True) if k not in self._cost_of_kind}
+        answers = self.get([self.clients[i].call(ClientRole.forward_cost) for i in ask.values()])
         self._cost_of_kind.update(zip(ask, answers, strict=True))
-        return [dataclasses.replace(self._cost_of_kind[k], client_id=s.client_id)
-                for k, s in zip(kinds, sending, strict=True)]
+        return [dataclasses.replace(self._cost_of_kind[k], client_id=i)
+                for k, i in zip(kinds, ids, strict=True)]
 
     def run_steps(self, plan: EpochPlan, budget: int, steps: list[ClientStep],
                   shared_positions: int = 0, keep_first: int | None = None) -> list[dict]:

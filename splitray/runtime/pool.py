@@ -6,8 +6,8 @@ clients it ran since the last trim as live `ClientRole` objects; at round bounda
 trims each worker to `engine.pool_capacity` clients, and within a round it evicts clients whose
 step is over once a worker holds more (a batch at a time). The worker returns each evicted
 client's state as numpy arrays, a return value the driver owns (so it outlives the worker), kept
-in the object store until the client runs again. The dataset goes into the object store once; a worker
-cuts a client's shard from it by index when the client arrives.
+in the object store until the client runs again. The dataset goes into the object store once;
+a worker cuts a client's shard from it by index when the client arrives.
 """
 
 from __future__ import annotations
