@@ -1,7 +1,7 @@
 """Many clients on one machine: the worker pool against the fused trainer, measured in one run.
 
 For each setting, runs parallel SL with the clients as state on a pool of worker actors
-(`engine.clients: pool`), then the fused single-process trainer on the same model, batch and
+(`engine.clients: pool`) and the fused single-process trainer on the same model, batch and
 steps, and prints wall seconds per round, samples/s of both and their ratio, the peak memory of
 the whole process tree (this process, Ray's daemons and actors) summed as PSS from
 /proc/PID/smaps_rollup, so object-store pages shared by several processes count once, and the
@@ -11,12 +11,14 @@ start-up time. One JSON object per setting follows its table line, for scripts.
     python benchmarks/scale.py --quick    # the smallest setting only
 
 The fused trainer runs at most --fused-clients clients (building a thousand full models in one
-process only costs start-up; a step costs the same whoever's it is); same steps per round.
+process only costs start-up; a step costs the same whoever's it is); same steps per round. It runs
+before and after the pool; the ratio is against the mean of the two.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -32,7 +34,10 @@ from splitray.config import load_config
 from splitray.runtime import run_experiment
 
 # Ray's CPUs are logical: the server gets all cores' worth of threads, as the fused trainer has,
-# and one pool worker a thread (the cluster is started with one CPU more than the cores).
+# and so does the one pool worker when a client step fills the cores (vgg11_bn); it then runs
+# each forward only when the server is about to take it (engine.prefetch 0), so that the two
+# never fight over the cores. A tiny_cnn step is too small to fill them: one thread, forwards
+# ahead. The cluster has the CPUs for both at once.
 CORES = os.cpu_count() or 2
 
 
@@ -45,13 +50,15 @@ class Setting:
     clients: int
     per_round: int | None  # None: every client in every round
     steps_per_client: int
+    client_cpus: int = CORES
+    prefetch: int | None = 0  # engine.prefetch (None: the engine's default)
 
 
 SETTINGS = [
     Setting("vgg11_bn", 5, 16, 32, 10, None, 4),
     Setting("vgg11_bn", 5, 16, 32, 100, None, 2),
     Setting("vgg11_bn", 5, 16, 32, 1000, None, 2),
-    Setting("tiny_cnn", 3, 8, 16, 10_000, 500, 1),
+    Setting("tiny_cnn", 3, 8, 16, 10_000, 500, 1, client_cpus=1, prefetch=None),
 ]
 
 
@@ -126,10 +133,12 @@ def config(s: Setting, clients: int, engine_clients: str):
         f"data.test_samples={clients}", "data.partition=iid",
         f"train.batch_size={s.batch_size}", f"train.steps_per_epoch={s.steps_per_client}",
         "compression.enabled=false", "schedule.phases=[{epochs: 1}]",
-        f"clients.count={clients}", "clients.num_cpus=1", f"server.num_cpus={CORES}",
-        "clients.devices=[laptop_cpu]", "network.links=[wifi5]",
-        f"engine.clients={engine_clients}",
+        f"clients.count={clients}", f"clients.num_cpus={s.client_cpus}",
+        f"server.num_cpus={CORES}", "clients.devices=[laptop_cpu]", "network.links=[wifi5]",
+        f"engine.clients={engine_clients}", "engine.pool_workers=1",
     ]
+    if s.prefetch is not None:
+        overrides.append(f"engine.prefetch={s.prefetch}")
     if per_round:
         overrides.append(f"clients.per_round={per_round}")
     return load_config(overrides=overrides)
@@ -145,33 +154,44 @@ def throughput(steps: pd.DataFrame) -> tuple[float, float]:
     return wall_s / (len(ends) - 1), timed["batch_size"].sum() / wall_s
 
 
+def fused_samples_per_s(s: Setting, fused_clients: int) -> float:
+    """Samples/s of the fused single-process trainer over the same steps as setting `s` (at most
+    `fused_clients` clients, as many steps per round)."""
+    n_fused = min(s.clients, fused_clients)
+    fused_setting = dataclasses.replace(
+        s, clients=n_fused, per_round=None,
+        steps_per_client=(max(2, math.ceil(s.steps_per_client * (s.per_round or s.clients)
+                                           / n_fused))
+                          if s.per_round else s.steps_per_client))
+    fused = run_experiment(config(fused_setting, n_fused, "auto"), out_dir=None, engine="local",
+                           progress=False)
+    return throughput(fused.steps)[1]
+
+
 def measure(s: Setting, fused_clients: int, out: str) -> dict:
+    # The fused trainer runs before and after the pool, and the ratio takes their mean: on a
+    # shared 2-core host one run of it has varied by a third within minutes.
+    fused_before = fused_samples_per_s(s, fused_clients)
     with PeakMemory() as memory:
         t0 = time.perf_counter()
         result = run_experiment(config(s, s.clients, "pool"), out_dir=out, engine="ray",
                                 progress=False)
         elapsed_s = time.perf_counter() - t0
+    fused_after = fused_samples_per_s(s, fused_clients)
+    fused = (fused_before + fused_after) / 2
     manifest = json.loads(open(os.path.join(result.run_dir, "manifest.json")).read())
     per_round_s, samples_per_s = throughput(result.steps)
     before_run_s = elapsed_s - manifest["wall_time_s"]  # data, actors
     first_round_s = result.steps.loc[result.steps["round"] == result.steps["round"].min(),
                                      "wall_time_s"].max()
-    n_fused = min(s.clients, fused_clients)
-    per_round = s.per_round or s.clients
-    fused_setting = Setting(s.model, s.split_layer, s.batch_size, s.image_size, n_fused, None,
-                            max(2, math.ceil(s.steps_per_client * per_round / n_fused)
-                                if s.per_round else s.steps_per_client))
-    fused = run_experiment(config(fused_setting, n_fused, "auto"), out_dir=None,
-                           engine="local", progress=False)
-    _, fused_samples_per_s = throughput(fused.steps)
     return {
-        "model": s.model, "clients": s.clients, "per_round": per_round,
+        "model": s.model, "clients": s.clients, "per_round": s.per_round or s.clients,
         "wall_per_round_s": round(per_round_s, 3), "samples_per_s": round(samples_per_s, 1),
-        "fused_samples_per_s": round(fused_samples_per_s, 1),
-        "ratio": round(samples_per_s / fused_samples_per_s, 3),
+        "fused_samples_per_s": round(fused, 1), "ratio": round(samples_per_s / fused, 3),
         "peak_mem_gb": round(memory.peak_gb, 2), "startup_s": round(before_run_s + first_round_s, 1),
         "driver_peak_mem_gb": round(memory.driver_peak_gb, 2),
-        "pool_workers": manifest.get("pool_workers"), "fused_clients": n_fused,
+        "pool_workers": manifest.get("pool_workers"), "fused_clients": min(s.clients, fused_clients),
+        "fused_before_after": [round(fused_before, 1), round(fused_after, 1)],
     }
 
 
@@ -185,7 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     chosen = [SETTINGS[0]] if args.quick else [SETTINGS[i] for i in (args.setting or
                                                                      range(len(SETTINGS)))]
-    ray.init(num_cpus=CORES + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2 * CORES, include_dashboard=False, log_to_driver=False)
     print(f"{'model':>9} {'clients':>7} {'/round':>6} {'s/round':>8} {'samples/s':>9} "
           f"{'fused/s':>8} {'ratio':>6} {'peak GB':>7} {'start s':>7}", flush=True)
     with tempfile.TemporaryDirectory() as out:

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
     ("nonsense.key=1", "nonsense: unknown key"),
     ("schedule.phases[5].budget=8", "schedule.phases[5].budget: index 5 is out of range"),
     ("compression.delta=1e-3x", "compression.delta: '1e-3x' is not allowed; expected a number"),
+    ("engine.prefetch=-1", "engine.prefetch: -1 is not allowed; must be >= 0"),
 ])
 def test_bad_values_name_field_value_and_rule(override, message):
     with pytest.raises(ConfigError) as info:

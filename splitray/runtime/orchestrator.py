@@ -297,13 +297,19 @@ def _ray_peers(p: Prepared) -> Peers:
         pool.constructor_args = (train, test, parts)  # a restarted worker reads them again
         clients: list[Peer] = [PoolClient(pool, i) for i in range(cfg.clients.count)]
         return Peers(clients, server, get_ray, [server, *(RayPeer(w) for w in workers)], pool,
-                     prefetch=2 * len(workers))
+                     prefetch=_prefetch(cfg, 2 * len(workers)))
     actors = [RayPeer(ClientActor.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts,
                                           runtime_env=omp)
                       .remote(client_threads, i, cfg, p.train_shard(i), p.test_shard(i),
                               p.num_classes))
               for i in range(cfg.clients.count)]
-    return Peers(list(actors), server, get_ray, [server, *actors], prefetch=len(actors))
+    return Peers(list(actors), server, get_ray, [server, *actors],
+                 prefetch=_prefetch(cfg, len(actors)))
+
+
+def _prefetch(cfg: ExperimentConfig, default: int) -> int:
+    """Client forwards to run ahead of the server: engine.prefetch, else `default`."""
+    return default if cfg.engine.prefetch is None else cfg.engine.prefetch
 
 
 def _local_peers(p: Prepared) -> Peers:
