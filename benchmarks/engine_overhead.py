@@ -5,6 +5,8 @@ Prints samples/s of both and ends with `ratio <engine/fused>`.
 
     python benchmarks/engine_overhead.py                 # VGG11 split 5, batch 64, 1 client
     python benchmarks/engine_overhead.py --clients 8     # 8 clients on a shared Wi-Fi medium
+    python benchmarks/engine_overhead.py --clients 8 --pool   # the clients as state on one
+                                                         # pool worker instead of 8 actors
     python benchmarks/engine_overhead.py --checkpoint    # engine with vs without a checkpoint
                                                          # after each of 3 epochs (ratio)
 """
@@ -41,6 +43,9 @@ def main() -> None:
     parser.add_argument("--compression", action="store_true", help="budget 16, fp16 codecs")
     parser.add_argument("--repeats", type=int, default=2,
                         help="alternate fused and engine runs this often; report each one's best")
+    parser.add_argument("--pool", action="store_true",
+                        help="the clients as state on one pool worker with all cores' threads, "
+                             "each forward when the server takes it (engine.prefetch 0)")
     parser.add_argument("--checkpoint", action="store_true",
                         help="instead compare the engine writing a run directory with and "
                              "without checkpoint.every_epochs=1, over 3 epochs")
@@ -48,8 +53,11 @@ def main() -> None:
 
     cores = os.cpu_count() or 2
     # Ray resources are logical: client(s) and server each get all cores' worth of threads,
-    # as the fused trainer does; they alternate in time, so nothing is oversubscribed.
-    client_cpus = cores if args.clients == 1 else max(cores / args.clients / 2, 0.01)
+    # as the fused trainer does; they alternate in time, so nothing is oversubscribed. Several
+    # client actors would not alternate (one's backward runs beside the next one's forward and
+    # the server's step), so they get a thread each; one pool worker runs them all in turn.
+    one_at_a_time = args.clients == 1 or args.pool
+    client_cpus = cores if one_at_a_time else max(cores / args.clients / 2, 0.01)
     overrides = [
         f"model.name={args.model}", f"model.split_layer={args.split_layer}",
         "data.name=synthetic", f"data.train_samples={args.batch_size * args.steps * args.clients}",
@@ -58,6 +66,8 @@ def main() -> None:
         f"clients.num_cpus={client_cpus}", f"server.num_cpus={cores}",
         "clients.devices=[laptop_cpu]", "network.shared=wifi6_shared",
     ]
+    if args.pool:
+        overrides += ["engine.clients=pool", "engine.pool_workers=1", "engine.prefetch=0"]
     epochs = 3 if args.checkpoint else 1
     overrides += ([f"schedule.phases=[{{budget: 16, epochs: {epochs}}}]",
                    "compression.codec_up=fp16", "compression.codec_down=fp16"]
@@ -72,7 +82,8 @@ def main() -> None:
     ray.init(num_cpus=2 * cores, include_dashboard=False, log_to_driver=False)
 
     print(f"{args.model} split {args.split_layer}, batch {args.batch_size}, {args.clients} "
-          f"client(s), {args.steps} steps each, torch threads {torch.get_num_threads()}")
+          f"client(s){' on one pool worker' if args.pool else ''}, {args.steps} steps each, "
+          f"torch threads {torch.get_num_threads()}")
     # Alternating and keeping the best of each damps the host's noise (other tenants, Ray's
     # own daemons on the same two cores) without favouring either side.
     best = dict.fromkeys(variants, 0.0)
