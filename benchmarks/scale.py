@@ -123,8 +123,8 @@ class PeakMemory:
         self._thread.join()
 
 
-def config(s: Setting, clients: int, engine_clients: str):
-    per_round = s.per_round if clients == s.clients else None
+def config(s: Setting, engine_clients: str):
+    clients = s.clients
     samples = clients * s.batch_size * s.steps_per_client
     overrides = [
         f"name=scale-{s.model}-{clients}", f"model.name={s.model}",
@@ -139,8 +139,8 @@ def config(s: Setting, clients: int, engine_clients: str):
     ]
     if s.prefetch is not None:
         overrides.append(f"engine.prefetch={s.prefetch}")
-    if per_round:
-        overrides.append(f"clients.per_round={per_round}")
+    if s.per_round:
+        overrides.append(f"clients.per_round={s.per_round}")
     return load_config(overrides=overrides)
 
 
@@ -158,12 +158,11 @@ def fused_samples_per_s(s: Setting, fused_clients: int) -> float:
     """Samples/s of the fused single-process trainer over the same steps as setting `s` (at most
     `fused_clients` clients, as many steps per round)."""
     n_fused = min(s.clients, fused_clients)
-    fused_setting = dataclasses.replace(
-        s, clients=n_fused, per_round=None,
-        steps_per_client=(max(2, math.ceil(s.steps_per_client * (s.per_round or s.clients)
-                                           / n_fused))
-                          if s.per_round else s.steps_per_client))
-    fused = run_experiment(config(fused_setting, n_fused, "auto"), out_dir=None, engine="local",
+    steps = s.steps_per_client
+    if s.per_round:  # the steps of the sampled rounds, spread over the fused trainer's clients
+        steps = max(2, math.ceil(steps * s.per_round / n_fused))
+    fused_setting = dataclasses.replace(s, clients=n_fused, per_round=None, steps_per_client=steps)
+    fused = run_experiment(config(fused_setting, "auto"), out_dir=None, engine="local",
                            progress=False)
     return throughput(fused.steps)[1]
 
@@ -174,7 +173,7 @@ def measure(s: Setting, fused_clients: int, out: str) -> dict:
     fused_before = fused_samples_per_s(s, fused_clients)
     with PeakMemory() as memory:
         t0 = time.perf_counter()
-        result = run_experiment(config(s, s.clients, "pool"), out_dir=out, engine="ray",
+        result = run_experiment(config(s, "pool"), out_dir=out, engine="ray",
                                 progress=False)
         elapsed_s = time.perf_counter() - t0
     fused_after = fused_samples_per_s(s, fused_clients)

@@ -139,6 +139,7 @@ class ClientPool:
     def __init__(self, workers: list[Any], capacity: int) -> None:
         self.workers = workers
         self.capacity = capacity  # live clients a worker keeps from one round to the next
+        self.release_batch = min(RELEASE_BATCH, capacity)  # finished clients evicted at once
         self.live: list[OrderedDict[int, None]] = [OrderedDict() for _ in workers]
         # Per worker, the live clients whose step of the round in progress is over.
         self.finished_live: list[OrderedDict[int, None]] = [OrderedDict() for _ in workers]
@@ -170,7 +171,7 @@ class ClientPool:
         w = self.home(client_id)
         done = self.finished_live[w]
         done[client_id] = None
-        batch = max(1, min(RELEASE_BATCH, self.capacity))
+        batch = self.release_batch
         if len(done) >= batch and len(self.live[w]) >= self.capacity + batch:
             self._release(w, [done.popitem(last=False)[0] for _ in range(batch)])
 
