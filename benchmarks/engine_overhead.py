@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--pool", action="store_true",
                         help="the clients as state on one pool worker with all cores' threads, "
                              "each forward when the server takes it (engine.prefetch 0)")
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help="engine.prefetch: client forwards run ahead of the server "
+                             "(default: the engine's)")
     parser.add_argument("--checkpoint", action="store_true",
                         help="instead compare the engine writing a run directory with and "
                              "without checkpoint.every_epochs=1, over 3 epochs")
@@ -68,6 +71,8 @@ def main() -> None:
     ]
     if args.pool:
         overrides += ["engine.clients=pool", "engine.pool_workers=1", "engine.prefetch=0"]
+    if args.prefetch is not None:
+        overrides.append(f"engine.prefetch={args.prefetch}")
     epochs = 3 if args.checkpoint else 1
     overrides += ([f"schedule.phases=[{{budget: 16, epochs: {epochs}}}]",
                    "compression.codec_up=fp16", "compression.codec_down=fp16"]

@@ -178,19 +178,58 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     from splitray.config import load_config
     from splitray.metrics import write_text
-    from splitray.planning import best_single_split, format_plan, plan, resolved_config
+    from splitray.planning import format_plan, plan_and_baseline, resolved_config
 
+    if args.grid:
+        return _plan_grid(args)
+    if args.csv:
+        raise ConfigError("--csv is only allowed with --grid")
     cfg = load_config(args.config, args.set)
-    objective = args.objective or ("epsl" if cfg.train.algorithm == "epsl" else "edgesplit")
-    best = plan(cfg, objective)
+    best, baseline = plan_and_baseline(cfg, args.objective)
     print(format_plan(best))
-    baseline = best_single_split(cfg)
     print(f"parallel SL with the best single split point ({baseline.clients[0].split_layer}) and "
           f"equal shares: {baseline.round_s:.4f} s per round "
           f"({baseline.round_s / best.round_s:.2f}x the plan's)")
     if args.write:
         write_text(yaml.safe_dump(resolved_config(cfg, best), sort_keys=False), args.write)
         print(f"resolved config: {args.write} (splitray run {args.write})")
+    return 0
+
+
+def _plan_grid(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from splitray.config import load_config
+    from splitray.metrics import write_text
+    from splitray.planning import format_grid, grid_values, plan_grid
+
+    if args.write:
+        raise ConfigError("--write is not allowed with --grid; plan one point (--set) to write it")
+    axes = [grid_values(text) for text in args.grid]
+    data = load_config(args.config, args.set).to_dict()
+    total = 1
+    for _, values in axes:
+        total *= len(values)
+    points = []
+    for k, point in enumerate(plan_grid(data, axes, args.objective), 1):
+        points.append(point)
+        print(f"\rplanned {k}/{total} grid points", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    keys = [key for key, _ in axes]
+    print(format_grid(keys, points))
+    if args.csv:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow([*keys, "round_s", "baseline_round_s", "speedup", "baseline_split",
+                         "split_layers", "shares"])
+        for p in points:
+            writer.writerow([*p.values, p.plan.round_s, p.baseline.round_s, p.speedup,
+                             p.baseline.clients[0].split_layer,
+                             " ".join(str(c.split_layer) for c in p.plan.clients),
+                             " ".join(f"{c.share:.6g}" for c in p.plan.clients)])
+        write_text(out.getvalue(), args.csv)
+        print(f"rows: {args.csv}")
     return 0
 
 
@@ -280,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--write", default=None, metavar="FILE",
                     help="also write the config with the plan applied (clients.split_layers, "
                          "network.shared shares), for splitray run")
+    pl.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="instead plan at every combination of these values (repeatable), one "
+                         "row each: the plan's and the baseline's predicted round and the "
+                         "speed-up, e.g. --grid network.shared.up_bps=5e6,2e7,1e8")
+    pl.add_argument("--csv", default=None, metavar="FILE",
+                    help="with --grid: also write the rows (with every client's split point "
+                         "and share) as CSV")
     pl.set_defaults(func=_cmd_plan)
 
     inf = sub.add_parser("infer", help="split inference with a prune run's model set",

@@ -8,15 +8,25 @@ follow the simulator's accounting of one round that starts with every client and
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from splitray.compression import Compressor, Decompressor, encoded_shape, payload_nbytes
-from splitray.config import ConfigError, ExperimentConfig, config_from_dict, split_layer_of
+from splitray.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    parse_override,
+    set_dotted,
+    split_layer_of,
+)
 from splitray.data.loaders import (
     IMAGEFOLDER_DEFAULT_IMAGE_SIZE,
     STL10_IMAGE_SIZE,
@@ -140,6 +150,19 @@ def _codec_modules(cfg: ExperimentConfig, shape: tuple[int, int, int]
     return comp.eval(), decomp.eval()
 
 
+# Counting FLOPs on the meta device takes about a second for a model and its codec at every split
+# point; a grid or a baseline search counts the same ones many times, so the counts are kept,
+# keyed by everything they depend on.
+_COUNTED: dict[tuple, Any] = {}
+
+
+def _memo(key: tuple, count: Callable[[], Any]) -> Any:
+    """`count()`, once per key."""
+    if key not in _COUNTED:
+        _COUNTED[key] = count()
+    return _COUNTED[key]
+
+
 def _measured_flops(fn: Callable[[], object]) -> int:
     with flop_counter() as counter:
         fn()
@@ -225,7 +248,9 @@ def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
     if cfg.model.split_layer > n_units - 1:
         raise ConfigError(f"model.split_layer: {cfg.model.split_layer} is not allowed; {name} has "
                           f"split points 0..{n_units - 1}")
-    shapes, forward, client_train, server_train, grad_flows = _unit_flops(model, input_shape)
+    shapes, forward, client_train, server_train, grad_flows = _memo(
+        ("units", name, input_shape, num_classes, cfg.model.head),
+        lambda: _unit_flops(model, input_shape))
     c = cfg.compression
     fixed = c.channels if c.enabled and c.channels else None
     ref_shape = shapes[cfg.model.split_layer]
@@ -241,7 +266,9 @@ def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
     for n, shape in enumerate(shapes):
         if len(shape) != 3:
             continue
-        comp_forward, comp_backward, decomp = _codec_flops(cfg, shape, grad_flows[n])
+        comp_forward, comp_backward, decomp = _memo(
+            ("codec", repr(c), shape, grad_flows[n]),
+            lambda shape=shape, grad=grad_flows[n]: _codec_flops(cfg, shape, grad))
         client_forward = int(forward[:n].sum()) + comp_forward
         client_backward = int(client_train[:n].sum() - forward[:n].sum()) + comp_backward
         if c.enabled:
@@ -601,6 +628,83 @@ def best_single_split(cfg: ExperimentConfig) -> Plan:
     return min(rounds, key=lambda p: p.round_s)
 
 
+def default_objective(cfg: ExperimentConfig) -> str:
+    """The planner's objective for cfg's algorithm: epsl for EPSL, else edgesplit."""
+    return "epsl" if cfg.train.algorithm == "epsl" else "edgesplit"
+
+
+def plan_and_baseline(cfg: ExperimentConfig, objective: str | None = None) -> tuple[Plan, Plan]:
+    """The plan for cfg (objective: `default_objective` unless given) and what it is compared
+    with: parallel SL at its best single split point with equal shares (`best_single_split`)."""
+    return plan(cfg, objective or default_objective(cfg)), best_single_split(cfg)
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One point of a planning grid: the grid's values there (as given), the plan and its
+    baseline (see `plan_and_baseline`)."""
+
+    values: tuple[str, ...]
+    plan: Plan
+    baseline: Plan
+
+    @property
+    def speedup(self) -> float:
+        """How many times shorter the plan's round is than the baseline's."""
+        return self.baseline.round_s / self.plan.round_s
+
+
+def grid_values(text: str) -> tuple[str, list[str]]:
+    """`key=v1,v2,...` as the key and its values' texts; commas inside [] or {} belong to one
+    value (e.g. `clients.devices=[jetson_nano],[laptop_cpu, raspberry_pi_4]`)."""
+    key, sep, raw = text.partition("=")
+    values, depth, start = [], 0, 0
+    for k, char in enumerate(raw):
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            values.append(raw[start:k].strip())
+            start = k + 1
+    values.append(raw[start:].strip())
+    if not sep or not key.strip() or depth != 0 or not all(values):
+        raise ConfigError(f"--grid: {text!r} is not allowed; expected key=value1,value2,... e.g. "
+                          "network.shared.up_bps=5e6,2e7,1e8")
+    return key.strip(), values
+
+
+def plan_grid(data: dict, axes: list[tuple[str, list[str]]], objective: str | None = None
+              ) -> Iterator[GridPoint]:
+    """The plan and its baseline at every combination of the axes' values (each axis a config key
+    and the YAML texts of its values) applied to the config `data`, the last axis varying
+    fastest. Every point's config is checked before the first is planned."""
+    points = []
+    for values in itertools.product(*(texts for _, texts in axes)):
+        point = copy.deepcopy(data)
+        for (key, _), text in zip(axes, values, strict=True):
+            set_dotted(point, *parse_override(f"{key}={text}"))
+        points.append((values, config_from_dict(point)))
+    for values, cfg in points:
+        yield GridPoint(values, *plan_and_baseline(cfg, objective))
+
+
+def format_grid(axes: list[str], points: list[GridPoint]) -> str:
+    """A grid's points as an aligned text table: the axes' values, the plan's and the baseline's
+    round and split points, and the speed-up, one point a row."""
+    header = (*axes, "round s", "baseline s", "speed-up", "baseline split", "split points")
+    rows = [header] + [
+        (*p.values, f"{p.plan.round_s:.4f}", f"{p.baseline.round_s:.4f}", f"{p.speedup:.2f}x",
+         str(p.baseline.clients[0].split_layer), _split_counts(p.plan))
+        for p in points]
+    return _aligned(rows, left=set(range(len(axes))) | {len(header) - 1})
+
+
+def _split_counts(plan: Plan) -> str:
+    """The plan's split points with how many clients take each, e.g. `3x2 5x6`."""
+    counts: dict[int, int] = {}
+    for c in plan.clients:
+        counts[c.split_layer] = counts.get(c.split_layer, 0) + 1
+    return " ".join(f"{split}x{n}" for split, n in sorted(counts.items()))
+
+
 def _plan_served(objective: str, times: _Times, costs: list[SplitCosts],
                  devices: list[DeviceProfile], columns: np.ndarray, shares: np.ndarray,
                  wait: np.ndarray, passes: int) -> Plan:
@@ -655,13 +759,18 @@ def format_plan(plan: Plan) -> str:
         (str(c.client_id), c.device, str(c.split_layer), f"{c.share:.4f}", f"{c.compute_s:.4f}",
          f"{c.transfer_s:.4f}", f"{c.latency_s:.4f}", f"{c.wait_s:.4f}", f"{c.round_s:.4f}")
         for c in plan.clients]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 1 else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-             for row in rows]
-    lines.append(f"predicted round time: {plan.round_s:.4f} s ({plan.objective}, "
-                 f"{plan.iterations} iteration{'s' if plan.iterations != 1 else ''})")
-    return "\n".join(lines)
+    return (_aligned(rows, left={1})
+            + f"\npredicted round time: {plan.round_s:.4f} s ({plan.objective}, "
+            f"{plan.iterations} iteration{'s' if plan.iterations != 1 else ''})")
+
+
+def _aligned(rows: list[tuple[str, ...]], left: set[int]) -> str:
+    """Rows of cells as lines of aligned columns: the columns in `left` flush left, the rest
+    flush right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i in left else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+                     for row in rows)
 
 
 def _medium_spec(spec: object) -> dict:

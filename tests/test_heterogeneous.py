@@ -145,6 +145,33 @@ def test_plan_command_prints_the_plan_and_writes_a_runnable_config(tmp_path, cap
     assert "network.shared" in capsys.readouterr().err
 
 
+def test_plan_grid_prints_a_row_per_combination_and_writes_csv(tmp_path, capsys):
+    path = tmp_path / "edge.yaml"
+    path.write_text(tiny(**{"train.algorithm": "edgesplit"}).to_yaml())
+    rows = tmp_path / "grid.csv"
+    assert main(["plan", str(path), "--grid", "network.shared.up_bps=1e6,1e8",
+                 "--grid", "clients.cpu_share=0.1,1", "--csv", str(rows)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["network.shared.up_bps", "clients.cpu_share", "round"]
+    assert [line.split()[:2] for line in lines[1:5]] == [
+        ["1e6", "0.1"], ["1e6", "1"], ["1e8", "0.1"], ["1e8", "1"]]
+    table = pd.read_csv(rows)
+    assert len(table) == 4
+    assert (table["speedup"] == table["baseline_round_s"] / table["round_s"]).all()
+    # The grid's first point is what `splitray plan --set` plans for it.
+    one = load_config(path, ["network.shared.up_bps=1e6", "clients.cpu_share=0.1"])
+    best = plan(one)
+    assert table["round_s"].iloc[0] == pytest.approx(best.round_s, rel=1e-12)
+    assert table["split_layers"].iloc[0] == " ".join(str(c.split_layer) for c in best.clients)
+    # Bad input: one line, before anything is planned.
+    assert main(["plan", str(path), "--grid", "clients.cpu_share=0.5,-1"]) == 2
+    assert "clients.cpu_share" in capsys.readouterr().err
+    assert main(["plan", str(path), "--grid", "clients.cpu_share"]) == 2
+    assert main(["plan", str(path), "--grid", "clients.cpu_share=1", "--write", "x.yaml"]) == 2
+    assert main(["plan", str(path), "--csv", str(rows)]) == 2
+    assert "--csv is only allowed with --grid" in capsys.readouterr().err
+
+
 def test_planned_allocation_gives_other_algorithms_shares_at_their_split(tmp_path):
     cfg = tiny(**{"network.shared": "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.005, "
                                      "allocation: planned}"})

@@ -15,7 +15,10 @@ from splitray.planning import (
     ClientPlan,
     Plan,
     format_plan,
+    grid_values,
     plan,
+    plan_and_baseline,
+    plan_grid,
     resolved_config,
     split_costs,
 )
@@ -287,6 +290,36 @@ def test_format_plan_lists_every_client_and_the_round():
     assert lines[2].split()[:3] == ["1", "dev1", str(p.clients[1].split_layer)]
     assert f"{p.round_s:.4f} s" in lines[-1] and "edgesplit" in lines[-1]
     assert isinstance(p.clients[0], ClientPlan)
+
+
+def test_grid_values_split_at_top_level_commas():
+    assert grid_values("network.shared.up_bps=5e6, 2e7") == ("network.shared.up_bps",
+                                                             ["5e6", "2e7"])
+    assert grid_values("clients.devices=[a, b],[c]") == ("clients.devices", ["[a, b]", "[c]"])
+    assert grid_values("network.shared={kind: shared, up_bps: 1e6},wifi6_shared")[1] == [
+        "{kind: shared, up_bps: 1e6}", "wifi6_shared"]
+    for bad in ("clients.cpu_share", "=1,2", "clients.cpu_share=1,,2", "clients.devices=[a,b"):
+        with pytest.raises(ConfigError, match="--grid"):
+            grid_values(bad)
+
+
+def test_plan_grid_plans_every_combination_last_axis_fastest():
+    cfg = make_cfg([5e6, 1e9])
+    axes = [("network.shared.up_bps", ["1e5", "1e7"]), ("clients.cpu_share", ["0.5", "1"])]
+    points = list(plan_grid(cfg.to_dict(), axes))
+    assert [p.values for p in points] == [("1e5", "0.5"), ("1e5", "1"), ("1e7", "0.5"),
+                                          ("1e7", "1")]
+    for p in points:
+        data = cfg.to_dict()
+        data["network"]["shared"]["up_bps"] = float(p.values[0])
+        data["clients"]["cpu_share"] = float(p.values[1])
+        best, baseline = plan_and_baseline(config_from_dict(data))
+        assert p.plan == best and p.baseline == baseline
+        assert p.speedup == baseline.round_s / best.round_s
+    # A bad value anywhere is an error before the first point is planned.
+    bad = plan_grid(cfg.to_dict(), [("clients.cpu_share", ["0.5", "2"])])
+    with pytest.raises(ConfigError, match="clients.cpu_share"):
+        next(bad)
 
 
 # ------------------------------------------------------------------------------------ errors
