@@ -7,6 +7,8 @@ Prints samples/s of both and ends with `ratio <engine/fused>`.
     python benchmarks/engine_overhead.py --clients 8     # 8 clients on a shared Wi-Fi medium
     python benchmarks/engine_overhead.py --clients 8 --pool   # the clients as state on one
                                                          # pool worker instead of 8 actors
+    python benchmarks/engine_overhead.py --clients 8 --prefetch 0   # no forward runs ahead of
+                                                         # the server (engine.prefetch)
     python benchmarks/engine_overhead.py --checkpoint    # engine with vs without a checkpoint
                                                          # after each of 3 epochs (ratio)
 """

@@ -182,8 +182,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     if args.grid:
         return _plan_grid(args)
-    if args.csv:
-        raise ConfigError("--csv is only allowed with --grid")
+    if args.csv or args.plot:
+        raise ConfigError("--csv and --plot are only allowed with --grid")
     cfg = load_config(args.config, args.set)
     best, baseline = plan_and_baseline(cfg, args.objective)
     print(format_plan(best))
@@ -230,6 +230,10 @@ def _plan_grid(args: argparse.Namespace) -> int:
                              " ".join(f"{c.share:.6g}" for c in p.plan.clients)])
         write_text(out.getvalue(), args.csv)
         print(f"rows: {args.csv}")
+    if args.plot:
+        from splitray.analysis.plots import plot_plan_grid
+
+        print(f"figure: {plot_plan_grid(keys, points, args.plot)}")
     return 0
 
 
@@ -326,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--csv", default=None, metavar="FILE",
                     help="with --grid: also write the rows (with every client's split point "
                          "and share) as CSV")
+    pl.add_argument("--plot", default=None, metavar="FILE",
+                    help="with --grid: also draw the speed-up against the first --grid's values, "
+                         "a line per combination of the others (PNG)")
     pl.set_defaults(func=_cmd_plan)
 
     inf = sub.add_parser("infer", help="split inference with a prune run's model set",

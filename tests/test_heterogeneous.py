@@ -150,8 +150,10 @@ def test_plan_grid_prints_a_row_per_combination_and_writes_csv(tmp_path, capsys)
     path.write_text(tiny(**{"train.algorithm": "edgesplit"}).to_yaml())
     rows = tmp_path / "grid.csv"
     assert main(["plan", str(path), "--grid", "network.shared.up_bps=1e6,1e8",
-                 "--grid", "clients.cpu_share=0.1,1", "--csv", str(rows)]) == 0
+                 "--grid", "clients.cpu_share=0.1,1", "--csv", str(rows),
+                 "--plot", str(tmp_path / "grid.png")]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert lines[0].split()[:3] == ["network.shared.up_bps", "clients.cpu_share", "round"]
     assert [line.split()[:2] for line in lines[1:5]] == [
         ["1e6", "0.1"], ["1e6", "1"], ["1e8", "0.1"], ["1e8", "1"]]
@@ -169,7 +171,7 @@ def test_plan_grid_prints_a_row_per_combination_and_writes_csv(tmp_path, capsys)
     assert main(["plan", str(path), "--grid", "clients.cpu_share"]) == 2
     assert main(["plan", str(path), "--grid", "clients.cpu_share=1", "--write", "x.yaml"]) == 2
     assert main(["plan", str(path), "--csv", str(rows)]) == 2
-    assert "--csv is only allowed with --grid" in capsys.readouterr().err
+    assert "--csv and --plot are only allowed with --grid" in capsys.readouterr().err
 
 
 def test_planned_allocation_gives_other_algorithms_shares_at_their_split(tmp_path):

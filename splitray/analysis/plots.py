@@ -1,10 +1,12 @@
-"""Figures: accuracy vs bytes, per-client bytes and samples vs simulated time, budget phases."""
+"""Figures: accuracy vs bytes, per-client bytes and samples vs simulated time, budget phases, and
+the planner's speed-up over a grid of configs."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from matplotlib.axes import Axes
@@ -14,6 +16,9 @@ from matplotlib.ticker import MaxNLocator
 
 from splitray.analysis.results import PARAM_PREFIX, Results
 from splitray.analysis.summary import pareto_frontier, summary_table
+
+if TYPE_CHECKING:
+    from splitray.planning import GridPoint
 
 MAX_PANELS = 6  # runs drawn as subplots; more are left out and the title says so
 MAX_LEGEND = 12  # legend entries before the legend is dropped
@@ -161,4 +166,27 @@ def plot_accuracy_vs_epoch(results: Results, path: str) -> str:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_plan_grid(axes: list[str], points: list[GridPoint], path: str) -> str:
+    """Speed-up of the plan over the baseline (`splitray plan --grid`) against the first axis's
+    values, one line per combination of the other axes' values."""
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
+    xs = list(dict.fromkeys(p.values[0] for p in points))
+    lines: dict[tuple[str, ...], dict[str, float]] = {}
+    for p in points:
+        lines.setdefault(p.values[1:], {})[p.values[0]] = p.speedup
+    for rest, speedups in lines.items():
+        label = ", ".join(f"{key}={value}" for key, value in zip(axes[1:], rest, strict=True))
+        ax.plot(range(len(xs)), [speedups[x] for x in xs], marker="o", label=label or None)
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(xs)), xs, fontsize=8)
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel("baseline round / planned round")
+    ax.set_title("planned vs parallel SL at its best single split, equal shares", fontsize=10)
+    if 1 < len(lines) <= MAX_LEGEND:
+        # Below the axes, where long config values fit; the saved figure grows to hold it.
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.15))
     return _save(fig, path)
