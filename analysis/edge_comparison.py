@@ -11,10 +11,13 @@ model weights, each the latest step end minus the earliest step start; mean_roun
 rounds, EdgeSplit's averaging rounds included), the planner's predicted round time (which for
 EdgeSplit is the mean round with the averaging's transfers, so it is held against mean_round_s:
 pred_err_pct), the simulated time per epoch, the total traffic (activations, gradients and model
-weights, up and down) and the final test accuracy. Writes comparison.md, comparison.csv,
-comparison.png and the runs (runs/) to --out.
+weights, up and down) and the final test accuracy; with --seeds N each system runs at N seeds and
+the table gives means and the final accuracy's standard deviation (accuracy after a few epochs
+moves by several points from seed to seed). Writes comparison.md, comparison.csv (a row per
+system), runs.csv (a row per run), comparison.png and the runs (runs/) to --out.
 
     python analysis/edge_comparison.py            # experiments/edgesplit.yaml, engine local
+    python analysis/edge_comparison.py --phi 0 --seeds 3
 
 A CIFAR-10 subset instead of the synthetic data:
 
@@ -132,13 +135,16 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
     ax_round.bar(x, table["mean_round_s"], 0.27, label="simulated, all rounds")
     ax_round.bar(x + 0.27, table["predicted_round_s"], 0.27, label="planner's prediction")
     ax_round.set_ylabel("seconds per round")
-    top = table[["round_s", "mean_round_s", "predicted_round_s"]].to_numpy().max()
+    # round_s is NaN where every round moves model weights (one round between two averages).
+    top = np.nanmax(table[["round_s", "mean_round_s", "predicted_round_s"]].to_numpy())
     ax_round.set_ylim(0, 1.4 * top)  # room for the legend above the bars
     ax_round.legend(fontsize=7, loc="upper right")
     ax_epoch.bar(x, table["epoch_s"], 0.6, color="#2ca02c")
     ax_epoch.set_ylabel("simulated seconds per epoch")
-    ax_acc.bar(x, table["final_accuracy"], 0.6, color="#9467bd")
-    ax_acc.set_ylabel("final test accuracy")
+    ax_acc.bar(x, table["final_accuracy"], 0.6, color="#9467bd",
+               yerr=table.get("final_accuracy_sd"), capsize=4)
+    ax_acc.set_ylabel("final test accuracy" + (" (mean, sd over seeds)"
+                                               if "final_accuracy_sd" in table else ""))
     ax_acc.set_ylim(0, 1)
     for ax, title in ((ax_round, "time per round"), (ax_epoch, "time per epoch"),
                       (ax_acc, "accuracy")):
@@ -160,39 +166,62 @@ def main(argv: list[str] | None = None) -> None:
                         help="EPSL aggregation ratios to run [0 0.5 1]")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local: the single-process trainer; ray: actors [local]")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="run every system at N seeds (the config's and the N-1 after it); "
+                             "the table gives means and the final accuracy's spread [1]")
     parser.add_argument("--out", default="runs/edge_comparison",
                         help="directory for the table, figure and runs [runs/edge_comparison]")
     args = parser.parse_args(argv)
 
+    if args.seeds < 1:
+        parser.error(f"--seeds: {args.seeds} is not allowed; run at least 1 seed")
     cfg = load_config(args.config, args.set)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    contenders = systems(cfg, args.phi)
+    seeds = range(cfg.seed, cfg.seed + args.seeds)
     rows = []
-    for k, system in enumerate(contenders, 1):
-        print(f"[{k}/{len(contenders)}] {system.label}: ", end="", flush=True)
-        t0 = time.perf_counter()
-        result = run_experiment(system.cfg, out_dir=str(out / "runs"), engine=args.engine,
-                                progress=False)
-        row = measure(system, result, time.perf_counter() - t0)
-        rows.append(row)
-        print(f"split {row['split']}, {row['round_s']:.3f} s per round without averaging, "
-              f"{row['mean_round_s']:.3f} s on average (predicted {row['predicted_round_s']:.3f} s), "
-              f"accuracy {row['final_accuracy']:.4f}, "
-              f"wall {row['wall_s']:.0f} s", flush=True)
+    for seed in seeds:
+        contenders = systems(load_config(args.config, [*args.set, f"seed={seed}"]), args.phi)
+        for k, system in enumerate(contenders, 1):
+            print(f"[seed {seed}, {k}/{len(contenders)}] {system.label}: ", end="", flush=True)
+            t0 = time.perf_counter()
+            result = run_experiment(system.cfg, out_dir=str(out / "runs"), engine=args.engine,
+                                    progress=False)
+            row = {"seed": seed, **measure(system, result, time.perf_counter() - t0)}
+            rows.append(row)
+            print(f"split {row['split']}, {row['round_s']:.3f} s per round without averaging, "
+                  f"{row['mean_round_s']:.3f} s on average (predicted "
+                  f"{row['predicted_round_s']:.3f} s), accuracy {row['final_accuracy']:.4f}, "
+                  f"wall {row['wall_s']:.0f} s", flush=True)
 
-    table = pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    runs.to_csv(out / "runs.csv", index=False)
+    table = by_system(runs)
     table.to_csv(out / "comparison.csv", index=False)
-    shown = table.drop(columns=["run_dir"]).round({
+    shown = table.round({
         "round_s": 3, "mean_round_s": 3, "predicted_round_s": 3, "pred_err_pct": 1, "epoch_s": 2,
-        "traffic_MB": 2, "final_accuracy": 4, "wall_s": 0})
+        "traffic_MB": 2, "final_accuracy": 4, "final_accuracy_sd": 4, "wall_s": 0})
     md = markdown_table(shown)
+    seeds_text = f"seed {cfg.seed}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
     title = (f"{cfg.name}: {cfg.data.name}, {cfg.model.name}, {cfg.clients.count} clients, "
-             f"{cfg.total_epochs} epochs, seed {cfg.seed}, engine {args.engine}")
+             f"{cfg.total_epochs} epochs, {seeds_text}, engine {args.engine}")
     (out / "comparison.md").write_text(f"{title}\n\n{md}\n")
     print(f"\n{title}\n\n{md}\n")
-    print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'}, "
+    print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'} (runs: {out / 'runs.csv'}), "
           f"{plot(table, out / 'comparison.png')}")
+
+
+def by_system(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per system, in the order they ran: the mean over seeds of every number, and with
+    more than one seed the final accuracy's standard deviation and the seed count."""
+    groups = runs.drop(columns=["seed", "run_dir"]).groupby("system", sort=False)
+    table = groups.agg({c: "first" if c in ("algorithm", "split") else "mean"
+                        for c in runs.columns if c not in ("system", "seed", "run_dir")})
+    if runs["seed"].nunique() > 1:
+        after_accuracy = table.columns.get_loc("final_accuracy") + 1
+        table.insert(after_accuracy, "final_accuracy_sd", groups["final_accuracy"].std())
+        table["seeds"] = groups.size()
+    return table.reset_index()
 
 
 if __name__ == "__main__":
