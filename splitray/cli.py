@@ -199,6 +199,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _plan_grid(args: argparse.Namespace) -> int:
     import csv
     import io
+    import math
 
     from splitray.config import load_config
     from splitray.metrics import write_text
@@ -208,9 +209,7 @@ def _plan_grid(args: argparse.Namespace) -> int:
         raise ConfigError("--write is not allowed with --grid; plan one point (--set) to write it")
     axes = [grid_values(text) for text in args.grid]
     data = load_config(args.config, args.set).to_dict()
-    total = 1
-    for _, values in axes:
-        total *= len(values)
+    total = math.prod(len(values) for _, values in axes)
     points = []
     for k, point in enumerate(plan_grid(data, axes, args.objective), 1):
         points.append(point)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -699,9 +700,7 @@ def format_grid(axes: list[str], points: list[GridPoint]) -> str:
 
 def _split_counts(plan: Plan) -> str:
     """The plan's split points with how many clients take each, e.g. `3x2 5x6`."""
-    counts: dict[int, int] = {}
-    for c in plan.clients:
-        counts[c.split_layer] = counts.get(c.split_layer, 0) + 1
+    counts = Counter(c.split_layer for c in plan.clients)
     return " ".join(f"{split}x{n}" for split, n in sorted(counts.items()))
 
 
