@@ -1,7 +1,9 @@
 """Throughput of the Ray engine against the fused single-process trainer, measured in one run.
 
 Same model, data, batches and step code; the engine adds actors, ObjectRefs and the network model.
-Prints samples/s of both and ends with `ratio <engine/fused>`.
+Prints samples/s of every run, the ratio of each engine run to the fused run just before it (their
+median and range show the host's noise) and ends with `ratio <engine/fused>`, the ratio of the best
+run of each.
 
     python benchmarks/engine_overhead.py                 # VGG11 split 5, batch 64, 1 client
     python benchmarks/engine_overhead.py --clients 8     # 8 clients on a shared Wi-Fi medium
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 
 import ray
@@ -43,8 +46,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--steps", type=int, default=30, help="steps per client")
     parser.add_argument("--compression", action="store_true", help="budget 16, fp16 codecs")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="alternate fused and engine runs this often; report each one's best")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternate fused and engine runs this often; the ratio is of each "
+                             "one's best")
     parser.add_argument("--pool", action="store_true",
                         help="the clients as state on one pool worker with all cores' threads, "
                              "each forward when the server takes it (engine.prefetch 0)")
@@ -93,18 +97,20 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
     # Alternating and keeping the best of each damps the host's noise (other tenants, Ray's
     # own daemons on the same two cores) without favouring either side.
-    best = dict.fromkeys(variants, 0.0)
+    rates: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
             for name, (cfg, engine) in variants.items():
                 out = tmp if args.checkpoint else None  # checkpoints live in run directories
                 steps = run_experiment(cfg, out_dir=out, engine=engine, progress=False).steps
-                rate = samples_per_s(steps)
-                best[name] = max(best[name], rate)
-                print(f"{name:7s} {rate:8.1f} samples/s")
-    (a, rate_a), (b, rate_b) = best.items()
-    print(f"best: {a} {rate_a:.1f}, {b} {rate_b:.1f} samples/s")
-    print(f"ratio {rate_b / rate_a:.3f}")
+                rates[name].append(samples_per_s(steps))
+                print(f"{name:7s} {rates[name][-1]:8.1f} samples/s")
+    (a, rates_a), (b, rates_b) = rates.items()
+    pairs = sorted(rb / ra for ra, rb in zip(rates_a, rates_b, strict=True))
+    print(f"{b}/{a} of each pair: median {statistics.median(pairs):.3f}, "
+          f"range {pairs[0]:.3f}-{pairs[-1]:.3f}")
+    print(f"best: {a} {max(rates_a):.1f}, {b} {max(rates_b):.1f} samples/s")
+    print(f"ratio {max(rates_b) / max(rates_a):.3f}")
 
 
 if __name__ == "__main__":
