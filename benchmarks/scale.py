@@ -88,14 +88,20 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def tree_pss_gb(root: int) -> tuple[float, float]:
-    """PSS of `root` and all its descendants, and of `root` alone, in GB."""
-    tree, stack, total = _children(), [root], 0
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants (a local Ray cluster's daemons and workers descend from
+    the driver that started it)."""
+    tree, stack, pids = _children(), [root], []
     while stack:
         pid = stack.pop()
-        total += _pss_kb(pid)
+        pids.append(pid)
         stack += tree.get(pid, [])
-    return total / 1e6, _pss_kb(root) / 1e6
+    return pids
+
+
+def tree_pss_gb(root: int) -> tuple[float, float]:
+    """PSS of `root` and all its descendants, and of `root` alone, in GB."""
+    return sum(_pss_kb(pid) for pid in process_tree(root)) / 1e6, _pss_kb(root) / 1e6
 
 
 class PeakMemory:
