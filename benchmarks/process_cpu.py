@@ -23,7 +23,7 @@ import ray
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scale import process_tree  # noqa: E402
 
-from splitray.config import load_config  # noqa: E402
+from splitray.config import ExperimentConfig, load_config  # noqa: E402
 from splitray.runtime import run_experiment  # noqa: E402
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -55,7 +55,7 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
-def second_epoch(cfg, engine: str) -> tuple[float, Counter]:
+def second_epoch(cfg: ExperimentConfig, engine: str) -> tuple[float, Counter]:
     """Wall seconds of the run's second epoch and each process's CPU seconds in it, by name."""
     marks: list[tuple[float, dict[int, tuple[str, float]]]] = []
 
