@@ -38,28 +38,27 @@ def samples_per_s(steps) -> float:
     return timed["batch_size"].sum() / wall
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def setting_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the measured setting (model, split, batch, clients, steps, engine knobs),
+    shared with process_cpu.py."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="vgg11")
     parser.add_argument("--split-layer", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--clients", type=int, default=1)
     parser.add_argument("--steps", type=int, default=30, help="steps per client")
     parser.add_argument("--compression", action="store_true", help="budget 16, fp16 codecs")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="alternate fused and engine runs this often; the ratio is of each "
-                             "one's best")
     parser.add_argument("--pool", action="store_true",
                         help="the clients as state on one pool worker with all cores' threads, "
                              "each forward when the server takes it (engine.prefetch 0)")
     parser.add_argument("--prefetch", type=int, default=None,
                         help="engine.prefetch: client forwards run ahead of the server "
                              "(default: the engine's)")
-    parser.add_argument("--checkpoint", action="store_true",
-                        help="instead compare the engine writing a run directory with and "
-                             "without checkpoint.every_epochs=1, over 3 epochs")
-    args = parser.parse_args()
+    return parser
 
+
+def setting_overrides(args: argparse.Namespace, epochs: int) -> list[str]:
+    """Config overrides of the setting in `args`, over `epochs` epochs."""
     cores = os.cpu_count() or 2
     # Ray resources are logical: client(s) and server each get all cores' worth of threads,
     # as the fused trainer does; they alternate in time, so nothing is oversubscribed. Several
@@ -79,11 +78,23 @@ def main() -> None:
         overrides += ["engine.clients=pool", "engine.pool_workers=1", "engine.prefetch=0"]
     if args.prefetch is not None:
         overrides.append(f"engine.prefetch={args.prefetch}")
-    epochs = 3 if args.checkpoint else 1
-    overrides += ([f"schedule.phases=[{{budget: 16, epochs: {epochs}}}]",
-                   "compression.codec_up=fp16", "compression.codec_down=fp16"]
-                  if args.compression else
-                  ["compression.enabled=false", f"schedule.phases=[{{epochs: {epochs}}}]"])
+    return overrides + ([f"schedule.phases=[{{budget: 16, epochs: {epochs}}}]",
+                         "compression.codec_up=fp16", "compression.codec_down=fp16"]
+                        if args.compression else
+                        ["compression.enabled=false", f"schedule.phases=[{{epochs: {epochs}}}]"])
+
+
+def main() -> None:
+    parser = setting_parser(__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternate fused and engine runs this often; the ratio is of each "
+                             "one's best")
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="instead compare the engine writing a run directory with and "
+                             "without checkpoint.every_epochs=1, over 3 epochs")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 2
+    overrides = setting_overrides(args, epochs=3 if args.checkpoint else 1)
     variants = ({"without": (load_config(overrides=[*overrides, "checkpoint.every_epochs=null"]),
                              "ray"),
                  "with": (load_config(overrides=[*overrides, "checkpoint.every_epochs=1"]), "ray")}

@@ -1,6 +1,7 @@
 """Where the CPU goes: each process's CPU seconds during a fused and an engine run of the same steps.
 
-The engine_overhead.py setting (VGG11 split 5, batch 64, one client) over two epochs; the window
+The engine_overhead.py setting (VGG11 split 5, batch 64, one client, and its options) over two
+epochs, 20 steps each unless --steps says otherwise; the window
 is the second epoch (every actor started and warm), from the end of the first evaluation to the
 end of the second. Prints the window's wall seconds and, per process of the driver's tree (the
 driver, Ray's daemons, the actors), its CPU seconds and share of the machine's cores, so the
@@ -8,11 +9,11 @@ engine's extra work (actors, daemons, object store copies) shows beside the fuse
 
     python benchmarks/process_cpu.py                       # fused, then engine
     python benchmarks/process_cpu.py --order ray,local,ray,local --steps 30
+    python benchmarks/process_cpu.py --clients 8 --pool
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -21,7 +22,8 @@ from collections import Counter
 import ray
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scale import process_tree  # noqa: E402
+from engine_overhead import setting_overrides, setting_parser  # noqa: E402
+from scale import process_tree, stat_fields  # noqa: E402
 
 from splitray.config import ExperimentConfig, load_config  # noqa: E402
 from splitray.runtime import run_experiment  # noqa: E402
@@ -47,12 +49,8 @@ def process_name(pid: int) -> str:
 
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    fields = stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
 def second_epoch(cfg: ExperimentConfig, engine: str) -> tuple[float, Counter]:
@@ -72,26 +70,22 @@ def second_epoch(cfg: ExperimentConfig, engine: str) -> tuple[float, Counter]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
+    parser = setting_parser(__doc__.splitlines()[0])
+    parser.set_defaults(steps=20)
     parser.add_argument("--order", default="local,ray",
                         help="engines to run, in order, comma-separated (local: fused trainer)")
     args = parser.parse_args()
     cores = os.cpu_count() or 2
-    cfg = load_config(overrides=[
-        "model.name=vgg11", "model.split_layer=5", "data.name=synthetic",
-        f"data.train_samples={64 * args.steps}", "data.test_samples=64", "train.batch_size=64",
-        "clients.count=1", f"clients.num_cpus={cores}", f"server.num_cpus={cores}",
-        "clients.devices=[laptop_cpu]", "network.shared=wifi6_shared",
-        "compression.enabled=false", "schedule.phases=[{epochs: 2}]"])
+    cfg = load_config(overrides=setting_overrides(args, epochs=2))
     ray.init(num_cpus=2 * cores, include_dashboard=False, log_to_driver=False)
     for engine in args.order.split(","):
         wall_s, used = second_epoch(cfg, engine)
-        print(f"{engine}: {wall_s:.1f} s for {args.steps} steps, "
+        print(f"{engine}: {wall_s:.1f} s for {args.steps} steps a client, "
               f"{sum(used.values()) / (cores * wall_s):.1%} of {cores} cores busy")
         for name, cpu in used.most_common():
             if cpu >= 0.01:
                 print(f"  {name:24s} {cpu:7.2f} s CPU  {cpu / (cores * wall_s):6.1%} of the cores")
+
 
 if __name__ == "__main__":
     main()

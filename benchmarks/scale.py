@@ -62,18 +62,21 @@ SETTINGS = [
 ]
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command (state, ppid, ...), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # the command may hold spaces and parentheses: the fields after the last ')'
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                # the command may hold spaces and parentheses: the fields after the last ')'
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        tree.setdefault(ppid, []).append(int(name))
+        if name.isdigit() and (fields := stat_fields(int(name))) is not None:
+            tree.setdefault(int(fields[1]), []).append(int(name))
     return tree
 
 
