@@ -18,6 +18,7 @@ system), runs.csv (a row per run), comparison.png and the runs (runs/) to --out.
 
     python analysis/edge_comparison.py            # experiments/edgesplit.yaml, engine local
     python analysis/edge_comparison.py --phi 0 --seeds 3
+    python analysis/edge_comparison.py --phi --seeds 3   # the baseline and EdgeSplit only
 
 A CIFAR-10 subset instead of the synthetic data:
 
@@ -162,8 +163,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="experiment YAML with network.shared [experiments/edgesplit.yaml]")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value for every system (repeatable)")
-    parser.add_argument("--phi", type=float, nargs="+", default=list(DEFAULT_PHIS),
-                        help="EPSL aggregation ratios to run [0 0.5 1]")
+    parser.add_argument("--phi", type=float, nargs="*", default=list(DEFAULT_PHIS),
+                        help="EPSL aggregation ratios to run; none (`--phi` alone): no EPSL "
+                             "[0 0.5 1]")
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="local: the single-process trainer; ray: actors [local]")
     parser.add_argument("--seeds", type=int, default=1, metavar="N",

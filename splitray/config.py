@@ -153,9 +153,12 @@ class SplitFedConfig:
 class EdgeSplitConfig:
     """EdgeSplit: per-client split points and bandwidth shares (from `splitray plan` unless
     clients.split_layers is given); whole models averaged layer by layer every `every_rounds`
-    rounds (None: every epoch)."""
+    rounds (None: every epoch; 0: never, the client parts stay apart as parallel SL's do), the
+    server's copies averaged among themselves every `server_every_rounds` rounds (None: only with
+    the whole models), in the server's memory."""
 
-    every_rounds: int | None = field(default=None, metadata=_range(1))
+    every_rounds: int | None = field(default=None, metadata=_range(0))
+    server_every_rounds: int | None = field(default=1, metadata=_range(1))
 
 
 @dataclass

@@ -219,6 +219,12 @@ def _state_bytes(modules: list[torch.nn.Module | None]) -> int:
                for t in m.state_dict().values())
 
 
+def averages_whole_models(cfg: ExperimentConfig) -> bool:
+    """Whether cfg's run sends model weights over the network: EdgeSplit's whole-model average
+    (unless edgesplit.every_rounds is 0; its server-side average moves nothing)."""
+    return cfg.train.algorithm == "edgesplit" and cfg.edgesplit.every_rounds != 0
+
+
 def rounds_per_average(cfg: ExperimentConfig) -> int:
     """Rounds between two of EdgeSplit's averages: edgesplit.every_rounds, else the rounds of an
     epoch (the steps of an even shard, capped by train.steps_per_epoch)."""
@@ -576,7 +582,7 @@ def plan(cfg: ExperimentConfig, objective: str = "edgesplit") -> Plan:
     costs = split_costs(cfg)
     picked = candidate_splits(cfg, costs)
     costs = [costs[k] for k in picked]
-    times = _times(cfg, costs, devices, server, medium, averages=cfg.train.algorithm == "edgesplit")
+    times = _times(cfg, costs, devices, server, medium, averages=averages_whole_models(cfg))
     n = len(devices)
     if objective == "edgesplit":
         columns, shares, wait, passes = _plan_edgesplit(times)
@@ -597,7 +603,7 @@ def predict(cfg: ExperimentConfig) -> Plan:
     medium = shared_medium(cfg)
     devices, server = device_profiles(cfg)
     costs = split_costs(cfg)
-    times = _times(cfg, costs, devices, server, medium, averages=cfg.train.algorithm == "edgesplit")
+    times = _times(cfg, costs, devices, server, medium, averages=averages_whole_models(cfg))
     n = len(devices)
     column_of = {c.split_layer: k for k, c in enumerate(costs)}
     columns = np.array([column_of[split_layer_of(cfg, i)] for i in range(n)])

@@ -160,13 +160,34 @@ def weights_of(named: list[tuple[str, nn.Module | None]]) -> dict[str, np.ndarra
 
 
 def load_weights(named: list[tuple[str, nn.Module | None]], weights: dict[str, np.ndarray]) -> None:
-    """Load each module's own keys from `weights` (which may hold other modules' keys too); a
-    module none of whose keys are there (a compressor no other trained client shares) stays."""
-    for prefix, m in named:
-        if m is not None and any(prefix + name in weights for name in m.state_dict()):
-            # torch.tensor copies: arrays from the object store are read-only.
-            m.load_state_dict({name: torch.tensor(weights[prefix + name])
-                               for name in m.state_dict()})
+    """Copy into each module's weights and buffers the ones `weights` holds (it may hold other
+    modules' keys too); those it lacks (a compressor no other trained client shares, a layer no
+    averaged copy holds) stay."""
+    with torch.no_grad():
+        for prefix, m in named:
+            if m is None:
+                continue
+            for name, t in m.state_dict().items():
+                if prefix + name in weights:
+                    # torch.tensor copies: arrays from the object store are read-only.
+                    t.copy_(torch.tensor(weights[prefix + name]))
+
+
+def fedavg(weights: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str, np.ndarray]:
+    """Weighted average of every floating array over the copies that hold its key (all of them
+    for SplitFed; for EdgeSplit's different split points, layer-wise FedAvg); integer buffers
+    (BN step counts) take the max."""
+    out = {}
+    for name in dict.fromkeys(k for w in weights for k in w):
+        held = [(w[name], c) for w, c in zip(weights, counts, strict=True) if name in w]
+        arrays = [a for a, _ in held]
+        if np.issubdtype(arrays[0].dtype, np.floating):
+            total = sum(c for _, c in held)
+            out[name] = sum((c / total) * a.astype(np.float64) for a, c in held
+                            ).astype(arrays[0].dtype)
+        else:
+            out[name] = np.max(arrays, axis=0)
+    return out
 
 
 def client_generator(cfg: ExperimentConfig, client_id: int) -> torch.Generator:
@@ -435,7 +456,8 @@ class ServerRole(_Role):
     """The server: decompressor + server part and its optimizer; computes the task loss.
 
     Every client shares one server part, except under EdgeSplit, where each client has its own
-    copy at its own split point (averaged layer by layer with the client parts).
+    copy at its own split point (averaged among themselves each round, and layer by layer with
+    the client parts).
     """
 
     def __init__(self, cfg: ExperimentConfig, input_shape: tuple[int, int, int],
@@ -497,6 +519,14 @@ class ServerRole(_Role):
     def set_weights(self, client_id: int, weights: dict[str, np.ndarray]) -> None:
         """Load the layers of this client's server part from `weights` (e.g. a layer average)."""
         load_weights(self.parts[self.part_of[client_id]].named(), weights)
+
+    def average_parts(self, client_ids: list[int]) -> None:
+        """EdgeSplit's server-side average, in the server's memory (nothing crosses the network):
+        each layer averaged over these clients' copies that hold it, loaded into every copy that
+        holds it."""
+        average = fedavg([self.get_weights(i) for i in client_ids], [1] * len(client_ids))
+        for part in self.parts:
+            load_weights(part.named(), average)
 
     def forward_flops(self, client_id: int) -> int:
         """Forward FLOPs of one sample through the server side that serves this client."""

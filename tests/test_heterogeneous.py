@@ -11,12 +11,11 @@ import pytest
 import torch
 import yaml
 
-from splitray.algorithms.splitfed import fedavg
 from splitray.cli import main
 from splitray.compression import Payload
 from splitray.config import ConfigError, load_config
 from splitray.planning import plan
-from splitray.roles import ClientRole, ServerRole
+from splitray.roles import ClientRole, ServerRole, fedavg
 from splitray.runtime import prepare, run_experiment
 
 MEDIUM = "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.005}"
@@ -91,6 +90,47 @@ def test_edgesplit_copies_agree_layer_by_layer_after_an_average(monkeypatch):
     assert result.summary["server_parts_nbytes"] == server.parts_nbytes() > 0
 
 
+def test_average_parts_averages_each_layer_over_the_copies_that_hold_it():
+    server = ServerRole(tiny(**{"train.algorithm": "edgesplit", "clients.split_layers": "[2, 4, 4]"}),
+                        (3, 16, 16), 10)
+    start = [server.get_weights(i) for i in range(3)]
+    moved = {0: 1.0, 1: 2.0, 2: 4.0}  # each copy moves every float by this much
+    for i, delta in moved.items():
+        server.set_weights(i, {k: a + delta if a.dtype.kind == "f" else a
+                               for k, a in start[i].items()})
+    server.average_parts([0, 1, 2])
+    merged = [server.get_weights(i) for i in range(3)]
+    only_0 = [k for k in start[0] if k not in start[1] and start[0][k].dtype.kind == "f"]
+    all_3 = [k for k in start[1] if start[1][k].dtype.kind == "f"]
+    assert only_0 and all_3
+    for k in only_0:   # conv2: on copy 0 only, it keeps copy 0's update
+        np.testing.assert_allclose(merged[0][k], start[0][k] + 1.0, rtol=1e-6)
+    for k in all_3:    # units 5..: the three copies' mean, in every copy
+        for m in merged:
+            np.testing.assert_allclose(m[k], start[1][k] + 7.0 / 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("server_every_rounds", [1, None])
+def test_edgesplit_averages_the_server_copies_alone_between_whole_averages(
+        monkeypatch, server_every_rounds):
+    clients, servers = _capture_roles(monkeypatch)
+    run_experiment(tiny(**{
+        "train.algorithm": "edgesplit", "clients.split_layers": "[2, 3, 4]",
+        "edgesplit.every_rounds": 0,
+        "edgesplit.server_every_rounds": server_every_rounds or "null",
+        "schedule.phases": "[{epochs: 1}]"}), out_dir=None, engine="local", progress=False)
+    [server] = servers
+    parts = [server.get_weights(i) for i in range(3)]
+    # Server copies at splits 2, 3, 4: units 4.. are on the first two, units 5.. on all three.
+    pairs = [(0, 1, [k for k in parts[0] if k in parts[1]]), (0, 2, list(parts[2]))]
+    assert len(pairs[0][2]) > len(pairs[1][2]) > 0
+    agree = [all(np.array_equal(parts[a][k], parts[b][k]) for k in keys) for a, b, keys in pairs]
+    assert agree == [server_every_rounds == 1] * 2
+    # The client parts are not averaged: their common first layer differs client to client.
+    first = [k for k in clients[0].get_weights() if k.endswith(".weight")][0]
+    assert not np.array_equal(clients[0].get_weights()[first], clients[1].get_weights()[first])
+
+
 def test_different_split_points_need_edgesplit_and_valid_layers():
     with pytest.raises(ConfigError, match=r"clients.split_layers: \[2, 3\] is not allowed with "
                                           "train.algorithm parallel_sl"):
@@ -103,8 +143,10 @@ def test_different_split_points_need_edgesplit_and_valid_layers():
 
 # ---------------------------------------------------------------- EdgeSplit against its plan
 
-def test_edgesplit_runs_the_plan_and_its_rounds_take_the_predicted_time(tmp_path):
-    cfg = tiny(**{"train.algorithm": "edgesplit", "plan.split_layers": "[2, 3, 4, 5]"})
+@pytest.mark.parametrize("every_rounds", ["null", 0])
+def test_edgesplit_runs_the_plan_and_its_rounds_take_the_predicted_time(tmp_path, every_rounds):
+    cfg = tiny(**{"train.algorithm": "edgesplit", "plan.split_layers": "[2, 3, 4, 5]",
+                  "edgesplit.every_rounds": every_rounds})
     predicted = plan(cfg)
     assert len({c.split_layer for c in predicted.clients}) > 1, "the case should be heterogeneous"
     result = run_experiment(cfg, out_dir=str(tmp_path), engine="local", progress=False)
@@ -114,7 +156,10 @@ def test_edgesplit_runs_the_plan_and_its_rounds_take_the_predicted_time(tmp_path
     assert saved["clients"]["split_layers"] == planned
     assert saved["network"]["shared"]["shares"] == pytest.approx([c.share for c in predicted.clients])
     # The second epoch: a download of the average, its rounds and an upload; the plan spreads the
-    # averaging over the rounds, so the epoch's mean round is what it predicts.
+    # averaging over the rounds, so the epoch's mean round is what it predicts. Every 0 rounds:
+    # no weights cross the network.
+    model_bytes = result.steps[["bytes_model_up", "bytes_model_down"]].to_numpy().sum()
+    assert (model_bytes == 0) == (every_rounds == 0)
     evals = result.evals
     rounds = result.steps[result.steps["epoch"] == 1]["round"].nunique()
     mean_round_s = (evals["sim_time_s"].iloc[1] - evals["sim_time_s"].iloc[0]) / rounds

@@ -7,9 +7,15 @@ then shares that make every client finish the round together) before the run sta
 config.yaml holds the plan. Rounds run as in parallel SL, each client against its own copy of the
 server side (layers s_i+1..L). Every `edgesplit.every_rounds` rounds (default: each epoch) every
 client's whole model (its client part plus its server copy) is averaged layer by layer over all
-the copies that hold each layer: SplitFed's loop, with the server side joining the average.
-The paper is not public: the planner's cost model, the per-epoch default and the layer-wise
-average are this project's choices.
+the copies that hold each layer: SplitFed's loop, with the server side joining the average. In
+the rounds between, every `edgesplit.server_every_rounds` rounds (default: each) the server
+averages its copies among themselves, layer by layer over the clients that trained in the round
+(`ServerRole.average_parts`), so the server side stays one model, as parallel SL's is. That
+average moves no bytes and takes no simulated time; METHODS.md's whole average each round would
+send every client part up and down each round instead. `every_rounds: 0` never averages the
+client parts (they stay apart, as parallel SL's do), so no weights cross the network at all.
+The paper is not public: the planner's cost model, the averaging periods and the layer-wise
+averages are this project's choices.
 """
 
 from __future__ import annotations
@@ -25,4 +31,5 @@ if TYPE_CHECKING:
 
 def run(ctx: RunContext) -> None:
     ctx.summary["server_parts_nbytes"] = ctx.get(ctx.server.call(ServerRole.parts_nbytes))
-    splitfed.train(ctx, ctx.cfg.edgesplit.every_rounds, server_parts=True)
+    splitfed.train(ctx, ctx.cfg.edgesplit.every_rounds, server_parts=True,
+                   server_every_rounds=ctx.cfg.edgesplit.server_every_rounds)

@@ -16,34 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from splitray.roles import ClientRole, ServerRole
+from splitray.roles import ClientRole, ServerRole, fedavg
 
 if TYPE_CHECKING:
     from splitray.runtime.context import RunContext
 
 
-def fedavg(weights: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str, np.ndarray]:
-    """Weighted average of every floating array over the copies that hold its key (all of them
-    for SplitFed; for EdgeSplit's different split points, layer-wise FedAvg); integer buffers
-    (BN step counts) take the max."""
-    out = {}
-    for name in dict.fromkeys(k for w in weights for k in w):
-        held = [(w[name], c) for w, c in zip(weights, counts, strict=True) if name in w]
-        arrays = [a for a, _ in held]
-        if np.issubdtype(arrays[0].dtype, np.floating):
-            total = sum(c for _, c in held)
-            out[name] = sum((c / total) * a.astype(np.float64) for a, c in held
-                            ).astype(arrays[0].dtype)
-        else:
-            out[name] = np.max(arrays, axis=0)
-    return out
-
-
 def _averages(first: int, end: int, period: int) -> bool:
-    """Whether an average follows one of the global rounds first..end-1."""
-    return any((r + 1) % period == 0 for r in range(first, end))
+    """Whether an average follows one of the global rounds first..end-1 (period 0: never)."""
+    return period > 0 and any((r + 1) % period == 0 for r in range(first, end))
 
 
 @dataclass
@@ -57,10 +38,13 @@ def run(ctx: RunContext) -> None:
     train(ctx, ctx.cfg.splitfed.every_rounds, server_parts=False)
 
 
-def train(ctx: RunContext, every_rounds: int | None, server_parts: bool) -> None:
-    """Parallel SL rounds with an average every `every_rounds` rounds (None: each epoch's last).
+def train(ctx: RunContext, every_rounds: int | None, server_parts: bool,
+          server_every_rounds: int | None = None) -> None:
+    """Parallel SL rounds with an average every `every_rounds` rounds (None: each epoch's last;
+    0: never, EdgeSplit only).
     `server_parts`: each client's model is its client part plus its own server part (EdgeSplit),
-    and the average is taken over those whole models, layer by layer."""
+    and the average is taken over those whole models, layer by layer; in the rounds between, every
+    `server_every_rounds`-th round averages the server parts (`ServerRole.average_parts`)."""
     clients, get = ctx.clients, ctx.get
     n = len(clients)
     model_nbytes = ctx.each_client(lambda i, c: c.call(ClientRole.weights_nbytes))
@@ -68,7 +52,7 @@ def train(ctx: RunContext, every_rounds: int | None, server_parts: bool) -> None
     for plan in ctx.epochs():
         budget, steps = ctx.begin_epoch(plan)
         rounds = ctx.round_count(steps)
-        period = every_rounds or rounds
+        period = rounds if every_rounds is None else every_rounds  # 0: no whole average
         for k, round_ in enumerate(ctx.rounds(steps)):
             r = state.round_index
             # The round of a client's next step: the next one, or the next epoch's first; a
@@ -90,7 +74,7 @@ def train(ctx: RunContext, every_rounds: int | None, server_parts: bool) -> None
                 if not row["dropped"]:
                     state.trained[i] += 1
                     uploaded.add(i)
-            if (r + 1) % period == 0:
+            if _averages(r, r + 1, period):
                 ids = [i for i in range(n) if state.trained[i]
                        and (not ctx.sampled or i in uploaded)]
                 weights = get([clients[i].call(ClientRole.get_weights) for i in ids])
@@ -105,6 +89,8 @@ def train(ctx: RunContext, every_rounds: int | None, server_parts: bool) -> None
                              for i in range(n)])
                     state.needs_average = [True] * n
                 state.trained = [0] * n
+            elif server_every_rounds and (r + 1) % server_every_rounds == 0 and uploaded:
+                get(ctx.server.call(ServerRole.average_parts, sorted(uploaded)))
             state.round_index += 1
 
         ctx.evaluate(plan, budget)
