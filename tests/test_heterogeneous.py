@@ -99,14 +99,14 @@ def test_average_parts_averages_each_layer_over_the_copies_that_hold_it():
         server.set_weights(i, {k: a + delta if a.dtype.kind == "f" else a
                                for k, a in start[i].items()})
     server.average_parts([0, 1, 2])
-    merged = [server.get_weights(i) for i in range(3)]
+    averaged = [server.get_weights(i) for i in range(3)]
     only_0 = [k for k in start[0] if k not in start[1] and start[0][k].dtype.kind == "f"]
     all_3 = [k for k in start[1] if start[1][k].dtype.kind == "f"]
     assert only_0 and all_3
     for k in only_0:   # conv2: on copy 0 only, it keeps copy 0's update
-        np.testing.assert_allclose(merged[0][k], start[0][k] + 1.0, rtol=1e-6)
+        np.testing.assert_allclose(averaged[0][k], start[0][k] + 1.0, rtol=1e-6)
     for k in all_3:    # units 5..: the three copies' mean, in every copy
-        for m in merged:
+        for m in averaged:
             np.testing.assert_allclose(m[k], start[1][k] + 7.0 / 3, rtol=1e-6)
 
 
