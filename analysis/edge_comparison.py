@@ -81,7 +81,8 @@ def systems(cfg: ExperimentConfig, phis: list[float]) -> list[System]:
 
     for phi in phis:
         data = _with(cfg, algorithm="epsl", phi=phi)
-        data["compression"]["enabled"] = False
+        data["compression"]["enabled"] = False  # and so every phase sends all channels
+        data["schedule"]["phases"] = [{**p, "budget": None} for p in data["schedule"]["phases"]]
         shared = data["network"]["shared"]
         spec = dict(LINK_PROFILES[shared]) if isinstance(shared, str) else dict(shared or {})
         spec.pop("shares", None)

@@ -4,11 +4,12 @@ the roles' own FLOP and byte counts, and the discrete-event timeline's round tim
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from splitray.config import ConfigError, config_from_dict
+from splitray.config import ConfigError, config_from_dict, load_config
 from splitray.data.synthetic import make_synthetic
 from splitray.network import NetworkModel, build_link, get_device_profile
 from splitray.planning import (
@@ -348,3 +349,29 @@ def test_by_default_the_planner_keeps_the_raw_input_on_the_device():
     assert 0 not in trains and {c.split_layer for c in plan(default).clients} <= trains
     with pytest.raises(ConfigError, match="plan.split_layers"):
         plan(make_cfg([5e6], plan={"split_layers": [99]}))
+
+
+def test_edgesplit_experiment_plans_at_least_half_the_best_single_split_round():
+    """experiments/edgesplit.yaml's 8-device mix: the planned round is at most half of parallel
+    SL's at its best single split point with equal shares (issue 9's round-time target; the runs
+    match the plan by test_plan_round_is_what_the_timeline_simulates)."""
+    cfg = load_config(Path(__file__).resolve().parent.parent / "experiments" / "edgesplit.yaml")
+    planned, baseline = plan_and_baseline(cfg)
+    assert baseline.round_s / planned.round_s >= 2.0
+    assert len({c.split_layer for c in planned.clients}) > 1  # devices split at different points
+
+
+def test_edge_comparison_runs_epsl_uncompressed_next_to_a_compressed_config():
+    """analysis/edge_comparison.py on a config with a channel budget: the baseline and EdgeSplit
+    keep it, EPSL (compression off, METHODS.md section 6) sends all channels in every phase."""
+    from analysis.edge_comparison import systems
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "experiments" / "edgesplit.yaml",
+                      ["compression.enabled=true", "schedule.phases=[{epochs: 1, budget: 8}]"])
+    baseline, edge, epsl = systems(cfg, [1.0])
+    for system in (baseline, edge):
+        assert system.cfg.compression.enabled
+        assert [p.budget for p in system.cfg.schedule.phases] == [8]
+    assert not epsl.cfg.compression.enabled
+    assert [p.budget for p in epsl.cfg.schedule.phases] == [None]
+    assert epsl.cfg.train.phi == 1.0
