@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis.edge_comparison import systems
 from splitray.config import ConfigError, config_from_dict, load_config
 from splitray.data.synthetic import make_synthetic
 from splitray.network import NetworkModel, build_link, get_device_profile
@@ -26,6 +27,7 @@ from splitray.planning import (
 from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.timeline import ServerWork, StepJob, Timeline
 
+EDGESPLIT_YAML = Path(__file__).resolve().parents[1] / "experiments" / "edgesplit.yaml"
 IMAGE_PX = 16
 BATCH = 4
 # A narrow medium, so that bytes and client FLOPs of tiny_cnn trade off at these device speeds.
@@ -355,7 +357,7 @@ def test_edgesplit_experiment_plans_at_least_half_the_best_single_split_round():
     """experiments/edgesplit.yaml's 8-device mix: the planned round is at most half of parallel
     SL's at its best single split point with equal shares (issue 9's round-time target; the runs
     match the plan by test_plan_round_is_what_the_timeline_simulates)."""
-    cfg = load_config(Path(__file__).resolve().parent.parent / "experiments" / "edgesplit.yaml")
+    cfg = load_config(EDGESPLIT_YAML)
     planned, baseline = plan_and_baseline(cfg)
     assert baseline.round_s / planned.round_s >= 2.0
     assert len({c.split_layer for c in planned.clients}) > 1  # devices split at different points
@@ -364,9 +366,7 @@ def test_edgesplit_experiment_plans_at_least_half_the_best_single_split_round():
 def test_edge_comparison_runs_epsl_uncompressed_next_to_a_compressed_config():
     """analysis/edge_comparison.py on a config with a channel budget: the baseline and EdgeSplit
     keep it, EPSL (compression off, METHODS.md section 6) sends all channels in every phase."""
-    from analysis.edge_comparison import systems
-
-    cfg = load_config(Path(__file__).resolve().parent.parent / "experiments" / "edgesplit.yaml",
+    cfg = load_config(EDGESPLIT_YAML,
                       ["compression.enabled=true", "schedule.phases=[{epochs: 1, budget: 8}]"])
     baseline, edge, epsl = systems(cfg, [1.0])
     for system in (baseline, edge):
