@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -452,6 +453,23 @@ class ServerPart:
         return [m for m in (self.server_part, self.decompressor) if m is not None]
 
 
+def _pool_batch_norm(parts: list[ServerPart], sampled_fraction: float) -> None:
+    """Make averaged server copies keep BatchNorm statistics as one shared server part would.
+
+    Each of the K copies of a BN layer that train in a round (the copies holding it, times the
+    fraction of clients a round samples) sees one batch; averaged, their running statistics
+    would take K times as many rounds as parallel SL's single part to forget their start (mean
+    0, variance 1), and evaluation would use stale statistics. Momentum 1 - (1 - m)^K per copy
+    gives their average the decay of K updates with momentum m.
+    """
+    layers = [(prefix + name, bn) for part in parts for prefix, m in part.named() if m is not None
+              for name, bn in m.named_modules() if isinstance(bn, nn.modules.batchnorm._BatchNorm)]
+    holders = Counter(key for key, _ in layers)
+    for key, bn in layers:
+        if bn.momentum is not None:
+            bn.momentum = 1.0 - (1.0 - bn.momentum) ** (holders[key] * sampled_fraction)
+
+
 class ServerRole(_Role):
     """The server: decompressor + server part and its optimizer; computes the task loss.
 
@@ -468,6 +486,9 @@ class ServerRole(_Role):
         if cfg.train.algorithm == "edgesplit":
             self.parts = [self._build_part(s, input_shape, num_classes) for s in splits]
             self.part_of = list(range(len(splits)))
+            if cfg.edgesplit.server_every_rounds or cfg.edgesplit.every_rounds != 0:
+                per_round = cfg.clients.per_round or len(splits)
+                _pool_batch_norm(self.parts, min(per_round, len(splits)) / len(splits))
         else:
             self.parts = [self._build_part(splits[0], input_shape, num_classes)]
             self.part_of = [0] * len(splits)

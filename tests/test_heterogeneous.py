@@ -110,6 +110,29 @@ def test_average_parts_averages_each_layer_over_the_copies_that_hold_it():
             np.testing.assert_allclose(m[k], start[1][k] + 7.0 / 3, rtol=1e-6)
 
 
+@pytest.mark.parametrize("averaged", [True, False])
+def test_averaged_server_copies_keep_batch_norm_statistics_as_one_shared_part(averaged):
+    no_average = {} if averaged else {"edgesplit.every_rounds": 0,
+                                      "edgesplit.server_every_rounds": "null"}
+    server = ServerRole(tiny(**{
+        "train.algorithm": "edgesplit", "clients.split_layers": "[2, 4, 4]",
+        "compression.enabled": "true", "schedule.phases": "[{budget: 4, epochs: 2}]",
+        **no_average}), (3, 16, 16), 10)
+    server.set_training(True)
+    # Each copy's decompressor BN normalises one batch whose channels all have mean 4.
+    bns = [part.decompressor.bn for part in server.parts]
+    for bn in bns:
+        bn(torch.full((8, bn.num_features, 4, 4), 4.0))
+    if averaged:
+        server.average_parts([0, 1, 2])
+    means = [float(bn.running_mean.mean()) for bn in bns]
+    one_update = 0.1 * 4.0  # PyTorch's momentum 0.1 from running mean 0
+    # decompressor@2 is copy 0's alone; decompressor@4 is held by copies 1 and 2, whose average
+    # has forgotten its start as one part that normalised both batches (0.9^2 of it left).
+    two_updates = (1 - 0.9 ** 2) * 4.0 if averaged else one_update
+    np.testing.assert_allclose(means, [one_update, two_updates, two_updates], rtol=1e-5)
+
+
 @pytest.mark.parametrize("server_every_rounds", [1, None])
 def test_edgesplit_averages_the_server_copies_alone_between_whole_averages(
         monkeypatch, server_every_rounds):
