@@ -460,14 +460,15 @@ def _pool_batch_norm(parts: list[ServerPart], sampled_fraction: float) -> None:
     fraction of clients a round samples) sees one batch; averaged, their running statistics
     would take K times as many rounds as parallel SL's single part to forget their start (mean
     0, variance 1), and evaluation would use stale statistics. Momentum 1 - (1 - m)^K per copy
-    gives their average the decay of K updates with momentum m.
+    gives their average the decay of K updates with momentum m (K at least 1: a copy alone keeps m).
     """
     layers = [(prefix + name, bn) for part in parts for prefix, m in part.named() if m is not None
               for name, bn in m.named_modules() if isinstance(bn, nn.modules.batchnorm._BatchNorm)]
     holders = Counter(key for key, _ in layers)
     for key, bn in layers:
         if bn.momentum is not None:
-            bn.momentum = 1.0 - (1.0 - bn.momentum) ** (holders[key] * sampled_fraction)
+            copies_a_round = max(1.0, holders[key] * sampled_fraction)
+            bn.momentum = 1.0 - (1.0 - bn.momentum) ** copies_a_round
 
 
 class ServerRole(_Role):
