@@ -15,9 +15,10 @@ average moves no bytes and takes no simulated time; METHODS.md's whole average e
 send every client part up and down each round instead. `every_rounds: 0` never averages the
 client parts (they stay apart, as parallel SL's do), so no weights cross the network at all.
 Averaged server copies update their BatchNorm running statistics with momentum 1 - (1 - m)^K
-(K copies hold the layer), so their average tracks the batches as one shared server part's would;
-with m itself, eight compressed copies at split 5 tested at 14 % after two epochs on stale
-statistics (53 % with this momentum, 61 % on each test batch's own statistics).
+(K copies hold the layer, m its own momentum), so their average tracks the batches as one
+shared server part's would; with m itself, eight compressed copies at split 5 tested at 14 %
+after two epochs on stale statistics (53 % with this momentum, 61 % on each test batch's own
+statistics).
 The paper is not public: the planner's cost model, the averaging periods, the layer-wise
 averages and the BatchNorm momentum are this project's choices.
 """
