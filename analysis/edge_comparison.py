@@ -14,7 +14,9 @@ pred_err_pct), the simulated time per epoch, the total traffic (activations, gra
 weights, up and down) and the final test accuracy; with --seeds N each system runs at N seeds and
 the table gives means and the final accuracy's standard deviation (accuracy after a few epochs
 moves by several points from seed to seed). Writes comparison.md, comparison.csv (a row per
-system), runs.csv (a row per run), comparison.png and the runs (runs/) to --out.
+system), runs.csv (a row per run), curves.csv (each system's test accuracy after every epoch and
+the simulated time it was reached, means over seeds), comparison.png (bars, and those curves: a
+faster round reaches an accuracy sooner) and the runs (runs/) to --out.
 
     python analysis/edge_comparison.py            # experiments/edgesplit.yaml, engine local
     python analysis/edge_comparison.py --phi 0 --seeds 3
@@ -127,12 +129,21 @@ def measure(system: System, result: RunResult, wall_s: float) -> dict:
     }
 
 
-def plot(table: pd.DataFrame, path: Path) -> Path:
-    """Bars per system: simulated (and predicted) time per round, time per epoch, final accuracy."""
-    fig = Figure(figsize=(15, 4.8))
+def curves(runs: pd.DataFrame, evals: list[pd.DataFrame]) -> pd.DataFrame:
+    """Test accuracy after every epoch against the simulated clock, per system: the mean over
+    seeds (`evals[k]` is the evaluation table of run `runs.iloc[k]`)."""
+    per_run = [e[["epoch", "sim_time_s", "test_accuracy"]].assign(system=system)
+               for system, e in zip(runs["system"], evals, strict=True)]
+    return (pd.concat(per_run).groupby(["system", "epoch"], sort=False).mean().reset_index())
+
+
+def plot(table: pd.DataFrame, accuracy_curves: pd.DataFrame, path: Path) -> Path:
+    """Bars per system: simulated (and predicted) time per round, time per epoch, final accuracy;
+    and each system's accuracy after every epoch against the simulated time it took."""
+    fig = Figure(figsize=(20, 4.8))
     x = np.arange(len(table))
     labels = [s.replace(", ", "\n") for s in table["system"]]
-    ax_round, ax_epoch, ax_acc = fig.subplots(1, 3)
+    ax_round, ax_epoch, ax_acc, ax_time = fig.subplots(1, 4)
     ax_round.bar(x - 0.27, table["round_s"], 0.27, label="simulated, rounds without averaging")
     ax_round.bar(x, table["mean_round_s"], 0.27, label="simulated, all rounds")
     ax_round.bar(x + 0.27, table["predicted_round_s"], 0.27, label="planner's prediction")
@@ -152,6 +163,13 @@ def plot(table: pd.DataFrame, path: Path) -> Path:
                       (ax_acc, "accuracy")):
         ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
         ax.set_title(title, fontsize=10)
+    for system, curve in accuracy_curves.groupby("system", sort=False):
+        ax_time.plot(curve["sim_time_s"], curve["test_accuracy"], marker="o", label=system)
+    ax_time.set_xlabel("simulated seconds")
+    ax_time.set_ylabel("test accuracy after each epoch")
+    ax_time.set_xlim(left=0)
+    ax_time.legend(fontsize=7)
+    ax_time.set_title("accuracy against simulated time", fontsize=10)
     fig.tight_layout()
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -182,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = range(cfg.seed, cfg.seed + args.seeds)
-    rows = []
+    rows, evals = [], []
     for seed in seeds:
         contenders = systems(load_config(args.config, [*args.set, f"seed={seed}"]), args.phi)
         for k, system in enumerate(contenders, 1):
@@ -192,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
                                     progress=False)
             row = {"seed": seed, **measure(system, result, time.perf_counter() - t0)}
             rows.append(row)
+            evals.append(result.evals)
             print(f"split {row['split']}, {row['round_s']:.3f} s per round without averaging, "
                   f"{row['mean_round_s']:.3f} s on average (predicted "
                   f"{row['predicted_round_s']:.3f} s), accuracy {row['final_accuracy']:.4f}, "
@@ -201,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     runs.to_csv(out / "runs.csv", index=False)
     table = by_system(runs)
     table.to_csv(out / "comparison.csv", index=False)
+    accuracy_curves = curves(runs, evals)
+    accuracy_curves.to_csv(out / "curves.csv", index=False)
     shown = table.round({
         "round_s": 3, "mean_round_s": 3, "predicted_round_s": 3, "pred_err_pct": 1, "epoch_s": 2,
         "traffic_MB": 2, "final_accuracy": 4, "final_accuracy_sd": 4, "wall_s": 0})
@@ -210,8 +231,9 @@ def main(argv: list[str] | None = None) -> None:
              f"{cfg.total_epochs} epochs, {seeds_text}, engine {args.engine}")
     (out / "comparison.md").write_text(f"{title}\n\n{md}\n")
     print(f"\n{title}\n\n{md}\n")
-    print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'} (runs: {out / 'runs.csv'}), "
-          f"{plot(table, out / 'comparison.png')}")
+    print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'} (runs: {out / 'runs.csv'}, "
+          f"accuracy after each epoch: {out / 'curves.csv'}), "
+          f"{plot(table, accuracy_curves, out / 'comparison.png')}")
 
 
 def by_system(runs: pd.DataFrame) -> pd.DataFrame:

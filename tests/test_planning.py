@@ -7,9 +7,10 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from analysis.edge_comparison import systems
+from analysis.edge_comparison import curves, systems
 from splitray.config import ConfigError, config_from_dict, load_config
 from splitray.data.synthetic import make_synthetic
 from splitray.network import NetworkModel, build_link, get_device_profile
@@ -375,3 +376,20 @@ def test_edge_comparison_runs_epsl_uncompressed_next_to_a_compressed_config():
     assert not epsl.cfg.compression.enabled
     assert [p.budget for p in epsl.cfg.schedule.phases] == [None]
     assert epsl.cfg.train.phi == 1.0
+
+
+def test_edge_comparison_curves_average_each_epoch_over_seeds():
+    """The accuracy-against-time curves: per system and epoch, the mean over its seeds' runs of
+    the simulated time and the test accuracy, systems in the order they ran."""
+    runs = pd.DataFrame({"system": ["(a) base", "(b) edge", "(a) base", "(b) edge"]})
+
+    def evals(times, accuracies):
+        return pd.DataFrame({"epoch": [1, 2], "sim_time_s": times, "test_accuracy": accuracies,
+                             "test_loss": [2.0, 1.0]})
+
+    out = curves(runs, [evals([10, 20], [0.2, 0.4]), evals([5, 10], [0.3, 0.5]),
+                        evals([12, 24], [0.4, 0.6]), evals([5, 10], [0.1, 0.3])])
+    assert list(out.columns) == ["system", "epoch", "sim_time_s", "test_accuracy"]
+    assert list(out["system"]) == ["(a) base", "(a) base", "(b) edge", "(b) edge"]
+    np.testing.assert_allclose(out["sim_time_s"], [11, 22, 5, 10])
+    np.testing.assert_allclose(out["test_accuracy"], [0.3, 0.5, 0.2, 0.4])
