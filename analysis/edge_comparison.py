@@ -134,7 +134,7 @@ def curves(runs: pd.DataFrame, evals: list[pd.DataFrame]) -> pd.DataFrame:
     seeds (`evals[k]` is the evaluation table of run `runs.iloc[k]`)."""
     per_run = [e[["epoch", "sim_time_s", "test_accuracy"]].assign(system=system)
                for system, e in zip(runs["system"], evals, strict=True)]
-    return (pd.concat(per_run).groupby(["system", "epoch"], sort=False).mean().reset_index())
+    return pd.concat(per_run).groupby(["system", "epoch"], sort=False).mean().reset_index()
 
 
 def plot(table: pd.DataFrame, accuracy_curves: pd.DataFrame, path: Path) -> Path:
