@@ -15,6 +15,7 @@ from splitray.algorithms import ALGORITHMS
 from splitray.config import ConfigError, load_config
 from splitray.runtime import resume_experiment, run_experiment
 from splitray.runtime.context import RunContext
+from splitray.runtime.orchestrator import prepare, start_peers
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # one Ray instance for the module
 
@@ -134,3 +135,13 @@ def test_a_pool_run_resumes_from_its_checkpoint_file(tmp_path):
                                                                                "run_id"])
                          for d in (run_dir, whole.run_dir))
         pd.testing.assert_frame_equal(got, expected)
+
+
+def test_the_pool_and_server_run_at_the_drivers_priority():
+    # Ray starts workers at niceness 15, below its daemons; the simulated devices must not be.
+    peers = start_peers(prepare(_config()), "ray")
+    try:
+        nice = ray.get([a.handle.__ray_call__.remote(lambda _: os.nice(0)) for a in peers.actors])
+    finally:
+        peers.stop()
+    assert len(nice) == 2 and nice == [os.nice(0)] * 2

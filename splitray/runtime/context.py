@@ -459,16 +459,24 @@ class RunContext:
                                        shared_positions, num_returns=2)
             else:
                 srv = self.server.call(ServerRole.step, forward(s), i, s.step, num_returns=2)
+            grad = srv[0]
             if s.state == "A" and shared_positions:
-                gradients[i] = srv[0]
+                gradients[i] = grad
             elif s.state == "A" and math.isinf(s.offline_s):
-                bwd[i] = self.clients[i].call(ClientRole.backward, srv[0])
+                bwd[i] = self.clients[i].call(ClientRole.backward, grad)
             info = srv_info[i] = get(srv[1])
             served_forwards += s.state != "C"
+            # The server has taken the payload: holding no reference to it (nor to a gradient
+            # already handed on) lets the object store free it now, not when the round ends.
+            if i in fwd:
+                fwd[i] = (None, fwd[i][1])
+            if i in bwd:
+                grad = None
 
             def backward_s() -> float:
+                nonlocal grad
                 if i not in bwd:  # a client that may go offline: its update waits for the gradient
-                    bwd[i] = self.clients[i].call(ClientRole.backward, srv[0])
+                    bwd[i], grad = self.clients[i].call(ClientRole.backward, grad), None
                 b = bwd_info[i] = get(bwd[i])
                 self.peers.finished(i)
                 return timeline.client_compute_s(i, b.flops, b.compute_s)

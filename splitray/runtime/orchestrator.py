@@ -277,9 +277,14 @@ def _ray_peers(p: Prepared) -> Peers:
     # next (2.4x slower steps on 2 cores), no spinning (PASSIVE) wakes threads between every
     # two ops (the engine at 0.85 of the fused trainer with one client instead of 0.93).
     # GOMP_SPINCOUNT is libgomp's (Linux wheels of torch), KMP_BLOCKTIME (ms) LLVM libomp's.
-    omp = {"env_vars": {"GOMP_SPINCOUNT": "100000", "KMP_BLOCKTIME": "1"}}
+    # Ray starts its workers at niceness 15, below its own daemons and the driver: any process
+    # that wakes takes a core from a client or server step at once (next to a 2-thread torch
+    # load, a bare actor call took 26 ms at 15, 1.7 ms at 0). The actors run at the driver's
+    # priority instead, as the fused trainer does.
+    actor_env = {"env_vars": {"GOMP_SPINCOUNT": "100000", "KMP_BLOCKTIME": "1",
+                              "RAY_worker_niceness": "0"}}
     server = RayPeer(ServerActor.options(num_cpus=cfg.server.num_cpus, num_gpus=num_gpus,
-                                         max_restarts=restarts, runtime_env=omp).remote(
+                                         max_restarts=restarts, runtime_env=actor_env).remote(
         max(1, math.floor(cfg.server.num_cpus)), cfg, p.input_shape, p.num_classes,
         "cuda" if num_gpus else "cpu"))
     if on_pool:
@@ -290,7 +295,7 @@ def _ray_peers(p: Prepared) -> Peers:
         # a Tune trial's placement group they take its bundles instead.
         spread = {} if trial is not None else {"scheduling_strategy": "SPREAD"}
         workers = [PoolWorker.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts,
-                                      runtime_env=omp, **spread)
+                                      runtime_env=actor_env, **spread)
                    .remote(client_threads, cfg, train, test, parts)
                    for _ in range(num_workers)]
         pool = ClientPool(workers, cfg.engine.pool_capacity)
@@ -299,7 +304,7 @@ def _ray_peers(p: Prepared) -> Peers:
         return Peers(clients, server, get_ray, [server, *(RayPeer(w) for w in workers)], pool,
                      prefetch=_prefetch(cfg, 2 * len(workers)))
     actors = [RayPeer(ClientActor.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts,
-                                          runtime_env=omp)
+                                          runtime_env=actor_env)
                       .remote(client_threads, i, cfg, p.train_shard(i), p.test_shard(i),
                               p.num_classes))
               for i in range(cfg.clients.count)]
