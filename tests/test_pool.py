@@ -1,4 +1,5 @@
-"""Clients as state on a worker pool: the same tables as the fused trainer, faults and resume."""
+"""Clients as state on a worker pool: the same tables as the fused trainer, faults, resume, and
+the priority the pool and server run at."""
 
 from __future__ import annotations
 
