@@ -447,6 +447,7 @@ class RunContext:
         bwd_info: dict[int, BackwardInfo] = {}
         bwd: dict[int, Any] = {}  # each learning client's backward, once submitted
         gradients: dict[int, Any] = {}  # EPSL: each client's own gradient, until the broadcast
+        waiting: dict[int, Any] = {}  # gradients whose backward waits until the step is due
 
         def serve(job: StepJob) -> ServerWork:
             nonlocal served_forwards
@@ -459,24 +460,20 @@ class RunContext:
                                        shared_positions, num_returns=2)
             else:
                 srv = self.server.call(ServerRole.step, forward(s), i, s.step, num_returns=2)
-            grad = srv[0]
             if s.state == "A" and shared_positions:
-                gradients[i] = grad
+                gradients[i] = srv[0]
             elif s.state == "A" and math.isinf(s.offline_s):
-                bwd[i] = self.clients[i].call(ClientRole.backward, grad)
+                bwd[i] = self.clients[i].call(ClientRole.backward, srv[0])
+            elif s.state == "A":  # a client that may go offline: its update waits for the gradient
+                waiting[i] = srv[0]
             info = srv_info[i] = get(srv[1])
             served_forwards += s.state != "C"
-            # The server has taken the payload: holding no reference to it (nor to a gradient
-            # already handed on) lets the object store free it now, not when the round ends.
-            if i in fwd:
+            if i in fwd:  # the server has taken the payload: the object store may free it now
                 fwd[i] = (None, fwd[i][1])
-            if i in bwd:
-                grad = None
 
             def backward_s() -> float:
-                nonlocal grad
-                if i not in bwd:  # a client that may go offline: its update waits for the gradient
-                    bwd[i], grad = self.clients[i].call(ClientRole.backward, grad), None
+                if i not in bwd:
+                    bwd[i] = self.clients[i].call(ClientRole.backward, waiting.pop(i))
                 b = bwd_info[i] = get(bwd[i])
                 self.peers.finished(i)
                 return timeline.client_compute_s(i, b.flops, b.compute_s)
