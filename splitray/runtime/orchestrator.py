@@ -296,8 +296,8 @@ def _ray_peers(p: Prepared) -> Peers:
         spread = {} if trial is not None else {"scheduling_strategy": "SPREAD"}
         workers = [PoolWorker.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts,
                                       runtime_env=actor_env, **spread)
-                   .remote(client_threads, cfg, train, test, parts)
-                   for _ in range(num_workers)]
+                   .remote(client_threads, cfg, train, test, parts, first_client=w)
+                   for w in range(num_workers)]
         pool = ClientPool(workers, cfg.engine.pool_capacity)
         pool.constructor_args = (train, test, parts)  # a restarted worker reads them again
         clients: list[Peer] = [PoolClient(pool, i) for i in range(cfg.clients.count)]

@@ -67,7 +67,7 @@ class PoolWorker:
     """Runs steps of whichever client it is handed, its torch threads capped at a client's CPUs."""
 
     def __init__(self, num_threads: int, cfg: ExperimentConfig, train: tuple, test: tuple,
-                 parts: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+                 parts: tuple[list[np.ndarray], list[np.ndarray]], first_client: int) -> None:
         torch.set_num_threads(num_threads)
         self.cfg = cfg
         self.train, self.test = _dataset(train), _dataset(test)
@@ -76,20 +76,28 @@ class PoolWorker:
         self.free: dict[int, list[ClientRole]] = {}  # unused slots by split point
         self.initial: dict[int, dict] = {}  # a fresh client's state by split point
         self.templates: dict[int, ClientRole] = {}  # a slot to copy by split point
+        # Built now, while the server actor starts too, not at the first step: the model, its
+        # FLOP counts and torch's lazy imports (torch.optim imports torch._dynamo, about 2 s).
+        self._template(first_client)
+
+    def _template(self, client_id: int) -> ClientRole:
+        """The slot to copy for client `client_id`'s split point, built the first time."""
+        split_layer = split_layer_of(self.cfg, client_id)
+        if split_layer not in self.templates:
+            role = ClientRole(client_id, self.cfg, self.train.subset(self.train_parts[client_id]),
+                              self.test.subset(self.test_parts[client_id]),
+                              self.train.num_classes)
+            self.initial[split_layer] = role.initial_state()
+            self.templates[split_layer] = role
+        return self.templates[split_layer]
 
     def _load(self, client_id: int, state: dict | None) -> ClientRole:
         split_layer = split_layer_of(self.cfg, client_id)
         shard = self.train.subset(self.train_parts[client_id])
         test_shard = self.test.subset(self.test_parts[client_id])
         slots = self.free.get(split_layer)
-        if slots:
-            role = slots.pop()
-        elif split_layer in self.templates:  # a copy costs far less than building the model
-            role = copy.deepcopy(self.templates[split_layer])
-        else:
-            role = ClientRole(client_id, self.cfg, shard, test_shard, self.train.num_classes)
-            self.initial[split_layer] = role.initial_state()
-            self.templates[split_layer] = copy.deepcopy(role)
+        # A copy of the template costs far less than building the model.
+        role = slots.pop() if slots else copy.deepcopy(self._template(client_id))
         if state is None:
             state = {**self.initial[split_layer],
                      "generator": client_generator(self.cfg, client_id).get_state()}
