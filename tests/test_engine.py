@@ -91,6 +91,7 @@ def test_run_directory_tables_and_payload_bytes(tmp_path):
 
 def test_same_seed_same_tables_wall_clock_aside():
     cfg = load_config(overrides=small(**{
+        "model.name": "tiny_cnn", "model.split_layer": 3, "data.image_size": 16,
         "clients.count": 2, "clients.num_cpus": 0.5, "network.shared": "wifi6_shared",
         "schedule.phases": "[{budget: 8, epochs: 1}]", "train.steps_per_epoch": 3}))
     a = run_experiment(cfg, out_dir=None, engine="ray", progress=False)

@@ -370,7 +370,7 @@ def test_a_killed_sweep_resumes_with_every_trial_finished_and_no_duplicate_rows(
     import sys
     import time
 
-    epochs, clients, steps_per_epoch = 10, 2, 4
+    epochs, clients, steps_per_epoch = 6, 2, 4
     path = write_space(tmp_path, {"schedule.phases[0].budget": {"grid": [4, 8]}},
                        set={"schedule.phases[0].epochs": epochs, "data.train_samples": 128,
                             "checkpoint.every_epochs": 1})
