@@ -59,7 +59,7 @@ from splitray.analysis import (
     plot_accuracy_vs_epoch,
 )
 from splitray.config import ALGORITHM_NAMES, ExperimentConfig, config_from_dict, load_config
-from splitray.metrics import EVALS_TABLE, STEPS_TABLE, read_table
+from splitray.metrics import CLIENT_EVALS_TABLE, EVALS_TABLE, STEPS_TABLE, read_table
 from splitray.planning import (
     baseline_config,
     best_single_split,
@@ -151,8 +151,10 @@ class Run:
         return int(last["cum_bytes_up"] + last["cum_bytes_down"])
 
     def result(self) -> RunResult:
+        client_evals = self.run_dir / CLIENT_EVALS_TABLE  # absent in runs of schema < 4
         return RunResult(str(self.evals["run_id"].iloc[0]), str(self.run_dir), self.steps,
-                         self.evals, self.summary)
+                         self.evals, read_table(str(client_evals)) if client_evals.exists()
+                         else pd.DataFrame(), self.summary)
 
 
 class NotRun(Exception):

@@ -15,8 +15,11 @@ weights, up and down) and the final test accuracy; with --seeds N each system ru
 the table gives means and the final accuracy's standard deviation (accuracy after a few epochs
 moves by several points from seed to seed). Writes comparison.md, comparison.csv (a row per
 system), runs.csv (a row per run), curves.csv (each system's test accuracy after every epoch and
-the simulated time it was reached, means over seeds), comparison.png (bars, and those curves: a
-faster round reaches an accuracy sooner) and the runs (runs/) to --out.
+the simulated time it was reached, means over seeds), by_device.csv (each system's test accuracy
+per device profile and split point after the last epoch, each client tested on its own slice with
+its own model, means over seeds: where a heterogeneous plan gains or loses accuracy),
+comparison.png (bars, and those curves: a faster round reaches an accuracy sooner) and the runs
+(runs/) to --out.
 
     python analysis/edge_comparison.py            # experiments/edgesplit.yaml, engine local
     python analysis/edge_comparison.py --phi 0 --seeds 3
@@ -40,7 +43,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from splitray.analysis import markdown_table
+from splitray.analysis import accuracy_by_device, markdown_table
 from splitray.config import ExperimentConfig, config_from_dict, load_config
 from splitray.network import LINK_PROFILES
 from splitray.planning import asks_for_plan, baseline_config, best_single_split, plan, predict
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = range(cfg.seed, cfg.seed + args.seeds)
-    rows, evals = [], []
+    rows, evals, devices = [], [], []
     for seed in seeds:
         contenders = systems(load_config(args.config, [*args.set, f"seed={seed}"]), args.phi)
         for k, system in enumerate(contenders, 1):
@@ -211,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             row = {"seed": seed, **measure(system, result, time.perf_counter() - t0)}
             rows.append(row)
             evals.append(result.evals)
+            devices.append(accuracy_by_device(result.client_evals).assign(system=system.label))
             print(f"split {row['split']}, {row['round_s']:.3f} s per round without averaging, "
                   f"{row['mean_round_s']:.3f} s on average (predicted "
                   f"{row['predicted_round_s']:.3f} s), accuracy {row['final_accuracy']:.4f}, "
@@ -222,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     table.to_csv(out / "comparison.csv", index=False)
     accuracy_curves = curves(runs, evals)
     accuracy_curves.to_csv(out / "curves.csv", index=False)
+    per_device = by_device(pd.concat(devices, ignore_index=True))
+    per_device.to_csv(out / "by_device.csv", index=False)
     shown = table.round({
         "round_s": 3, "mean_round_s": 3, "predicted_round_s": 3, "pred_err_pct": 1, "epoch_s": 2,
         "traffic_MB": 2, "final_accuracy": 4, "final_accuracy_sd": 4, "wall_s": 0})
@@ -229,11 +235,24 @@ def main(argv: list[str] | None = None) -> None:
     seeds_text = f"seed {cfg.seed}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
     title = (f"{cfg.name}: {cfg.data.name}, {cfg.model.name}, {cfg.clients.count} clients, "
              f"{cfg.total_epochs} epochs, {seeds_text}, engine {args.engine}")
-    (out / "comparison.md").write_text(f"{title}\n\n{md}\n")
-    print(f"\n{title}\n\n{md}\n")
+    device_md = ("Test accuracy by device and split point after the last epoch (each client on "
+                 "its own test slice; means over seeds):\n\n"
+                 + markdown_table(per_device.round({"test_accuracy": 4})))
+    (out / "comparison.md").write_text(f"{title}\n\n{md}\n\n{device_md}\n")
+    print(f"\n{title}\n\n{md}\n\n{device_md}\n")
     print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'} (runs: {out / 'runs.csv'}, "
-          f"accuracy after each epoch: {out / 'curves.csv'}), "
+          f"accuracy after each epoch: {out / 'curves.csv'}, by device: {out / 'by_device.csv'}), "
           f"{plot(table, accuracy_curves, out / 'comparison.png')}")
+
+
+def by_device(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Each system's accuracy per device profile and split point: the mean over seeds of the
+    pooled accuracy of those devices' clients (`per_run`: `accuracy_by_device` rows of every run,
+    with their system)."""
+    groups = per_run.groupby(["system", "device", "split_layer"], sort=False)
+    return groups.agg(clients=("clients", "first"), test_samples=("test_samples", "first"),
+                      test_accuracy=("test_accuracy", "mean"), seeds=("run_id", "size")
+                      ).reset_index()
 
 
 def by_system(runs: pd.DataFrame) -> pd.DataFrame:

@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one experiment from a YAML config",
                          description="Run one experiment and write its run directory "
-                                     "(config.yaml, manifest.json, steps.parquet, evals.parquet).")
+                                     "(config.yaml, manifest.json, steps.parquet, evals.parquet, "
+                                     "client_evals.parquet).")
     run.add_argument("config", nargs="?",
                      help="experiment YAML file, e.g. experiments/quickstart.yaml")
     run.add_argument("--resume", default=None, metavar="RUN_DIR",
@@ -287,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     tn = sub.add_parser("tune", help="sweep config values with Ray Tune",
                         description="Run a search space (tune_spaces/*.yaml) with Ray Tune: one "
                                     "full simulation per trial, its actors in the trial's "
-                                    "placement group; writes DIR/evals.parquet, DIR/steps.parquet "
-                                    "(all trials, with trial_id and param.* columns), "
+                                    "placement group; writes DIR/evals.parquet, DIR/steps.parquet, "
+                                    "DIR/client_evals.parquet (all trials, with trial_id and "
+                                    "param.* columns), "
                                     "DIR/sweep.json, DIR/trials/<trial_id>/ and DIR/tune/.")
     tn.add_argument("space", nargs="?", default=None,
                     help="search-space YAML, e.g. tune_spaces/deprune_small.yaml")
@@ -378,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_profiles)
 
     sc = sub.add_parser("schema", help="print the Parquet schema of run directories",
-                        description="Print every column of steps.parquet and evals.parquet with "
-                                    "its type and unit, as Markdown.")
+                        description="Print every column of steps.parquet, evals.parquet and "
+                                    "client_evals.parquet with its type and unit, as Markdown.")
     sc.set_defaults(func=_cmd_schema)
     return parser
 

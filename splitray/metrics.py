@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: run directories hold client_evals.parquet
 STEPS_TABLE = "steps.parquet"  # in a run directory: a directory of part files
 EVALS_TABLE = "evals.parquet"
+CLIENT_EVALS_TABLE = "client_evals.parquet"
 
 # Column -> (arrow type, meaning with unit). One row per client step.
 STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
@@ -79,6 +80,26 @@ EVAL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
 }
 
 
+# One row per client and evaluation: the evals row split by whose test slice it scored.
+CLIENT_EVAL_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "run_id": (pa.string(), "id of the run"),
+    "algorithm": (pa.string(), "training scheme"),
+    "epoch": (pa.int32(), "epoch index, 0-based; evaluated after it"),
+    "client_id": (pa.int32(), "client index, 0-based"),
+    "device": (pa.string(), "device profile name of the client"),
+    "split_layer": (pa.int32(), "split point n of the client"),
+    "test_samples": (pa.int64(), "samples of the client's test slice"),
+    "test_accuracy": (pa.float64(), "top-1 accuracy of the client's model (its client part and "
+                                    "the server part that serves it) on its slice, fraction"),
+    "test_loss": (pa.float64(), "mean cross-entropy on the client's slice"),
+}
+
+# The tables a run directory holds, written as part files while the run goes on.
+RUN_TABLES: dict[str, dict[str, tuple[pa.DataType, str]]] = {
+    STEPS_TABLE: STEP_COLUMNS, EVALS_TABLE: EVAL_COLUMNS, CLIENT_EVALS_TABLE: CLIENT_EVAL_COLUMNS,
+}
+
+
 def arrow_schema(columns: Mapping[str, tuple[pa.DataType, str]]) -> pa.Schema:
     """Arrow schema of a table, with each column's meaning as field metadata."""
     fields = [pa.field(name, typ, metadata={"doc": doc}) for name, (typ, doc) in columns.items()]
@@ -106,8 +127,7 @@ INFERENCE_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
 def schema_markdown() -> str:
     """The schema as Markdown tables, for the docs."""
     out = []
-    for title, cols in (("steps.parquet", STEP_COLUMNS), ("evals.parquet", EVAL_COLUMNS),
-                        (INFERENCE_TABLE, INFERENCE_COLUMNS)):
+    for title, cols in (*RUN_TABLES.items(), (INFERENCE_TABLE, INFERENCE_COLUMNS)):
         out += [f"### {title}", "", "| column | type | meaning |", "|---|---|---|"]
         out += [f"| `{n}` | {t} | {d} |" for n, (t, d) in cols.items()]
         out.append("")
@@ -251,7 +271,7 @@ def manifest(run_id: str, seed: int, started: str, ended: str | None, status: st
         "versions": {"splitray": __version__, "torch": torch.__version__, "ray": ray.__version__,
                      "numpy": numpy.__version__, "pandas": pd.__version__, "pyarrow": pa.__version__},
         "schema_version": SCHEMA_VERSION,
-        "tables": {"steps": STEPS_TABLE, "evals": EVALS_TABLE},
+        "tables": {"steps": STEPS_TABLE, "evals": EVALS_TABLE, "client_evals": CLIENT_EVALS_TABLE},
         **(dict(extra) if extra else {}),
     }
 

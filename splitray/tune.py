@@ -45,7 +45,7 @@ from splitray.config import (
 )
 from splitray.metrics import (
     EVAL_COLUMNS,
-    STEP_COLUMNS,
+    RUN_TABLES,
     read_table,
     write_manifest,
     write_table,
@@ -393,11 +393,12 @@ def _trial_table(trials_dir: Path, trial_id: str, name: str) -> pd.DataFrame | N
 
 def combine_trials(out_dir: str | Path, trials: list[TrialRecord],
                    keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write out_dir/evals.parquet and steps.parquet: every trial's rows, trial_id and params."""
+    """Write out_dir/evals.parquet, steps.parquet and client_evals.parquet: every trial's rows,
+    trial_id and params; returns the evals and steps."""
     out = Path(out_dir)
     params = _param_columns(trials, keys)
     tables = {}
-    for name, columns in (("evals.parquet", EVAL_COLUMNS), ("steps.parquet", STEP_COLUMNS)):
+    for name, columns in RUN_TABLES.items():
         rows: list[dict] = []
         for t in trials:
             df = _trial_table(out / "trials", t.trial_id, name)
@@ -494,9 +495,9 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     Each trial is one `run_experiment` (engine "ray") in `out_dir/trials/<trial_id>`, its actors
     reserved by the trial's placement group; per-epoch metrics go to Tune, so ASHA can stop
     trials early, and the run's checkpoints too, so a trial that fails is retried from its last
-    checkpoint up to `max_failures` times. `out_dir` gets evals.parquet, steps.parquet (all
-    trials' rows with `trial_id` and `param.*` columns) and sweep.json; Tune's own records go to
-    `out_dir/tune`, from where `resume_sweep` continues an interrupted sweep.
+    checkpoint up to `max_failures` times. `out_dir` gets evals.parquet, steps.parquet,
+    client_evals.parquet (all trials' rows with `trial_id` and `param.*` columns) and sweep.json;
+    Tune's own records go to `out_dir/tune`, from where `resume_sweep` continues an interrupted sweep.
     """
     import ray
     from ray import tune
@@ -629,6 +630,7 @@ def format_summary(result: SweepResult) -> str:
         if t.status == "failed":
             lines.append(f"failed {t.trial_id}: {t.error}")
     out = result.out_dir
-    lines.append(f"results: {out}/evals.parquet, {out}/steps.parquet, {out}/sweep.json; "
+    lines.append(f"results: {out}/evals.parquet, {out}/steps.parquet, "
+                 f"{out}/client_evals.parquet, {out}/sweep.json; "
                  f"trial runs in {out}/trials; next: splitray analyze {out}")
     return "\n".join(lines)

@@ -1,9 +1,14 @@
-"""The fused local trainer on one torch thread, as the tests compare it with other engines."""
+"""The fused local trainer on one torch thread, as the tests compare it with other engines, and
+the comparison of two runs' tables."""
 
 from __future__ import annotations
 
+import os
+
+import pandas as pd
 import torch
 
+from splitray.metrics import RUN_TABLES
 from splitray.runtime import RunResult, run_experiment
 
 
@@ -17,3 +22,13 @@ def run_fused(cfg, out_dir: str | None = None) -> RunResult:
         return run_experiment(cfg, out_dir=out_dir, engine="local", progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+def assert_same_tables(run_dir: str | os.PathLike, expected_dir: str | os.PathLike) -> None:
+    """Every table of two run directories is equal, but for the columns that differ between two
+    runs of the same config (host wall clock, run id)."""
+    for name in RUN_TABLES:
+        got, expected = (pd.read_parquet(os.path.join(d, name))
+                         .drop(columns=["wall_time_s", "run_id"], errors="ignore")
+                         for d in (run_dir, expected_dir))
+        pd.testing.assert_frame_equal(got, expected, obj=name)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from splitray.analysis import (
+    accuracy_by_device,
     analyze,
     bytes_to_target,
     load,
@@ -22,7 +23,7 @@ from splitray.analysis import (
     plot_bytes_vs_sim_time,
     summary_table,
 )
-from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, write_table
+from splitray.metrics import CLIENT_EVAL_COLUMNS, EVAL_COLUMNS, STEP_COLUMNS, write_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXAMPLE = Path(__file__).resolve().parents[1] / "analysis" / "network_vs_accuracy.py"
@@ -272,6 +273,31 @@ def test_analyze_writes_all_files(runs_dir: Path) -> None:
     assert "final_accuracy" in md and md.count("\n| ") >= 4
     # The analysis folder inside a runs dir is not mistaken for a run.
     assert sorted(load(str(runs_dir)).runs()) == ["a", "b", "c", "d"]
+
+
+def test_accuracy_by_device_pools_each_groups_last_evaluation(runs_dir: Path) -> None:
+    assert load(str(runs_dir)).client_evals.empty  # runs of schema < 4: no per-client rows
+    assert accuracy_by_device(load(str(runs_dir)).client_evals).empty
+    # client -> (device, split point, test samples, accuracy after epoch 0 and after epoch 1)
+    clients = {0: ("raspberry_pi_4", 5, 10, 0.1, 0.5), 1: ("raspberry_pi_4", 5, 30, 0.2, 0.7),
+               2: ("phone", 8, 20, 0.3, 0.6)}
+    rows = [{"run_id": "a", "algorithm": "edgesplit", "epoch": epoch, "client_id": i,
+             "device": device, "split_layer": split, "test_samples": n,
+             "test_accuracy": accuracy[epoch], "test_loss": 1.0}
+            for epoch in (1, 0) for i, (device, split, n, *accuracy) in clients.items()]
+    write_table(rows, CLIENT_EVAL_COLUMNS, str(runs_dir / "run_a" / "client_evals.parquet"))
+    by_device = accuracy_by_device(load(str(runs_dir)).client_evals)
+    assert by_device.to_dict("records") == [
+        {"run_id": "a", "device": "raspberry_pi_4", "split_layer": 5, "clients": 2,
+         "test_samples": 40, "test_accuracy": pytest.approx((5 + 21) / 40),
+         "min_client_accuracy": 0.5, "max_client_accuracy": 0.7},
+        {"run_id": "a", "device": "phone", "split_layer": 8, "clients": 1, "test_samples": 20,
+         "test_accuracy": pytest.approx(0.6), "min_client_accuracy": 0.6,
+         "max_client_accuracy": 0.6}]
+    written = analyze(str(runs_dir))
+    pd.testing.assert_frame_equal(pd.read_csv(written["by_device_csv"]), by_device,
+                                  check_dtype=False)
+    assert "## Test accuracy by device and split point" in Path(written["summary_md"]).read_text()
 
 
 def test_analyze_sweep_to_out_dir_and_errors(sweep_dir: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from fused import run_fused
 
 from splitray.compression import payload_nbytes
 from splitray.config import ConfigError, load_config
+from splitray.metrics import RUN_TABLES
 from splitray.runtime import run_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,12 +59,17 @@ def test_run_directory_tables_and_payload_bytes(tmp_path):
     for name in ("config.yaml", "manifest.json"):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     # Tables are directories of part files, one per flush (after each epoch's evaluation).
-    for name in ("steps.parquet", "evals.parquet"):
+    for name in RUN_TABLES:
         assert sorted(os.listdir(os.path.join(run_dir, name))) == [
             "part-00000.parquet", "part-00001.parquet"], name
     steps = pd.read_parquet(os.path.join(run_dir, "steps.parquet"))
     evals = pd.read_parquet(os.path.join(run_dir, "evals.parquet"))
     assert len(steps) == 2 * 2 * 3 and len(evals) == 2
+    per_client = pd.read_parquet(os.path.join(run_dir, "client_evals.parquet"))
+    assert per_client[["epoch", "client_id", "device"]].values.tolist() == [
+        [0, 0, "raspberry_pi_4"], [0, 1, "laptop_cpu"], [1, 0, "raspberry_pi_4"],
+        [1, 1, "laptop_cpu"]]
+    pd.testing.assert_frame_equal(result.client_evals, per_client)
     assert len(pd.read_parquet(os.path.join(run_dir, "steps.parquet", "part-00001.parquet"))) == 6
     pd.testing.assert_frame_equal(result.steps, steps)
     # A part being written (hidden temporary name) is not part of the table.
@@ -99,6 +105,8 @@ def test_same_seed_same_tables_wall_clock_aside():
     drop = ["run_id", "wall_time_s"]
     pd.testing.assert_frame_equal(a.steps.drop(columns=drop), b.steps.drop(columns=drop))
     pd.testing.assert_frame_equal(a.evals.drop(columns=drop), b.evals.drop(columns=drop))
+    pd.testing.assert_frame_equal(a.client_evals.drop(columns="run_id"),
+                                  b.client_evals.drop(columns="run_id"))
 
 
 def test_budget_larger_than_channels_fails_before_work(tmp_path):

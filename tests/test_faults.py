@@ -6,10 +6,9 @@ import json
 import os
 import threading
 
-import pandas as pd
 import pytest
 import ray
-from fused import run_fused
+from fused import assert_same_tables, run_fused
 
 from splitray.config import ALGORITHM_NAMES, load_config
 from splitray.runtime import RunFailed, resume_experiment, run_experiment
@@ -36,11 +35,6 @@ def _config(algorithm: str = "parallel_sl", **overrides):
     }
     return load_config(os.path.join(REPO, "experiments", "quickstart.yaml"),
                        [f"{k}={v}" for k, v in settings.items()])
-
-
-def _tables(run_dir: str) -> list[pd.DataFrame]:
-    return [pd.read_parquet(os.path.join(run_dir, name)).drop(columns=["wall_time_s", "run_id"])
-            for name in ("steps.parquet", "evals.parquet")]
 
 
 def _kill_at_rounds(monkeypatch, kills: dict[int, str], delay_s: float = 0.02) -> list[int]:
@@ -72,8 +66,7 @@ def test_killed_client_and_server_actors_leave_the_tables_of_an_uninterrupted_ru
     fired = _kill_at_rounds(monkeypatch, {2: "client1", later: "server"})
     faulty = run_experiment(cfg, out_dir=str(tmp_path / "faulty"), progress=False)
     assert fired == [2, later]
-    for got, expected in zip(_tables(faulty.run_dir), _tables(whole.run_dir), strict=True):
-        pd.testing.assert_frame_equal(got, expected)
+    assert_same_tables(faulty.run_dir, whole.run_dir)
     manifest = json.loads(open(os.path.join(faulty.run_dir, "manifest.json")).read())
     assert manifest["status"] == "finished"
     assert [f["epochs_done"] for f in manifest["faults"]] == [0, 2]
@@ -94,5 +87,4 @@ def test_more_faults_than_allowed_fail_the_run_which_then_resumes(tmp_path, monk
 
     monkeypatch.undo()
     resume_experiment(run_dir, progress=False)
-    for got, expected in zip(_tables(run_dir), _tables(whole.run_dir), strict=True):
-        pd.testing.assert_frame_equal(got, expected)
+    assert_same_tables(run_dir, whole.run_dir)

@@ -175,6 +175,16 @@ def test_edgesplit_runs_the_plan_and_its_rounds_take_the_predicted_time(tmp_path
     result = run_experiment(cfg, out_dir=str(tmp_path), engine="local", progress=False)
     planned = [c.split_layer for c in predicted.clients]
     assert result.steps.groupby("client_id")["split_layer"].first().tolist() == planned
+    # Each client's accuracy on its own slice, at its own split point, sums to the run's.
+    per_client = result.client_evals
+    assert per_client.groupby("client_id")["split_layer"].first().tolist() == planned
+    for epoch, rows in per_client.groupby("epoch"):
+        run_row = result.evals[result.evals["epoch"] == epoch].iloc[0]
+        assert rows["test_samples"].sum() == cfg.data.test_samples
+        correct = (rows["test_accuracy"] * rows["test_samples"]).sum()
+        assert correct / rows["test_samples"].sum() == pytest.approx(run_row["test_accuracy"])
+        loss_sum = (rows["test_loss"] * rows["test_samples"]).sum()
+        assert loss_sum / rows["test_samples"].sum() == pytest.approx(run_row["test_loss"])
     saved = yaml.safe_load((tmp_path / result.run_id / "config.yaml").read_text())
     assert saved["clients"]["split_layers"] == planned
     assert saved["network"]["shared"]["shares"] == pytest.approx([c.share for c in predicted.clients])

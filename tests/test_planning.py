@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.edge_comparison import curves, systems
+from analysis.edge_comparison import by_device, curves, systems
 from splitray.config import ConfigError, config_from_dict, load_config
 from splitray.data.synthetic import make_synthetic
 from splitray.network import NetworkModel, build_link, get_device_profile
@@ -393,3 +393,18 @@ def test_edge_comparison_curves_average_each_epoch_over_seeds():
     assert list(out["system"]) == ["(a) base", "(a) base", "(b) edge", "(b) edge"]
     np.testing.assert_allclose(out["sim_time_s"], [11, 22, 5, 10])
     np.testing.assert_allclose(out["test_accuracy"], [0.3, 0.5, 0.2, 0.4])
+
+
+def test_edge_comparison_averages_each_devices_accuracy_over_seeds():
+    """by_device.csv: per system, device and split point, the mean over seeds of the pooled
+    accuracy of those clients, systems and devices in the order they ran."""
+    per_run = pd.DataFrame({
+        "run_id": ["r0", "r0", "r1", "r1", "r2"],
+        "system": ["(b) edge", "(b) edge", "(b) edge", "(b) edge", "(a) base"],
+        "device": ["pi", "phone", "pi", "phone", "pi"], "split_layer": [5, 14, 5, 14, 8],
+        "clients": [2, 5, 2, 5, 8], "test_samples": [250, 625, 250, 625, 1000],
+        "test_accuracy": [0.30, 0.20, 0.26, 0.24, 0.28]})
+    out = by_device(per_run)
+    assert out[["system", "device", "split_layer", "clients", "seeds"]].values.tolist() == [
+        ["(b) edge", "pi", 5, 2, 2], ["(b) edge", "phone", 14, 5, 2], ["(a) base", "pi", 8, 8, 1]]
+    np.testing.assert_allclose(out["test_accuracy"], [0.28, 0.22, 0.28])

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
-from fused import run_fused
+from fused import assert_same_tables, run_fused
 
 from splitray.algorithms import ALGORITHMS
 from splitray.config import ConfigError, load_config
@@ -50,6 +50,8 @@ def _assert_same(got, expected) -> None:
     np.testing.assert_allclose(got.steps["loss"], expected.steps["loss"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got.evals["test_accuracy"], expected.evals["test_accuracy"],
                                atol=1 / 48)
+    slices = ["epoch", "client_id", "split_layer", "test_samples"]
+    pd.testing.assert_frame_equal(got.client_evals[slices], expected.client_evals[slices])
 
 
 SLOW_LINKS = "[wifi5, {kind: constant, up_bps: 1e5, down_bps: 1e5, latency_s: 0.01}]"
@@ -106,10 +108,7 @@ def test_a_killed_pool_worker_costs_a_replay_not_a_row(tmp_path, monkeypatch):
     monkeypatch.setattr(RunContext, "run_steps", run_steps)
     faulty = run_experiment(cfg, out_dir=str(tmp_path / "faulty"), progress=False)
     assert fired == [1, 5]
-    for name in ("steps.parquet", "evals.parquet"):
-        got, expected = (pd.read_parquet(os.path.join(r.run_dir, name))
-                         .drop(columns=["wall_time_s", "run_id"]) for r in (faulty, whole))
-        pd.testing.assert_frame_equal(got, expected)
+    assert_same_tables(faulty.run_dir, whole.run_dir)
     manifest = pd.read_json(os.path.join(faulty.run_dir, "manifest.json"), typ="series")
     assert [f["epochs_done"] for f in manifest["faults"]] == [0, 2]
 
@@ -131,11 +130,7 @@ def test_a_pool_run_resumes_from_its_checkpoint_file(tmp_path):
         run_experiment(cfg, out_dir=None, run_dir=run_dir, progress=False,
                        on_epoch=stop_after_second)
     resume_experiment(run_dir, progress=False)
-    for name in ("steps.parquet", "evals.parquet"):
-        got, expected = (pd.read_parquet(os.path.join(d, name)).drop(columns=["wall_time_s",
-                                                                               "run_id"])
-                         for d in (run_dir, whole.run_dir))
-        pd.testing.assert_frame_equal(got, expected)
+    assert_same_tables(run_dir, whole.run_dir)
 
 
 def test_the_pool_and_server_run_at_the_drivers_priority():

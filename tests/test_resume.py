@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
-from fused import run_fused
+from fused import assert_same_tables, run_fused
 
 from splitray.config import ALGORITHM_NAMES, load_config
 
@@ -58,12 +57,6 @@ def _epochs_done(out: Path) -> int:
     return 0
 
 
-def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    # Wall-clock columns aside; the run id differs between the two runs, not within one.
-    return tuple(pd.read_parquet(run_dir / name).drop(columns=["wall_time_s", "run_id"])
-                 for name in ("steps.parquet", "evals.parquet"))
-
-
 @pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
 def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(algorithm, tmp_path):
     # The uninterrupted run in this process, on one thread as the runs below (same tables).
@@ -86,8 +79,7 @@ def test_a_killed_run_resumes_to_the_tables_of_an_uninterrupted_run(algorithm, t
         [sys.executable, "-m", "splitray.cli", "run", "--resume", str(run_dir), "--engine",
          "local", "--quiet"], env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    for got, expected in zip(_tables(run_dir), _tables(whole), strict=True):
-        pd.testing.assert_frame_equal(got, expected)
+    assert_same_tables(run_dir, whole)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "finished" and len(manifest["resumes"]) == 1
     assert manifest["resumes"][0]["epochs_done"] >= 2

@@ -8,10 +8,16 @@ from splitray.analysis.plots import (
 )
 from splitray.analysis.report import analyze, markdown_table
 from splitray.analysis.results import Results, load
-from splitray.analysis.summary import bytes_to_target, pareto_frontier, summary_table
+from splitray.analysis.summary import (
+    accuracy_by_device,
+    bytes_to_target,
+    pareto_frontier,
+    summary_table,
+)
 
 __all__ = [
     "Results",
+    "accuracy_by_device",
     "analyze",
     "bytes_to_target",
     "load",

@@ -1,4 +1,4 @@
-"""One call that loads results and writes the summary table and the four figures."""
+"""One call that loads results and writes the summary tables and the four figures."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from splitray.analysis.plots import (
     plot_samples_vs_sim_time,
 )
 from splitray.analysis.results import load
-from splitray.analysis.summary import summary_table
+from splitray.analysis.summary import accuracy_by_device, summary_table
 from splitray.metrics import join_path
 
 PLOTS = {
@@ -47,7 +47,9 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def analyze(path: str, out_dir: str | None = None,
             target_accuracy: float | None = None) -> dict[str, str]:
-    """Load results at `path`, write summary.csv, summary.md and the figures; return {name: path}.
+    """Load results at `path`, write summary.csv, summary.md (with the clients' accuracy by
+    device and split point, also in by_device.csv, when the runs have per-client rows) and the
+    figures; return {name: path}.
 
     Outputs go to `out_dir` (default `<path>/analysis`), which must be a local directory.
     """
@@ -67,7 +69,16 @@ def analyze(path: str, out_dir: str | None = None,
     title = f"# splitray results: {path}\n\n"
     if target_accuracy is not None:
         title += f"Target test accuracy: {target_accuracy:g}.\n\n"
-    Path(written["summary_md"]).write_text(title + markdown_table(summary) + "\n")
+    text = title + markdown_table(summary) + "\n"
+    by_device = accuracy_by_device(results.client_evals, results.key)
+    if not by_device.empty:
+        written["by_device_csv"] = str(out / "by_device.csv")
+        by_device.to_csv(written["by_device_csv"], index=False)
+        text += ("\n## Test accuracy by device and split point, last evaluation\n\n"
+                 "Each client is tested on its own slice of the test set with its own model (its "
+                 "client part and the server part that serves it).\n\n"
+                 + markdown_table(by_device) + "\n")
+    Path(written["summary_md"]).write_text(text)
     for name, plot in PLOTS.items():
         written[name] = plot(results, str(out / f"{name}.png"))
     return written

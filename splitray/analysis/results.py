@@ -1,4 +1,4 @@
-"""Load a run directory, a directory of runs or a sweep directory into one pair of tables."""
+"""Load a run directory, a directory of runs or a sweep directory into one set of tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from splitray.metrics import EVAL_COLUMNS, STEP_COLUMNS, join_path, read_table, table_exists
+from splitray.metrics import (
+    CLIENT_EVALS_TABLE,
+    EVAL_COLUMNS,
+    STEP_COLUMNS,
+    join_path,
+    read_table,
+    table_exists,
+)
 
 PARAM_PREFIX = "param."
 EVALS_FILE = "evals.parquet"
@@ -25,12 +32,14 @@ ADDED_COLUMNS: dict[str, object] = {
 
 @dataclass
 class Results:
-    """Step and eval rows of one or more runs; `key` names the column that identifies a run."""
+    """Step, eval and per-client eval rows of one or more runs; `key` names the column that
+    identifies a run. Runs written before schema version 4 have no per-client rows."""
 
     steps: pd.DataFrame
     evals: pd.DataFrame
     key: str
     params: list[str] = field(default_factory=list)
+    client_evals: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def runs(self) -> list:
         """Run identifiers in the order they first appear in the eval table."""
@@ -72,10 +81,14 @@ def _read_checked(path: str, columns: dict, key: str) -> pd.DataFrame:
     return df
 
 
-def _load_tables(base: str, key: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _load_tables(base: str, key: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     steps = _read_checked(join_path(base, STEPS_FILE), STEP_COLUMNS, key)
     evals = _read_checked(join_path(base, EVALS_FILE), EVAL_COLUMNS, key)
-    return steps, evals
+    client_evals_path = join_path(base, CLIENT_EVALS_TABLE)
+    # Optional: runs before schema version 4, and sweeps resumed from then, have none.
+    client_evals = (read_table(client_evals_path) if table_exists(client_evals_path)
+                    else pd.DataFrame())
+    return steps, evals, client_evals
 
 
 def _column_names(path: str) -> list[str]:
@@ -88,14 +101,15 @@ def _param_columns(evals: pd.DataFrame) -> list[str]:
 
 
 def _load_sweep(path: str) -> Results:
-    steps, evals = _load_tables(path, "trial_id")
-    return Results(steps=steps, evals=evals, key="trial_id", params=_param_columns(evals))
+    steps, evals, client_evals = _load_tables(path, "trial_id")
+    return Results(steps=steps, evals=evals, key="trial_id", params=_param_columns(evals),
+                   client_evals=client_evals)
 
 
 def _load_runs(path: str, run_dirs: list[str]) -> Results:
-    steps, evals, seen = [], [], {}
+    steps, evals, client_evals, seen = [], [], [], {}
     for run_dir in run_dirs:
-        s, e = _load_tables(run_dir, "run_id")
+        s, e, c = _load_tables(run_dir, "run_id")
         for run_id in pd.unique(e["run_id"]):
             if run_id in seen:
                 raise ValueError(f"run_id {run_id!r} appears in both {seen[run_id]} and {run_dir}; "
@@ -103,8 +117,11 @@ def _load_runs(path: str, run_dirs: list[str]) -> Results:
             seen[run_id] = run_dir
         steps.append(s)
         evals.append(e)
+        client_evals.append(c)
     return Results(steps=pd.concat(steps, ignore_index=True),
-                   evals=pd.concat(evals, ignore_index=True), key="run_id", params=[])
+                   evals=pd.concat(evals, ignore_index=True), key="run_id", params=[],
+                   client_evals=pd.concat([c for c in client_evals if not c.empty]
+                                          or [pd.DataFrame()], ignore_index=True))
 
 
 def load(path: str) -> Results:

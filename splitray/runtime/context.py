@@ -18,9 +18,9 @@ import torch
 from splitray.availability import Availability, sample_clients
 from splitray.config import ExperimentConfig
 from splitray.metrics import (
-    EVAL_COLUMNS,
+    CLIENT_EVALS_TABLE,
     EVALS_TABLE,
-    STEP_COLUMNS,
+    RUN_TABLES,
     STEPS_TABLE,
     append_part,
     atomic_output,
@@ -46,7 +46,7 @@ T = TypeVar("T")
 # Called after each epoch with its evals row and, when a checkpoint was just written, its path.
 EpochCallback = Callable[[dict, str | None], None]
 CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: counts client_evals.parquet rows
 MODELS_DIR = "models"  # prune's model set: one file per budget
 MODEL_FORMAT = 1
 
@@ -167,8 +167,8 @@ class RunContext:
         self.sampled = (c.per_round is not None or cfg.availability.kind != "always"
                         or c.over_selection > 1 or c.round_deadline_s is not None)
         self.progress = Progress(cfg.total_epochs, progress)
-        self.step_rows: list[dict] = []
-        self.eval_rows: list[dict] = []
+        # Each table's rows not yet written (all of them when the run writes no directory).
+        self.rows: dict[str, list[dict]] = {name: [] for name in RUN_TABLES}
         self.summary: dict[str, Any] = {}  # algorithm-specific results for the manifest
         self.cum_bytes_up = 0
         self.cum_bytes_down = 0
@@ -224,8 +224,8 @@ class RunContext:
         self._committed = {
             "format": CHECKPOINT_FORMAT, "epochs_done": self.epochs_done,
             "parts": ({name: len(table_parts(join_path(self.run_dir, name)))
-                       for name in (STEPS_TABLE, EVALS_TABLE)} if self.run_dir else {}),
-            "rows": {STEPS_TABLE: len(self.step_rows), EVALS_TABLE: len(self.eval_rows)},
+                       for name in RUN_TABLES} if self.run_dir else {}),
+            "rows": {name: len(rows) for name, rows in self.rows.items()},
             "clients": self.peers.client_states(),
             "server": self.get(self.server.call(ServerRole.checkpoint)),
             "timeline": self.timeline.checkpoint(),
@@ -275,8 +275,8 @@ class RunContext:
             raise RuntimeError("no state committed: nothing to roll back to")
         self.peers.wait_ready()
         drop_parts_after(self.run_dir, state["parts"])
-        self.step_rows = self.step_rows[:state["rows"][STEPS_TABLE]]
-        self.eval_rows = self.eval_rows[:state["rows"][EVALS_TABLE]]
+        for name, count in state["rows"].items():
+            del self.rows[name][count:]
         self._algorithm_state = None
         self.restore(state)
 
@@ -552,7 +552,7 @@ class RunContext:
                 "sim_downlink_s": t.downlink_s, "sim_model_up_s": t.model_up_s,
                 "wall_time_s": wall,
             })
-        self.step_rows += rows
+        self.rows[STEPS_TABLE] += rows
         diverged = next((r for r in rows if not r["dropped"] and not math.isfinite(r["loss"])),
                         None)
         if diverged is not None:
@@ -573,17 +573,27 @@ class RunContext:
         """Test every client's encoder with the server on its test slice; record and report."""
         t0 = time.perf_counter()
         counts = self.each_client(lambda i, c: c.call(ClientRole.num_eval_batches))
-        results: list = []
+        # Per client: [correct, summed loss, samples] over its test slice.
+        per_client: dict[int, list] = {}
         for ids in self.peers.chunks():
-            results += self.get([
+            batches = [(i, b) for i in ids for b in range(counts[i])]
+            results = self.get([
                 self.server.call(ServerRole.evaluate,
                                  self.clients[i].call(ClientRole.encode_eval, b), i)
-                for i in ids for b in range(counts[i])])
+                for i, b in batches])
+            for (i, _), result in zip(batches, results, strict=True):
+                sums = per_client.setdefault(i, [0, 0.0, 0])
+                for k, value in enumerate(result):
+                    sums[k] += value
             self.peers.between_rounds()
-        correct = sum(r[0] for r in results)
-        loss_sum = sum(r[1] for r in results)
-        n = sum(r[2] for r in results)
+        correct, loss_sum, n = (sum(s[k] for s in per_client.values()) for k in range(3))
         self.eval_wall_s += time.perf_counter() - t0
+        self.rows[CLIENT_EVALS_TABLE] += [{
+            "run_id": self.run_id, "algorithm": self.cfg.train.algorithm, "epoch": plan.epoch,
+            "client_id": i, "device": self.devices[i], "split_layer": self.split_layers[i],
+            "test_samples": c_n, "test_accuracy": c_correct / max(c_n, 1),
+            "test_loss": c_loss / max(c_n, 1),
+        } for i, (c_correct, c_loss, c_n) in sorted(per_client.items())]
         losses = self._epoch_losses
         row = {
             "run_id": self.run_id, "algorithm": self.cfg.train.algorithm, "epoch": plan.epoch,
@@ -594,7 +604,7 @@ class RunContext:
             "cum_bytes_down": self.cum_bytes_down, "sim_time_s": self.timeline.now_s,
             "wall_time_s": self.wall_s(),
         }
-        self.eval_rows.append(row)
+        self.rows[EVALS_TABLE].append(row)
         self.flush()
         self.progress.epoch(row)
         self._epoch_row = row
@@ -605,9 +615,7 @@ class RunContext:
         go: the driver's memory does not grow with the rows already written."""
         if self.run_dir is None:
             return
-        if self.step_rows:
-            append_part(self.step_rows, STEP_COLUMNS, join_path(self.run_dir, STEPS_TABLE))
-            self.step_rows = []
-        if self.eval_rows:
-            append_part(self.eval_rows, EVAL_COLUMNS, join_path(self.run_dir, EVALS_TABLE))
-            self.eval_rows = []
+        for name, rows in self.rows.items():
+            if rows:
+                append_part(rows, RUN_TABLES[name], join_path(self.run_dir, name))
+                rows.clear()

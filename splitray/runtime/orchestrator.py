@@ -25,7 +25,9 @@ from splitray.data import (
     partition,
 )
 from splitray.metrics import (
+    CLIENT_EVALS_TABLE,
     EVALS_TABLE,
+    RUN_TABLES,
     STEPS_TABLE,
     drop_parts_after,
     join_path,
@@ -72,12 +74,13 @@ ENGINES = ("ray", "local")
 
 @dataclass
 class RunResult:
-    """A finished run: where it was written and its two tables."""
+    """A finished run: where it was written and its tables."""
 
     run_id: str
     run_dir: str | None
     steps: pd.DataFrame
     evals: pd.DataFrame
+    client_evals: pd.DataFrame  # each client's accuracy on its own test slice, every epoch
     summary: dict  # algorithm-specific results, also in the manifest (e.g. async SL's savings)
 
 
@@ -435,11 +438,13 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
             write_manifest(manifest(run_id, cfg.seed, started, now_iso(), status, extra), run_dir)
         peers.stop()
     if run_dir is None:
-        steps, evals = pd.DataFrame(ctx.step_rows), pd.DataFrame(ctx.eval_rows)
+        tables = {name: pd.DataFrame(rows) for name, rows in ctx.rows.items()}
     else:  # the rows were flushed to disk as they came
-        steps, evals = (read_table(join_path(run_dir, name)) if table_exists(join_path(run_dir, name))
-                        else pd.DataFrame() for name in (STEPS_TABLE, EVALS_TABLE))
-    return RunResult(run_id, run_dir, steps, evals, ctx.summary)
+        tables = {name: read_table(join_path(run_dir, name))
+                  if table_exists(join_path(run_dir, name)) else pd.DataFrame()
+                  for name in RUN_TABLES}
+    return RunResult(run_id, run_dir, tables[STEPS_TABLE], tables[EVALS_TABLE],
+                     tables[CLIENT_EVALS_TABLE], ctx.summary)
 
 
 def is_actor_fault(error: BaseException) -> bool:
@@ -458,7 +463,7 @@ def fault_line(error: BaseException) -> str:
 
 
 def _has_tables(run_dir: str) -> bool:
-    return any(table_exists(join_path(run_dir, name)) for name in (STEPS_TABLE, EVALS_TABLE))
+    return any(table_exists(join_path(run_dir, name)) for name in RUN_TABLES)
 
 
 def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True,
