@@ -276,7 +276,9 @@ def test_tiny_sweep_combines_trials_and_reports_a_failed_one(
     evals = pd.read_parquet(out / "evals.parquet")
     steps = pd.read_parquet(out / "steps.parquet")
     good = {trials[4]["trial_id"]: 4, trials[8]["trial_id"]: 8}
-    assert set(evals["trial_id"]) == set(good) == set(steps["trial_id"])
+    per_client = pd.read_parquet(out / "client_evals.parquet")
+    assert set(evals["trial_id"]) == set(good) == set(steps["trial_id"]) == set(
+        per_client["trial_id"])
     assert len(evals) == 2  # one epoch per trial
     for tid, budget in good.items():
         e = evals[evals["trial_id"] == tid]
@@ -284,6 +286,10 @@ def test_tiny_sweep_combines_trials_and_reports_a_failed_one(
         assert (e["param.schedule.phases[0].budget"] == budget).all()
         assert (e["param.compression.epsilon"] == 0.5).all()
         assert (s["budget"] == budget).all()
+        c = per_client[per_client["trial_id"] == tid]
+        assert (c["param.schedule.phases[0].budget"] == budget).all()
+        assert (c["test_accuracy"] * c["test_samples"]).sum() / c["test_samples"].sum() == \
+            pytest.approx(e["test_accuracy"].iloc[0])
         assert (s["param.schedule.phases[0].budget"] == budget).all()
         assert e["cum_bytes_up"].iloc[0] == s["bytes_up"].sum()
         assert 0.0 <= e["test_accuracy"].iloc[0] <= 1.0
@@ -300,8 +306,10 @@ def test_tiny_sweep_combines_trials_and_reports_a_failed_one(
     assert main(["analyze", str(out), "--target-accuracy", "0.2", "--out",
                  str(tmp_path / "an")]) == 0
     printed = capsys.readouterr().out
-    table_rows = [ln for ln in printed.splitlines() if ln.startswith("| ") and "_0000" in ln]
-    assert sorted(ln.split(" | ")[0][2:] for ln in table_rows) == sorted(good)
+    summary_part, _, by_device_part = printed.partition("## Test accuracy by device")
+    for part in (summary_part, by_device_part):  # one row per trial in each (one device kind)
+        table_rows = [ln for ln in part.splitlines() if ln.startswith("| ") and "_0000" in ln]
+        assert sorted(ln.split(" | ")[0][2:] for ln in table_rows) == sorted(good)
     assert "bytes_to_target" in printed
     assert f"summary_csv: {tmp_path / 'an' / 'summary.csv'}" in printed
     assert (tmp_path / "an" / "accuracy_vs_bytes.png").stat().st_size > 0

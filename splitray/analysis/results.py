@@ -11,15 +11,15 @@ import pyarrow.parquet as pq
 from splitray.metrics import (
     CLIENT_EVALS_TABLE,
     EVAL_COLUMNS,
+    EVALS_TABLE,
     STEP_COLUMNS,
+    STEPS_TABLE,
     join_path,
     read_table,
     table_exists,
 )
 
 PARAM_PREFIX = "param."
-EVALS_FILE = "evals.parquet"
-STEPS_FILE = "steps.parquet"
 SWEEP_FILE = "sweep.json"
 # Step columns added since schema version 1, with the value they have in an older run.
 ADDED_COLUMNS: dict[str, object] = {
@@ -82,8 +82,8 @@ def _read_checked(path: str, columns: dict, key: str) -> pd.DataFrame:
 
 
 def _load_tables(base: str, key: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    steps = _read_checked(join_path(base, STEPS_FILE), STEP_COLUMNS, key)
-    evals = _read_checked(join_path(base, EVALS_FILE), EVAL_COLUMNS, key)
+    steps = _read_checked(join_path(base, STEPS_TABLE), STEP_COLUMNS, key)
+    evals = _read_checked(join_path(base, EVALS_TABLE), EVAL_COLUMNS, key)
     client_evals_path = join_path(base, CLIENT_EVALS_TABLE)
     # Optional: runs before schema version 4, and sweeps resumed from then, have none.
     client_evals = (read_table(client_evals_path) if table_exists(client_evals_path)
@@ -129,18 +129,18 @@ def load(path: str) -> Results:
     path = str(path)
     if _file_type(path) != pafs.FileType.Directory:
         raise FileNotFoundError(f"results directory not found: {path}")
-    evals_path = join_path(path, EVALS_FILE)
+    evals_path = join_path(path, EVALS_TABLE)
     if _is_file(join_path(path, SWEEP_FILE)):
         return _load_sweep(path)
-    if table_exists(evals_path) or table_exists(join_path(path, STEPS_FILE)):
+    if table_exists(evals_path) or table_exists(join_path(path, STEPS_TABLE)):
         # A sweep's tables carry trial_id even if its sweep.json is missing.
         if _is_file(evals_path) and "trial_id" in _column_names(evals_path):
             return _load_sweep(path)
         return _load_runs(path, [path])
     run_dirs = [join_path(path, name) for name in _subdir_names(path)]
     # A run killed or diverged before its first evaluation has no evals yet: not a result.
-    run_dirs = [d for d in run_dirs if table_exists(join_path(d, EVALS_FILE))]
+    run_dirs = [d for d in run_dirs if table_exists(join_path(d, EVALS_TABLE))]
     if not run_dirs:
-        raise FileNotFoundError(f"no splitray results in {path}: expected {EVALS_FILE} and "
-                                f"{STEPS_FILE} there or in its subdirectories")
+        raise FileNotFoundError(f"no splitray results in {path}: expected {EVALS_TABLE} and "
+                                f"{STEPS_TABLE} there or in its subdirectories")
     return _load_runs(path, run_dirs)
