@@ -570,7 +570,8 @@ class RunContext:
         return rows
 
     def evaluate(self, plan: EpochPlan, budget: int) -> dict:
-        """Test every client's encoder with the server on its test slice; record and report."""
+        """Test every client's encoder with the server on its test slice; record each client's
+        accuracy and the run's (their samples-weighted mean), and report."""
         t0 = time.perf_counter()
         counts = self.each_client(lambda i, c: c.call(ClientRole.num_eval_batches))
         # Per client: [correct, summed loss, samples] over its test slice.
