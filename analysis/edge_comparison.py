@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     table.to_csv(out / "comparison.csv", index=False)
     accuracy_curves = curves(runs, evals)
     accuracy_curves.to_csv(out / "curves.csv", index=False)
-    per_device = by_device(pd.concat(devices, ignore_index=True))
+    per_device = by_device(pd.concat([d for d in devices if not d.empty] or [pd.DataFrame()],
+                                     ignore_index=True))
     per_device.to_csv(out / "by_device.csv", index=False)
     shown = table.round({
         "round_s": 3, "mean_round_s": 3, "predicted_round_s": 3, "pred_err_pct": 1, "epoch_s": 2,
@@ -248,7 +249,10 @@ def main(argv: list[str] | None = None) -> None:
 def by_device(per_run: pd.DataFrame) -> pd.DataFrame:
     """Each system's accuracy per device profile and split point: the mean over seeds of the
     pooled accuracy of those devices' clients (`per_run`: `accuracy_by_device` rows of every run,
-    with their system)."""
+    with their system). Clients and test samples per device come from the config: the same at
+    every seed."""
+    if per_run.empty:  # runs without per-client rows
+        return pd.DataFrame()
     groups = per_run.groupby(["system", "device", "split_layer"], sort=False)
     return groups.agg(clients=("clients", "first"), test_samples=("test_samples", "first"),
                       test_accuracy=("test_accuracy", "mean"), seeds=("run_id", "size")

@@ -225,12 +225,13 @@ def table_parts(table_dir: str) -> list[str]:
 
 
 def drop_parts_after(run_dir: str | None, kept: dict[str, int]) -> None:
-    """Delete each table's part files past the first `kept[table]`: the rows written after a
-    checkpoint, before a run continues from it."""
+    """Delete each run table's part files past the first `kept[table]`: the rows written after a
+    checkpoint, before a run continues from it. A table the checkpoint does not count (one added
+    to splitray after it was written) keeps none."""
     if run_dir is None:
         return
-    for name, count in kept.items():
-        for part in table_parts(join_path(run_dir, name))[count:]:
+    for name in RUN_TABLES:
+        for part in table_parts(join_path(run_dir, name))[kept.get(name, 0):]:
             fs, p = _filesystem(part)
             fs.delete_file(p)
 

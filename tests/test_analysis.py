@@ -286,18 +286,31 @@ def test_accuracy_by_device_pools_each_groups_last_evaluation(runs_dir: Path) ->
              "test_accuracy": accuracy[epoch], "test_loss": 1.0}
             for epoch in (1, 0) for i, (device, split, n, *accuracy) in clients.items()]
     write_table(rows, CLIENT_EVAL_COLUMNS, str(runs_dir / "run_a" / "client_evals.parquet"))
+    # Run b was evaluated once: its last evaluation is its epoch 0, not run a's epoch 1.
+    write_table([{**row, "run_id": "b"} for row in rows if row["epoch"] == 0],
+                CLIENT_EVAL_COLUMNS, str(runs_dir / "run_b" / "client_evals.parquet"))
     by_device = accuracy_by_device(load(str(runs_dir)).client_evals)
     assert by_device.to_dict("records") == [
-        {"run_id": "a", "device": "raspberry_pi_4", "split_layer": 5, "clients": 2,
+        {"run_id": "a", "epoch": 1, "device": "raspberry_pi_4", "split_layer": 5, "clients": 2,
          "test_samples": 40, "test_accuracy": pytest.approx((5 + 21) / 40),
          "min_client_accuracy": 0.5, "max_client_accuracy": 0.7},
-        {"run_id": "a", "device": "phone", "split_layer": 8, "clients": 1, "test_samples": 20,
-         "test_accuracy": pytest.approx(0.6), "min_client_accuracy": 0.6,
-         "max_client_accuracy": 0.6}]
+        {"run_id": "a", "epoch": 1, "device": "phone", "split_layer": 8, "clients": 1,
+         "test_samples": 20, "test_accuracy": pytest.approx(0.6), "min_client_accuracy": 0.6,
+         "max_client_accuracy": 0.6},
+        {"run_id": "b", "epoch": 0, "device": "raspberry_pi_4", "split_layer": 5, "clients": 2,
+         "test_samples": 40, "test_accuracy": pytest.approx((1 + 6) / 40),
+         "min_client_accuracy": 0.1, "max_client_accuracy": 0.2},
+        {"run_id": "b", "epoch": 0, "device": "phone", "split_layer": 8, "clients": 1,
+         "test_samples": 20, "test_accuracy": pytest.approx(0.3), "min_client_accuracy": 0.3,
+         "max_client_accuracy": 0.3}]
     written = analyze(str(runs_dir))
     pd.testing.assert_frame_equal(pd.read_csv(written["by_device_csv"]), by_device,
                                   check_dtype=False)
     assert "## Test accuracy by device and split point" in Path(written["summary_md"]).read_text()
+    for run in ("run_a", "run_b"):  # without per-client rows an earlier by_device.csv goes
+        (runs_dir / run / "client_evals.parquet").unlink()
+    assert "by_device_csv" not in analyze(str(runs_dir))
+    assert not (runs_dir / "analysis" / "by_device.csv").exists()
 
 
 def test_analyze_sweep_to_out_dir_and_errors(sweep_dir: Path, tmp_path: Path) -> None:

@@ -97,3 +97,25 @@ def test_a_new_run_never_appends_to_an_existing_runs_tables(tmp_path):
     assert again.run_dir != first.run_dir and len(again.steps) == len(first.steps)
     with pytest.raises(ConfigError, match="already holds a run's tables"):
         run_experiment(cfg, run_dir=first.run_dir, engine="local", progress=False)
+
+
+def test_a_checkpoint_from_before_a_table_existed_keeps_none_of_its_parts(tmp_path):
+    """A checkpoint written before client_evals.parquet existed counts no parts of it: resuming
+    drops the table's parts (all written after that checkpoint) and keeps the counted ones."""
+    from splitray.metrics import (
+        CLIENT_EVALS_TABLE,
+        EVALS_TABLE,
+        RUN_TABLES,
+        STEPS_TABLE,
+        append_part,
+        drop_parts_after,
+        table_parts,
+    )
+
+    run_dir = str(tmp_path)
+    for name, columns in RUN_TABLES.items():
+        for _ in range(2):
+            append_part([], columns, os.path.join(run_dir, name))
+    drop_parts_after(run_dir, {STEPS_TABLE: 1, EVALS_TABLE: 2})
+    assert [len(table_parts(os.path.join(run_dir, name))) for name in
+            (STEPS_TABLE, EVALS_TABLE, CLIENT_EVALS_TABLE)] == [1, 2, 0]

@@ -71,6 +71,7 @@ def analyze(path: str, out_dir: str | None = None,
         title += f"Target test accuracy: {target_accuracy:g}.\n\n"
     text = title + markdown_table(summary) + "\n"
     by_device = accuracy_by_device(results.client_evals, results.key)
+    (out / "by_device.csv").unlink(missing_ok=True)  # an earlier analysis's, into the same out
     if not by_device.empty:
         written["by_device_csv"] = str(out / "by_device.csv")
         by_device.to_csv(written["by_device_csv"], index=False)

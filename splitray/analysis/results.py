@@ -85,7 +85,8 @@ def _load_tables(base: str, key: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     steps = _read_checked(join_path(base, STEPS_TABLE), STEP_COLUMNS, key)
     evals = _read_checked(join_path(base, EVALS_TABLE), EVAL_COLUMNS, key)
     client_evals_path = join_path(base, CLIENT_EVALS_TABLE)
-    # Optional: runs before schema version 4, and sweeps resumed from then, have none.
+    # Optional: runs before schema version 4 have none; a run resumed from such a run's
+    # checkpoint has rows for the epochs after it only.
     client_evals = (read_table(client_evals_path) if table_exists(client_evals_path)
                     else pd.DataFrame())
     return steps, evals, client_evals

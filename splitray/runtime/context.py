@@ -46,7 +46,7 @@ T = TypeVar("T")
 # Called after each epoch with its evals row and, when a checkpoint was just written, its path.
 EpochCallback = Callable[[dict, str | None], None]
 CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_FORMAT = 3  # 3: counts client_evals.parquet rows
+CHECKPOINT_FORMAT = 2
 MODELS_DIR = "models"  # prune's model set: one file per budget
 MODEL_FORMAT = 1
 
@@ -275,8 +275,8 @@ class RunContext:
             raise RuntimeError("no state committed: nothing to roll back to")
         self.peers.wait_ready()
         drop_parts_after(self.run_dir, state["parts"])
-        for name, count in state["rows"].items():
-            del self.rows[name][count:]
+        for name, rows in self.rows.items():  # a checkpoint from before a table counts none
+            del rows[state["rows"].get(name, 0):]
         self._algorithm_state = None
         self.restore(state)
 
@@ -612,7 +612,7 @@ class RunContext:
         return row
 
     def flush(self) -> None:
-        """Append the rows since the last flush to both tables as new part files, then let them
+        """Append the rows since the last flush to each table as a new part file, then let them
         go: the driver's memory does not grow with the rows already written."""
         if self.run_dir is None:
             return
