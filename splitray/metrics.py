@@ -20,6 +20,7 @@ SCHEMA_VERSION = 4  # 4: run directories hold client_evals.parquet
 STEPS_TABLE = "steps.parquet"  # in a run directory: a directory of part files
 EVALS_TABLE = "evals.parquet"
 CLIENT_EVALS_TABLE = "client_evals.parquet"
+PARAM_PREFIX = "param."  # a sweep's tables carry each trial's parameter values as param.<key>
 
 # Column -> (arrow type, meaning with unit). One row per client step.
 STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {

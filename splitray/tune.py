@@ -45,6 +45,7 @@ from splitray.config import (
 )
 from splitray.metrics import (
     EVAL_COLUMNS,
+    PARAM_PREFIX,
     RUN_TABLES,
     read_table,
     write_manifest,
@@ -55,7 +56,6 @@ from splitray.metrics import (
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SPACE_FILE_KEYS = ("base", "set", "metric", "mode", "num_samples", "space")
 SCHEDULERS = ("fifo", "asha")
-PARAM_PREFIX = "param."
 SWEEP_SETTINGS = "settings.yaml"  # in the sweep directory: what `--resume` needs to go on
 TUNE_EXPERIMENT = "sweep"  # Tune's experiment directory under SWEEP_DIR/tune
 # Logical CPUs of a trial's first bundle, where Tune runs the trial driver (the orchestrator, which

@@ -23,6 +23,7 @@ from splitray.analysis import (
     plot_bytes_vs_sim_time,
     summary_table,
 )
+from splitray.analysis.plots import client_accuracy_figure
 from splitray.metrics import CLIENT_EVAL_COLUMNS, EVAL_COLUMNS, STEP_COLUMNS, write_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -307,10 +308,50 @@ def test_accuracy_by_device_pools_each_groups_last_evaluation(runs_dir: Path) ->
     pd.testing.assert_frame_equal(pd.read_csv(written["by_device_csv"]), by_device,
                                   check_dtype=False)
     assert "## Test accuracy by device and split point" in Path(written["summary_md"]).read_text()
-    for run in ("run_a", "run_b"):  # without per-client rows an earlier by_device.csv goes
+    assert Path(written["client_accuracy_vs_epoch"]).read_bytes()[:8] == PNG_MAGIC
+    for run in ("run_a", "run_b"):  # without per-client rows the earlier outputs go
         (runs_dir / run / "client_evals.parquet").unlink()
-    assert "by_device_csv" not in analyze(str(runs_dir))
+    written = analyze(str(runs_dir))
+    assert "by_device_csv" not in written and "client_accuracy_vs_epoch" not in written
     assert not (runs_dir / "analysis" / "by_device.csv").exists()
+    assert not (runs_dir / "analysis" / "client_accuracy_vs_epoch.png").exists()
+
+
+def test_client_accuracy_figure_draws_each_client_coloured_by_split_point(
+        runs_dir: Path) -> None:
+    clients = {0: ("raspberry_pi_4", 5, [0.1, 0.5]), 1: ("jetson_nano", 5, [0.2, 0.7]),
+               2: ("phone", 8, [0.3, 0.6])}
+    rows = [{"run_id": "a", "algorithm": "edgesplit", "epoch": epoch, "client_id": i,
+             "device": device, "split_layer": split, "test_samples": 10,
+             "test_accuracy": accuracy[epoch], "test_loss": 1.0}
+            for epoch in (1, 0) for i, (device, split, accuracy) in clients.items()]
+    write_table(rows, CLIENT_EVAL_COLUMNS, str(runs_dir / "run_a" / "client_evals.parquet"))
+    fig = client_accuracy_figure(load(str(runs_dir)))
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert sorted(panels) == ["a", "b", "c", "d"]
+    lines = panels["a"].get_lines()
+    # one line per client, sorted by split point then client, then the pooled accuracy
+    assert [list(ln.get_ydata()) for ln in lines] == [
+        [10.0, 50.0], [20.0, 70.0], [30.0, 60.0], [50.0, 70.0, 65.0]]
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert lines[3].get_color() == "black"
+    labels = [t.get_text() for t in panels["a"].get_legend().get_texts()]
+    assert labels == ["split 5: 2 client(s), jetson_nano, raspberry_pi_4",
+                      "split 8: 1 client(s), phone", "all clients (pooled)"]
+    assert [ln.get_label() for ln in panels["b"].get_lines()] == ["all clients (pooled)"]
+
+
+def test_accuracy_by_device_keeps_a_sweeps_params() -> None:
+    rows = [{"trial_id": t, "param.train.lr": lr, "param.seed": seed, "epoch": 0,
+             "client_id": i, "device": "phone", "split_layer": 5, "test_samples": 10,
+             "test_accuracy": acc}
+            for t, lr, seed, accs in (("t0", 0.1, 1.0, [0.2, 0.4]), ("t1", 0.01, None, [0.6, 0.8]))
+            for i, acc in enumerate(accs)]
+    by_device = accuracy_by_device(pd.DataFrame(rows), "trial_id", ["param.train.lr", "param.seed"])
+    assert list(by_device.columns[:3]) == ["trial_id", "param.train.lr", "param.seed"]
+    assert by_device["trial_id"].tolist() == ["t0", "t1"]  # t1's missing seed keeps its row
+    assert by_device["param.train.lr"].tolist() == [0.1, 0.01]
+    assert by_device["test_accuracy"].tolist() == pytest.approx([0.3, 0.7])
 
 
 def test_analyze_sweep_to_out_dir_and_errors(sweep_dir: Path, tmp_path: Path) -> None:

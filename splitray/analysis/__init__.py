@@ -4,6 +4,7 @@ from splitray.analysis.plots import (
     plot_accuracy_vs_bytes,
     plot_accuracy_vs_epoch,
     plot_bytes_vs_sim_time,
+    plot_client_accuracy_vs_epoch,
     plot_samples_vs_sim_time,
 )
 from splitray.analysis.report import analyze, markdown_table
@@ -26,6 +27,7 @@ __all__ = [
     "plot_accuracy_vs_bytes",
     "plot_accuracy_vs_epoch",
     "plot_bytes_vs_sim_time",
+    "plot_client_accuracy_vs_epoch",
     "plot_samples_vs_sim_time",
     "summary_table",
 ]

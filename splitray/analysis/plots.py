@@ -1,5 +1,5 @@
-"""Figures: accuracy vs bytes, per-client bytes and samples vs simulated time, budget phases, and
-the planner's speed-up over a grid of configs."""
+"""Figures: accuracy vs bytes, per-client bytes and samples vs simulated time, budget phases, each
+client's accuracy by split point, and the planner's speed-up over a grid of configs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from splitray.analysis.results import PARAM_PREFIX, Results
+from splitray.analysis.results import Results
 from splitray.analysis.summary import pareto_frontier, summary_table
+from splitray.metrics import PARAM_PREFIX
 
 if TYPE_CHECKING:
     from splitray.planning import GridPoint
@@ -167,6 +168,43 @@ def plot_accuracy_vs_epoch(results: Results, path: str) -> str:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
     return _save(fig, path)
+
+
+def client_accuracy_figure(results: Results) -> Figure:
+    """Each client's test accuracy per epoch (its own model on its own test slice), coloured by
+    its split point, over the run's pooled accuracy in black: one subplot per run."""
+    fig, panels = _panels(results, "Each client's test accuracy vs epoch, by split point")
+    per_client, evals, key = results.client_evals, results.evals, results.key
+    splits = sorted(pd.unique(per_client["split_layer"]))
+    colour = {split: f"C{i % 10}" for i, split in enumerate(splits)}
+    for run, ax in panels:
+        rows = per_client[per_client[key] == run].sort_values("epoch", kind="stable")
+        for split, at_split in rows.groupby("split_layer", sort=True):
+            devices = sorted(pd.unique(at_split["device"]))
+            named = ", ".join(devices) if len(devices) <= 3 else f"{len(devices)} device kinds"
+            for i, (_, client) in enumerate(at_split.groupby("client_id", sort=True)):
+                label = (f"split {split}: {at_split['client_id'].nunique()} client(s), {named}"
+                         if i == 0 else None)
+                ax.plot(client["epoch"], client["test_accuracy"] * 100, color=colour[split],
+                        alpha=0.6, linewidth=1, marker="o", markersize=2, label=label)
+        ev = evals[evals[key] == run].sort_values("epoch", kind="stable")
+        ax.plot(ev["epoch"], ev["test_accuracy"] * 100, color="black", linewidth=2,
+                label="all clients (pooled)")
+        ax.set_title(run_label(results, run), fontsize="medium")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    return fig
+
+
+def plot_client_accuracy_vs_epoch(results: Results, path: str) -> str:
+    """`client_accuracy_figure` saved to `path` (needs per-client rows: schema version 4)."""
+    if results.client_evals.empty:
+        raise ValueError("the results have no per-client rows (client_evals.parquet, written "
+                         "since schema version 4)")
+    return _save(client_accuracy_figure(results), path)
 
 
 def plot_plan_grid(axes: list[str], points: list[GridPoint], path: str) -> str:

@@ -1,4 +1,4 @@
-"""One call that loads results and writes the summary tables and the four figures."""
+"""One call that loads results and writes the summary tables and the figures."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from splitray.analysis.plots import (
     plot_accuracy_vs_bytes,
     plot_accuracy_vs_epoch,
     plot_bytes_vs_sim_time,
+    plot_client_accuracy_vs_epoch,
     plot_samples_vs_sim_time,
 )
 from splitray.analysis.results import load
@@ -47,9 +48,9 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def analyze(path: str, out_dir: str | None = None,
             target_accuracy: float | None = None) -> dict[str, str]:
-    """Load results at `path`, write summary.csv, summary.md (with the clients' accuracy by
-    device and split point, also in by_device.csv, when the runs have per-client rows) and the
-    figures; return {name: path}.
+    """Load results at `path`, write summary.csv, summary.md and the figures; when the runs
+    have per-client rows, also the clients' accuracy by device and split point (in summary.md
+    and by_device.csv) and each client's accuracy curve; return {name: path}.
 
     Outputs go to `out_dir` (default `<path>/analysis`), which must be a local directory.
     """
@@ -70,7 +71,7 @@ def analyze(path: str, out_dir: str | None = None,
     if target_accuracy is not None:
         title += f"Target test accuracy: {target_accuracy:g}.\n\n"
     text = title + markdown_table(summary) + "\n"
-    by_device = accuracy_by_device(results.client_evals, results.key)
+    by_device = accuracy_by_device(results.client_evals, results.key, results.params)
     (out / "by_device.csv").unlink(missing_ok=True)  # an earlier analysis's, into the same out
     if not by_device.empty:
         written["by_device_csv"] = str(out / "by_device.csv")
@@ -82,4 +83,9 @@ def analyze(path: str, out_dir: str | None = None,
     Path(written["summary_md"]).write_text(text)
     for name, plot in PLOTS.items():
         written[name] = plot(results, str(out / f"{name}.png"))
+    client_plot = out / "client_accuracy_vs_epoch.png"
+    client_plot.unlink(missing_ok=True)
+    if not results.client_evals.empty:
+        written["client_accuracy_vs_epoch"] = plot_client_accuracy_vs_epoch(results,
+                                                                            str(client_plot))
     return written

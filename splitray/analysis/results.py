@@ -12,6 +12,7 @@ from splitray.metrics import (
     CLIENT_EVALS_TABLE,
     EVAL_COLUMNS,
     EVALS_TABLE,
+    PARAM_PREFIX,
     STEP_COLUMNS,
     STEPS_TABLE,
     join_path,
@@ -19,7 +20,6 @@ from splitray.metrics import (
     table_exists,
 )
 
-PARAM_PREFIX = "param."
 SWEEP_FILE = "sweep.json"
 # Step columns added since schema version 1, with the value they have in an older run.
 ADDED_COLUMNS: dict[str, object] = {

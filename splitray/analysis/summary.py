@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -104,17 +106,21 @@ def summary_table(results: Results, target_accuracy: float | None = None) -> pd.
     return out.reset_index()
 
 
-def accuracy_by_device(per_client: pd.DataFrame, key: str = "run_id") -> pd.DataFrame:
-    """Per run (`key`), its clients' test accuracy at its last evaluation (client_evals rows;
-    `epoch` says which) grouped by device profile and split point: how many clients, their
-    samples, the pooled accuracy and the spread between clients. Empty for no rows (runs before
-    schema version 4)."""
+def accuracy_by_device(per_client: pd.DataFrame, key: str = "run_id",
+                       params: Sequence[str] = ()) -> pd.DataFrame:
+    """Per run (`key`, with a sweep's `params` columns beside it), its clients' test accuracy at
+    its last evaluation (client_evals rows; `epoch` says which) grouped by device profile and
+    split point: how many clients, their samples, the pooled accuracy and the spread between
+    clients. Empty for no rows (runs before schema version 4)."""
     if per_client.empty:
         return pd.DataFrame()
     last = per_client.groupby(key, sort=False)["epoch"].transform("max")
     final = per_client[per_client["epoch"] == last].assign(
         correct=lambda d: d["test_accuracy"] * d["test_samples"])
-    groups = final.groupby([key, "epoch", "device", "split_layer"], sort=False)
+    # A trial's parameter values are constant, so grouping on them only carries them along;
+    # dropna=False keeps trials whose value is missing (a parameter another trial lacks).
+    group_keys = [key, *params, "epoch", "device", "split_layer"]
+    groups = final.groupby(group_keys, sort=False, dropna=False)
     out = groups.agg(clients=("client_id", "size"), test_samples=("test_samples", "sum"),
                      correct=("correct", "sum"), min_client_accuracy=("test_accuracy", "min"),
                      max_client_accuracy=("test_accuracy", "max"))
