@@ -351,9 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="summarise and plot results",
                         description="Summarise a run directory, a directory of runs or a sweep "
-                                    "directory: writes summary.csv, summary.md, the figures and, for runs "
-                                    "with client_evals.parquet, by_device.csv (each device's and "
-                                    "split point's accuracy) and client_accuracy_vs_epoch.png.")
+                                    "directory: writes summary.csv, summary.md, the figures "
+                                    "and, for runs with client_evals.parquet, by_device.csv "
+                                    "(each device's and split point's accuracy) and "
+                                    "client_accuracy_vs_epoch.png.")
     an.add_argument("path", help="results directory (local path or URI)")
     an.add_argument("--target-accuracy", type=float, default=None, metavar="X",
                     help="also report bytes and simulated time to reach test accuracy X (0..1)")
