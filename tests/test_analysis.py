@@ -23,7 +23,7 @@ from splitray.analysis import (
     plot_bytes_vs_sim_time,
     summary_table,
 )
-from splitray.analysis.plots import client_accuracy_figure
+from splitray.analysis.plots import client_accuracy_figure, run_label
 from splitray.metrics import CLIENT_EVAL_COLUMNS, EVAL_COLUMNS, STEP_COLUMNS, write_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -339,6 +339,13 @@ def test_client_accuracy_figure_draws_each_client_coloured_by_split_point(
     assert labels == ["split 5: 2 client(s), jetson_nano, raspberry_pi_4",
                       "split 8: 1 client(s), phone", "all clients (pooled)"]
     assert [ln.get_label() for ln in panels["b"].get_lines()] == ["all clients (pooled)"]
+
+
+def test_run_labels_name_the_algorithm_when_runs_differ_in_it(runs_dir: Path) -> None:
+    results = load(str(runs_dir))
+    assert run_label(results, "a") == "a"  # all four runs are deprune
+    results.evals.loc[results.evals["run_id"] == "b", "algorithm"] = "edgesplit"
+    assert [run_label(results, r) for r in ("a", "b")] == ["a (deprune)", "b (edgesplit)"]
 
 
 def test_accuracy_by_device_keeps_a_sweeps_params() -> None:

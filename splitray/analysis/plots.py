@@ -47,10 +47,13 @@ def _short(value) -> str:
 
 
 def run_label(results: Results, run, max_chars: int = 64) -> str:
-    """A short legend label: the run id, then its swept parameter values (3 significant digits)."""
+    """A short legend label: the run id, its algorithm when the runs hold more than one, then its
+    swept parameter values (3 significant digits)."""
     label = str(run)
+    row = results.evals.loc[results.evals[results.key] == run].iloc[0]
+    if results.evals["algorithm"].nunique() > 1:
+        label += f" ({row['algorithm']})"
     if results.params:
-        row = results.evals.loc[results.evals[results.key] == run].iloc[0]
         parts = [f"{p[len(PARAM_PREFIX):].split('.')[-1]}={_short(row[p])}" for p in results.params]
         label += ": " + ", ".join(parts)
     return label if len(label) <= max_chars else label[: max_chars - 3] + "..."
