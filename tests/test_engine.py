@@ -14,7 +14,7 @@ from fused import run_fused
 from splitray.compression import payload_nbytes
 from splitray.config import ConfigError, load_config
 from splitray.metrics import RUN_TABLES
-from splitray.runtime import run_experiment
+from splitray.runtime import context, run_experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +45,32 @@ def test_engine_losses_equal_fused_trainer_first_20_steps():
     # Simulated time is a model, not a measurement: identical in both engines.
     np.testing.assert_array_equal(engine.steps["sim_time_s"], fused.steps["sim_time_s"])
     assert engine.steps["loss"].iloc[-1] != engine.steps["loss"].iloc[0]
+
+
+def test_each_epochs_rows_are_on_disk_and_its_freed_heap_returned_by_the_next_epoch(
+        tmp_path, monkeypatch):
+    """Without checkpoints inside a phase the rows still go to part files every epoch, so the
+    driver holds none it has written and a killed run leaves its finished epochs readable; after
+    each epoch the driver hands glibc's freed pages back (where the C library has malloc_trim)."""
+    cfg = load_config(overrides=small(**{
+        "clients.count": 2, "clients.devices": "[raspberry_pi_4, laptop_cpu]",
+        "schedule.phases": "[{epochs: 3}]", "train.steps_per_epoch": 2}))
+    on_disk, trims = [], []
+    monkeypatch.setattr(context, "MALLOC_TRIM", lambda pad: trims.append(pad) or 1)
+
+    def after_epoch(row: dict, checkpoint: str | None) -> None:
+        (run_dir,) = tmp_path.iterdir()
+        assert len(trims) == row["epoch"] + 1  # this epoch's freed pages went back
+        on_disk.append((row["epoch"], *(sorted(pd.read_parquet(run_dir / name)["epoch"].unique())
+                          for name in RUN_TABLES)))
+
+    result = run_experiment(cfg, out_dir=str(tmp_path), engine="local", progress=False,
+                            on_epoch=after_epoch)
+    # epoch just done, then the epochs on disk in steps, evals and client_evals
+    assert on_disk == [(0, [0], [0], [0]), (1, [0, 1], [0, 1], [0, 1]),
+                       (2, [0, 1, 2], [0, 1, 2], [0, 1, 2])]
+    for name in RUN_TABLES:
+        assert len(os.listdir(os.path.join(result.run_dir, name))) == 3, name
 
 
 def test_run_directory_tables_and_payload_bytes(tmp_path):

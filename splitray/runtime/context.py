@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import io
 import math
@@ -43,6 +45,25 @@ from splitray.runtime.timeline import Broadcast, ServerWork, StepJob, StepTimes,
 from splitray.schedules import EpochPlan, epoch_plans, reset_kind, scaled_budget
 
 T = TypeVar("T")
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_heap() -> None:
+    """Give the pages of freed memory in glibc's heaps back to the OS. The driver frees an epoch's
+    rows, task results and small client states from several threads' heaps, and glibc keeps
+    such pages: a 10,000-client run's driver grew about 80 MB an epoch without this."""
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
 # Called after each epoch with its evals row and, when a checkpoint was just written, its path.
 EpochCallback = Callable[[dict, str | None], None]
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -202,6 +223,7 @@ class RunContext:
             self._epoch_row = None
             yield plans[k]
             self.epochs_done = k + 1
+            release_freed_heap()
             saved = every is not None and (self.epochs_done % every == 0 or plans[k].phase_end)
             if saved:
                 self.save_checkpoint()
