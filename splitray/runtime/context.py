@@ -64,6 +64,8 @@ def release_freed_heap() -> None:
     pages (30-90 MB of a 2,000-client tiny_cnn run's driver after each epoch)."""
     if MALLOC_TRIM is not None:
         MALLOC_TRIM(0)
+
+
 # Called after each epoch with its evals row and, when a checkpoint was just written, its path.
 EpochCallback = Callable[[dict, str | None], None]
 CHECKPOINT_FILE = "checkpoint.pt"
