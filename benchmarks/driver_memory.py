@@ -1,8 +1,9 @@
 """The driver's own memory as a run's rows pile up: it should stay flat (rows go to part files).
 
 Runs an experiment (default experiments/many_clients.yaml) and prints, after every epoch, the
-samples trained so far (the step rows grow with them) and the driver process's PSS
-(/proc/self/smaps_rollup); the last line gives the growth from the first epoch to the last.
+samples trained so far (the step rows grow with them), the simulated time (availability traces
+are drawn as far as it) and the driver process's PSS (/proc/self/smaps_rollup); the last line
+gives the growth from the first epoch to the last.
 
     python benchmarks/driver_memory.py
     python benchmarks/driver_memory.py --set 'schedule.phases=[{budget: 16, epochs: 6}]'
@@ -37,7 +38,8 @@ def main() -> None:
         _, driver_gb = tree_pss_gb(os.getpid())
         samples.append((row["epoch"] + 1, driver_gb))
         print(f"epoch {row['epoch'] + 1:>3}  samples so far {row['samples_seen']:>9}  "
-              f"wall {row['wall_time_s']:7.1f} s  driver PSS {driver_gb:.3f} GB", flush=True)
+              f"sim {row['sim_time_s']:9.0f} s  wall {row['wall_time_s']:7.1f} s  "
+              f"driver PSS {driver_gb:.3f} GB", flush=True)
 
     with tempfile.TemporaryDirectory() as out:
         result = run_experiment(cfg, out_dir=out, engine="ray", progress=False,

@@ -43,6 +43,9 @@ class _Trace:
     def extend(self, t_s: float) -> None:
         """Make the trace complete past t_s; a fixed trace already is."""
 
+    def forget_before(self, t_s: float) -> None:
+        """Let go of the intervals over before t_s; a fixed trace keeps them (its size is the file's)."""
+
     def index(self, t_s: float) -> int:
         """Index of the interval that contains t_s, or -1 if the client is offline at t_s."""
         if t_s >= self.known_until_s:
@@ -52,17 +55,40 @@ class _Trace:
 
 
 class _SyntheticTrace(_Trace):
-    """Alternating exponential online/offline periods, drawn lazily in fixed-size chunks from one rng."""
+    """Alternating exponential online/offline periods, drawn lazily in fixed-size chunks from one rng.
 
-    __slots__ = ("_rng", "_mean_on_s", "_mean_off_s", "_next_online")
+    A long run forgets the periods over before its last epoch (`forget_before`), so the trace's
+    memory does not grow with simulated time; a query before what was forgotten (a rollback to
+    an earlier epoch) draws the trace again from its seed, which gives the same periods.
+    """
 
-    def __init__(self, rng: np.random.Generator, mean_on_s: float, mean_off_s: float) -> None:
-        super().__init__(known_until_s=0.0)
-        self._rng = rng
+    __slots__ = ("_seed", "_rng", "_mean_on_s", "_mean_off_s", "_next_online", "_forgotten_until_s")
+
+    def __init__(self, seed: list[int], mean_on_s: float, mean_off_s: float) -> None:
+        super().__init__()
+        self._seed = seed
         self._mean_on_s = mean_on_s
         self._mean_off_s = mean_off_s
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Back to time 0 with nothing drawn."""
+        self.starts_s, self.ends_s, self.known_until_s = [], [], 0.0
+        self._forgotten_until_s = 0.0
+        self._rng = np.random.default_rng(self._seed)
         # Start in the stationary state; by memorylessness the first period's remainder is again exponential.
-        self._next_online = bool(rng.random() < mean_on_s / (mean_on_s + mean_off_s))
+        self._next_online = bool(self._rng.random() < self._mean_on_s / (self._mean_on_s + self._mean_off_s))
+
+    def forget_before(self, t_s: float) -> None:
+        keep = bisect_right(self.ends_s, t_s)  # intervals [start, end) with end <= t_s are over
+        if keep:
+            del self.starts_s[:keep], self.ends_s[:keep]
+        self._forgotten_until_s = max(self._forgotten_until_s, min(t_s, self.known_until_s))
+
+    def index(self, t_s: float) -> int:
+        if t_s < self._forgotten_until_s:
+            self._rewind()
+        return super().index(t_s)
 
     def extend(self, t_s: float) -> None:
         while self.known_until_s <= t_s:
@@ -104,8 +130,7 @@ class Availability:
             if not 0 < value < math.inf:
                 raise ValueError(f"{name} must be positive and finite, got {value}")
         traces: dict[int, _Trace] = {
-            c: _SyntheticTrace(np.random.default_rng([seed, c]), mean_on_s, mean_off_s)
-            for c in range(num_clients)
+            c: _SyntheticTrace([seed, c], mean_on_s, mean_off_s) for c in range(num_clients)
         }
         return cls(num_clients, traces)
 
@@ -176,9 +201,18 @@ class Availability:
         trace = self._trace(client_id, until_s)
         if trace is None:
             return [(0.0, math.inf)] if until_s > 0 else []
+        trace.index(0.0)  # a synthetic trace that forgot its start draws it again
         trace.extend(until_s)
         n = bisect_left(trace.starts_s, until_s)
         return list(zip(trace.starts_s[:n], trace.ends_s[:n], strict=True))
+
+    def forget_before(self, t_s: float) -> None:
+        """Let every synthetic trace drop its intervals over before t_s, so memory does not grow
+        with simulated time; a later query before t_s still answers, drawing that trace again."""
+        _check_time(t_s)
+        for trace in self._traces:
+            if trace is not None:
+                trace.forget_before(t_s)
 
     def _trace(self, client_id: int, t_s: float) -> _Trace | None:
         """The client's trace (None: always online), after checking the id and the time."""

@@ -171,6 +171,23 @@ def test_synthetic_generates_only_as_far_as_queried():
     assert av._traces[1].known_until_s == 0.0        # an unqueried client has drawn no periods
 
 
+def test_forgetting_the_past_keeps_memory_bounded_and_answers_unchanged():
+    kept = Availability.synthetic(2, 10.0, 5.0, seed=4)
+    forgetful = Availability.synthetic(2, 10.0, 5.0, seed=4)
+    times_s = [float(t) for t in range(0, 20_000, 7)]
+    held = []
+    for t_s in times_s:
+        assert forgetful.offline_after(0, t_s) == kept.offline_after(0, t_s)
+        assert forgetful.online_after(1, t_s) == kept.online_after(1, t_s)
+        forgetful.forget_before(t_s)
+        held.append(len(forgetful._traces[0].starts_s))
+    assert len(kept._traces[0].starts_s) > 1000   # ~1,300 periods in 20,000 s
+    assert max(held) <= 64 + 1                     # never more than one chunk's worth
+    # A rollback asks about the forgotten past: the trace is drawn again, the same.
+    assert [forgetful.online(0, t_s) for t_s in times_s[:50]] == [kept.online(0, t_s) for t_s in times_s[:50]]
+    assert forgetful.intervals(1, 3000.0) == kept.intervals(1, 3000.0)
+
+
 @pytest.mark.parametrize("t_s", [0.0, 55.0, 3000.0])
 def test_online_clients_matches_online(from_hand_written, t_s):
     for av in (Availability.synthetic(300, 20.0, 30.0, seed=6), from_hand_written):

@@ -225,6 +225,7 @@ class RunContext:
             self._epoch_row = None
             yield plans[k]
             self.epochs_done = k + 1
+            self.availability.forget_before(self.timeline.now_s)
             release_freed_heap()
             saved = every is not None and (self.epochs_done % every == 0 or plans[k].phase_end)
             if saved:
