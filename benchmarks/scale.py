@@ -80,15 +80,14 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def _pss_kb(pid: int) -> int:
+def smaps_kb(pid: int, *fields: str) -> int:
+    """The sum of these /proc/PID/smaps_rollup fields (default: Pss) in kB; 0 if it is gone."""
+    wanted = {f"{name}:" for name in fields or ("Pss",)}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
+            return sum(int(line.split()[1]) for line in f if line.split(maxsplit=1)[0] in wanted)
     except OSError:
-        pass
-    return 0
+        return 0
 
 
 def process_tree(root: int) -> list[int]:
@@ -104,7 +103,7 @@ def process_tree(root: int) -> list[int]:
 
 def tree_pss_gb(root: int) -> tuple[float, float]:
     """PSS of `root` and all its descendants, and of `root` alone, in GB."""
-    return sum(_pss_kb(pid) for pid in process_tree(root)) / 1e6, _pss_kb(root) / 1e6
+    return sum(smaps_kb(pid) for pid in process_tree(root)) / 1e6, smaps_kb(root) / 1e6
 
 
 class PeakMemory:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from splitray.availability import Availability
 from splitray.config import ConfigError, load_config
 from splitray.network import NetworkModel, Transfer, build_link
 from splitray.roles import ClientRole
@@ -48,6 +49,29 @@ def test_per_round_draws_that_many_distinct_clients_reproducibly():
     # Each client walks through its epoch's steps in order.
     for _, rows in steps[steps["epoch"] == 0].groupby("client_id"):
         assert rows["step"].tolist() == [k % 3 for k in range(len(rows))]
+
+
+def test_a_run_forgets_availability_before_each_epochs_end(monkeypatch):
+    """A long run's synthetic traces do not grow with simulated time: after every epoch the
+    engine lets them forget what is over, and the run's answers stay those of a full trace."""
+    forgotten_at_s: list[float] = []
+    forget = Availability.forget_before
+
+    def spy(self: Availability, t_s: float) -> None:
+        forgotten_at_s.append(t_s)
+        forget(self, t_s)
+
+    overrides = {"clients.per_round": 3, "availability.kind": "synthetic",
+                 "availability.mean_on_s": 0.3, "availability.mean_off_s": 0.2,
+                 "schedule.phases": "[{epochs: 3}]"}
+    monkeypatch.setattr(Availability, "forget_before", lambda self, t_s: None)
+    remembered = _run(**overrides)  # every trace kept whole
+    monkeypatch.setattr(Availability, "forget_before", spy)
+    result = _run(**overrides)
+    assert forgotten_at_s == result.evals["sim_time_s"].tolist()
+    assert forgotten_at_s[-1] > 10 * 0.5  # the traces had periods to forget
+    assert result.steps["client_id"].tolist() == remembered.steps["client_id"].tolist()
+    assert result.steps["dropped"].tolist() == remembered.steps["dropped"].tolist()
 
 
 def test_clients_offline_at_a_rounds_start_are_not_drawn(tmp_path):
