@@ -52,5 +52,6 @@ def main() -> None:
           f"epoch {last_epoch}: {1e3 * (last_pss - first_pss):+.0f} MB; private "
           f"{1e3 * (last_private - first_private):+.0f} MB", flush=True)
 
+
 if __name__ == "__main__":
     main()
