@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,6 +125,17 @@ def _measure_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
+def map_leaves(tree: Any, kind: type, fn: Callable[[Any], Any]) -> Any:
+    """`tree` (nested dicts, lists and tuples) with every leaf of type `kind` replaced by `fn(leaf)`."""
+    if isinstance(tree, kind):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return {k: map_leaves(v, kind, fn) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(map_leaves(v, kind, fn) for v in tree)
+    return tree
+
+
 class _Role:
     """What both roles share: one place that lists their modules and sets train or eval mode."""
 
@@ -138,11 +151,12 @@ class _Role:
             m.train(training)
 
     def checkpoint(self) -> dict:
-        """Everything training changes in this role, as tensors and plain values (loads with
-        `torch.load(..., weights_only=True)`)."""
-        return {"modules": [m.state_dict() for m in self.modules()],
-                "optimizers": [o.state_dict() for o in self.optimizers()],
-                "torch_rng": torch.get_rng_state()}
+        """Everything training changes in this role, as CPU tensors and plain values (loads with
+        `torch.load(..., weights_only=True)`, also where there is no GPU)."""
+        state = {"modules": [m.state_dict() for m in self.modules()],
+                 "optimizers": [o.state_dict() for o in self.optimizers()],
+                 "torch_rng": torch.get_rng_state()}
+        return map_leaves(state, torch.Tensor, torch.Tensor.cpu)
 
     def restore(self, state: dict) -> None:
         """Return to a `checkpoint()`."""
@@ -521,13 +535,24 @@ class ServerRole(_Role):
     def checkpoint(self) -> dict:
         cache = None if self.cache is None else [
             [client, step, payload.to_state()] for (client, step), payload in self.cache.items()]
-        return {**super().checkpoint(), "cache": cache}
+        state = {**super().checkpoint(), "cache": cache}
+        if self.device.type == "cuda":  # dropout on the GPU draws from the GPU's generator
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def restore(self, state: dict) -> None:
         super().restore(state)
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if state["cache"] is not None:
             self.cache = {(client, step): Payload.from_state(saved)
                           for client, step, saved in state["cache"]}
+
+    def device_name(self) -> str:
+        """Where the server computes, for the run's manifest: "cpu", or "cuda" and the GPU."""
+        if self.device.type == "cuda":
+            return f"cuda ({torch.cuda.get_device_name(self.device)})"
+        return "cpu"
 
     def set_lr(self, lr: float) -> None:
         for optimizer in self.optimizers():

@@ -379,6 +379,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     extra = {"engine": engine, "config": "config.yaml", "clients": [
         {"client_id": i, "device": d.name, "link": prepared.network.describe(i),
          "train_samples": len(prepared.train_parts[i])} for i, d in enumerate(prepared.devices)]}
+    extra["server_device"] = peers.get(peers.server.call(ServerRole.device_name))
     if peers.pool is not None:
         nodes = peers.pool.nodes()
         extra["pool_workers"], extra["pool_nodes"] = len(nodes), len(set(nodes))

@@ -25,29 +25,17 @@ import torch
 
 from splitray.config import ExperimentConfig, split_layer_of
 from splitray.data import ArrayDataset
-from splitray.roles import ClientRole, client_generator
+from splitray.roles import ClientRole, client_generator, map_leaves
 
 
 def as_arrays(tree: Any) -> Any:
     """A state tree with every tensor as a numpy array (what travels through the object store)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().cpu().numpy()
-    if isinstance(tree, dict):
-        return {k: as_arrays(v) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(as_arrays(v) for v in tree)
-    return tree
+    return map_leaves(tree, torch.Tensor, lambda t: t.detach().cpu().numpy())
 
 
 def as_tensors(tree: Any) -> Any:
     """The inverse of `as_arrays`; copies, since arrays from the object store are read-only."""
-    if isinstance(tree, np.ndarray):
-        return torch.tensor(tree)
-    if isinstance(tree, dict):
-        return {k: as_tensors(v) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(as_tensors(v) for v in tree)
-    return tree
+    return map_leaves(tree, np.ndarray, torch.tensor)
 
 
 def dataset_arrays(data: ArrayDataset) -> tuple[np.ndarray, np.ndarray, int]:
