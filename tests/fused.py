@@ -8,8 +8,25 @@ import os
 import pandas as pd
 import torch
 
+from splitray.config import ExperimentConfig, load_config
 from splitray.metrics import RUN_TABLES
 from splitray.runtime import RunResult, run_experiment
+
+
+def algorithm_config(algorithm: str, settings: dict, **overrides) -> ExperimentConfig:
+    """A small config: `settings` running `algorithm`, with what that algorithm needs on them (two
+    budget phases for prune, two split points for EdgeSplit, no compression on a shared medium for
+    EPSL), then `overrides`."""
+    settings = {**settings, "train.algorithm": algorithm}
+    if algorithm == "prune":
+        settings["schedule.phases"] = "[{budget: 8, epochs: 1}, {budget: 4, epochs: 1}]"
+    if algorithm == "edgesplit":
+        settings["clients.split_layers"] = "[2, 3]"
+    if algorithm == "epsl":
+        settings.update({"compression.enabled": "false", "schedule.phases": "[{epochs: 2}]",
+                         "train.phi": 0.5, "network.shared": "wifi6_shared"})
+    settings.update(overrides)
+    return load_config(overrides=[f"{k}={v}" for k, v in settings.items()])
 
 
 def run_fused(cfg, out_dir: str | None = None) -> RunResult:

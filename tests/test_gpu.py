@@ -1,6 +1,6 @@
 """The server actor on a GPU (skipped where torch sees none): every algorithm gives the CPU
 trainer's tables up to float rounding, the manifest says where the server ran, and its checkpoint
-holds CPU tensors only, so that it loads and resumes on a machine without a GPU."""
+holds CPU tensors only, so that a machine without a GPU loads it."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from fused import run_fused
+from fused import algorithm_config, run_fused
 
 from splitray.algorithms import ALGORITHMS
-from splitray.config import load_config
 from splitray.roles import map_leaves
 from splitray.runtime import run_experiment
 from splitray.runtime.context import CHECKPOINT_FILE
@@ -32,23 +31,14 @@ def ray_with_a_gpu():
 
 
 def _config(algorithm: str, **overrides):
-    settings = {
+    return algorithm_config(algorithm, {
         "model.name": "tiny_cnn", "model.split_layer": 3, "data.name": "synthetic",
         "data.image_size": 16, "data.train_samples": 96, "data.test_samples": 48,
-        "train.batch_size": 8, "train.steps_per_epoch": 2, "train.algorithm": algorithm,
+        "train.batch_size": 8, "train.steps_per_epoch": 2,
         "clients.count": 3, "clients.num_cpus": 0.5, "server.num_cpus": 0.5,
         "server.num_gpus": 1, "clients.devices": "[raspberry_pi_4, laptop_cpu]",
         "network.links": "[wifi5, lte]", "schedule.phases": "[{budget: 4, epochs: 2}]",
-    }
-    if algorithm == "prune":
-        settings["schedule.phases"] = "[{budget: 8, epochs: 1}, {budget: 4, epochs: 1}]"
-    if algorithm == "edgesplit":
-        settings["clients.split_layers"] = "[2, 3]"
-    if algorithm == "epsl":
-        settings.update({"compression.enabled": "false", "schedule.phases": "[{epochs: 2}]",
-                         "train.phi": 0.5, "network.shared": "wifi6_shared"})
-    settings.update(overrides)
-    return load_config(overrides=[f"{k}={v}" for k, v in settings.items()])
+    }, **overrides)
 
 
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))

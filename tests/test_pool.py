@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
-from fused import assert_same_tables, run_fused
+from fused import algorithm_config, assert_same_tables, run_fused
 
 from splitray.algorithms import ALGORITHMS
-from splitray.config import ConfigError, load_config
+from splitray.config import ConfigError
 from splitray.runtime import resume_experiment, run_experiment
 from splitray.runtime.context import RunContext
 from splitray.runtime.orchestrator import prepare, start_peers
@@ -22,25 +22,16 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")  # one Ray instance for the 
 
 
 def _config(algorithm: str = "parallel_sl", **overrides):
-    settings = {
+    return algorithm_config(algorithm, {
         "model.name": "tiny_cnn", "model.split_layer": 3, "data.name": "synthetic",
         "data.image_size": 16, "data.train_samples": 96, "data.test_samples": 48,
-        "train.batch_size": 8, "train.steps_per_epoch": 2, "train.algorithm": algorithm,
+        "train.batch_size": 8, "train.steps_per_epoch": 2,
         "clients.count": 5, "clients.num_cpus": 0.5, "server.num_cpus": 0.5,
         "clients.devices": "[raspberry_pi_4, laptop_cpu]", "network.links": "[wifi5, lte]",
         "schedule.phases": "[{budget: 4, epochs: 2}]", "splitfed.every_rounds": 1,
         # Two workers keeping one client each between rounds: every round moves states.
         "engine.clients": "pool", "engine.pool_workers": 1, "engine.pool_capacity": 1,
-    }
-    if algorithm == "prune":
-        settings["schedule.phases"] = "[{budget: 8, epochs: 1}, {budget: 4, epochs: 1}]"
-    if algorithm == "edgesplit":
-        settings["clients.split_layers"] = "[2, 3]"
-    if algorithm == "epsl":
-        settings.update({"compression.enabled": "false", "schedule.phases": "[{epochs: 2}]",
-                         "train.phi": 0.5, "network.shared": "wifi6_shared"})
-    settings.update(overrides)
-    return load_config(overrides=[f"{k}={v}" for k, v in settings.items()])
+    }, **overrides)
 
 
 def _assert_same(got, expected) -> None:
