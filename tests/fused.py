@@ -1,5 +1,5 @@
-"""The fused local trainer on one torch thread, as the tests compare it with other engines, and
-the comparison of two runs' tables."""
+"""The fused local trainer on one torch thread, as the tests compare it with other engines, the
+comparison of two runs' tables, and the small per-algorithm configs those tests share."""
 
 from __future__ import annotations
 

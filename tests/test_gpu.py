@@ -52,7 +52,7 @@ def test_a_server_on_the_gpu_gives_the_cpu_trainers_tables(algorithm, tmp_path):
     exact = [c for c in on_cpu.steps.columns
              if c.startswith(("sim_", "bytes_", "client_")) or c in ("round", "step", "dropped")]
     pd.testing.assert_frame_equal(on_gpu.steps[exact], on_cpu.steps[exact])
-    # The GPU sums in another order (and convolutions in TF32): losses agree to rounding.
+    # The GPU sums in another order (and cuDNN may use TF32): losses agree to rounding.
     np.testing.assert_allclose(on_gpu.steps["loss"], on_cpu.steps["loss"], rtol=1e-2, atol=1e-3)
 
 
