@@ -15,8 +15,8 @@ def two_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
-    # No GPUs: on a GPU machine each node would claim the same GPU and the server would compute
-    # there, where the comparison with the fused trainer on the CPU is not bit for bit.
+    # No GPUs: on a GPU machine each node would detect the GPU and the server could take it,
+    # where the comparison with the fused trainer on the CPU is not bit for bit.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0,
                                                            "include_dashboard": False})
     cluster.add_node(num_cpus=1, num_gpus=0)
