@@ -29,7 +29,7 @@ def _config(algorithm: str = "parallel_sl", **overrides):
         "clients.count": 5, "clients.num_cpus": 0.5, "server.num_cpus": 0.5,
         "clients.devices": "[raspberry_pi_4, laptop_cpu]", "network.links": "[wifi5, lte]",
         "schedule.phases": "[{budget: 4, epochs: 2}]", "splitfed.every_rounds": 1,
-        # Two workers keeping one client each between rounds: every round moves states.
+        # One worker keeping one client between rounds: every round moves states.
         "engine.clients": "pool", "engine.pool_workers": 1, "engine.pool_capacity": 1,
     }, **overrides)
 
