@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 
 import pytest
 import ray
 from fused import assert_same_tables, run_fused
+from ray.exceptions import RayActorError
 
 from splitray.config import ALGORITHM_NAMES, load_config
 from splitray.runtime import RunFailed, resume_experiment, run_experiment
@@ -88,3 +90,75 @@ def test_more_faults_than_allowed_fail_the_run_which_then_resumes(tmp_path, monk
     monkeypatch.undo()
     resume_experiment(run_dir, progress=False)
     assert_same_tables(run_dir, whole.run_dir)
+
+
+def _kill_after_round(monkeypatch, kill_round: int, who: str) -> list[str]:
+    """Once round `kill_round` is over, kill an actor ('server', 'client 1' or 'pool worker 1')
+    and wait until Ray has restarted it, so that no call of the run fails: only the actor's new
+    incarnation shows that its state is lost. Returns the incarnations before and after."""
+    original = RunContext.run_steps
+    seen: list[str] = []
+
+    def run_steps(self, plan, budget, steps, **kwargs):
+        rows = original(self, plan, budget, steps, **kwargs)
+        if self.round == kill_round + 1 and not seen:
+            seen.extend(_kill_and_wait(next(a for a in self.peers.actors if a.name == who)))
+        return rows
+
+    monkeypatch.setattr(RunContext, "run_steps", run_steps)
+    return seen
+
+
+def _kill_and_wait(peer) -> list[str]:
+    """Kill a Ray actor and wait until Ray has restarted it: its incarnations before and after."""
+    before = peer.wait_ready()
+    ray.kill(peer.handle, no_restart=False)
+    while (after := _answer(peer)) in (None, before):
+        time.sleep(0.05)
+    return [before, after]
+
+
+def _answer(peer) -> str | None:
+    """The actor's incarnation, or None while it is dead or restarting."""
+    try:
+        return ray.get(peer.handle.incarnation.remote())
+    except RayActorError:
+        return None
+
+
+@pytest.mark.parametrize("who", ["server", "client 1", "pool worker 1"])
+def test_an_actor_killed_and_restarted_between_rounds_costs_a_replay(who, tmp_path, monkeypatch):
+    pool = {"engine.clients": "pool", "engine.pool_workers": 2} if who.startswith("pool") else {}
+    cfg = _config(**{"faults.max_failures": 1, **pool})
+    whole = run_fused(cfg, str(tmp_path / "whole"))
+    seen = _kill_after_round(monkeypatch, 7, who)  # round 7 is in the second epoch
+    restarted = run_experiment(cfg, out_dir=str(tmp_path / "restarted"), progress=False)
+    assert len(seen) == 2 and seen[0] != seen[1]  # it was restarted before the next call
+    assert_same_tables(restarted.run_dir, whole.run_dir)
+    manifest = json.loads(open(os.path.join(restarted.run_dir, "manifest.json")).read())
+    assert manifest["status"] == "finished"
+    [fault] = manifest["faults"]
+    assert fault["error"].startswith(f"ActorRestarted: {who} restarted")
+
+
+def test_a_restart_after_the_last_epoch_is_caught_at_the_runs_end(tmp_path, monkeypatch):
+    # Async SL asks the server for its cache's size after its last epoch: a server restarted
+    # between that epoch's check and this call would report the empty cache of a fresh one.
+    cfg = _config("async_sl", **{"faults.max_failures": 1})
+    whole = run_fused(cfg, str(tmp_path / "whole"))
+    original = RunContext.epochs
+    seen: list[str] = []
+
+    def epochs(self):
+        yield from original(self)
+        if not seen:
+            seen.extend(_kill_and_wait(self.server))
+
+    monkeypatch.setattr(RunContext, "epochs", epochs)
+    restarted = run_experiment(cfg, out_dir=str(tmp_path / "restarted"), progress=False)
+    assert len(seen) == 2
+    assert whole.summary["server_cache_bytes"] > 0
+    assert restarted.summary == whole.summary
+    assert_same_tables(restarted.run_dir, whole.run_dir)
+    manifest = json.loads(open(os.path.join(restarted.run_dir, "manifest.json")).read())
+    assert [f["error"].split(":")[0] for f in manifest["faults"]] == ["ActorRestarted"]

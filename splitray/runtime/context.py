@@ -230,6 +230,8 @@ class RunContext:
             saved = every is not None and (self.epochs_done % every == 0 or plans[k].phase_end)
             if saved:
                 self.save_checkpoint()
+            else:  # (a commit checks too) an epoch done on a restarted actor is not done
+                self.peers.check_restarts()
             if self.on_epoch is not None and self._epoch_row is not None:
                 checkpoint = join_path(self.run_dir, CHECKPOINT_FILE) if saved and self.run_dir else None
                 self.on_epoch(self._epoch_row, checkpoint)
@@ -246,7 +248,7 @@ class RunContext:
         """The run's state now, kept as the point a fault rolls back to: every role's state, the
         timeline, the run's counters, the algorithm's state and how many rows were written."""
         self.flush()
-        self._committed = {
+        committed = {
             "format": CHECKPOINT_FORMAT, "epochs_done": self.epochs_done,
             "parts": ({name: len(table_parts(join_path(self.run_dir, name)))
                        for name in RUN_TABLES} if self.run_dir else {}),
@@ -260,7 +262,11 @@ class RunContext:
             "algorithm": (dataclasses.asdict(self._algorithm_state)
                           if self._algorithm_state is not None else None),
         }
-        return self._committed
+        # Every state above came from the actors noted at the run's start or last rollback:
+        # an actor restarted since would have handed over its constructor's state.
+        self.peers.check_restarts()
+        self._committed = committed
+        return committed
 
     def save_checkpoint(self) -> None:
         """Commit, and write the state to RUN_DIR/checkpoint.pt for `--resume`."""

@@ -59,6 +59,7 @@ from splitray.runtime.context import (
     load_tensors,
 )
 from splitray.runtime.peers import (
+    ActorRestarted,
     LocalPeer,
     Peer,
     Peers,
@@ -289,7 +290,7 @@ def _ray_peers(p: Prepared) -> Peers:
     server = RayPeer(ServerActor.options(num_cpus=cfg.server.num_cpus, num_gpus=num_gpus,
                                          max_restarts=restarts, runtime_env=actor_env).remote(
         max(1, math.floor(cfg.server.num_cpus)), cfg, p.input_shape, p.num_classes,
-        "cuda" if num_gpus else "cpu"))
+        "cuda" if num_gpus else "cpu"), "server")
     if on_pool:
         # Put once; every worker maps the same object-store pages.
         train, test = ray.put(dataset_arrays(p.train)), ray.put(dataset_arrays(p.test))
@@ -304,12 +305,13 @@ def _ray_peers(p: Prepared) -> Peers:
         pool = ClientPool(workers, cfg.engine.pool_capacity)
         pool.constructor_args = (train, test, parts)  # a restarted worker reads them again
         clients: list[Peer] = [PoolClient(pool, i) for i in range(cfg.clients.count)]
-        return Peers(clients, server, get_ray, [server, *(RayPeer(w) for w in workers)], pool,
+        return Peers(clients, server, get_ray,
+                     [server, *(RayPeer(w, f"pool worker {k}") for k, w in enumerate(workers))], pool,
                      prefetch=_prefetch(cfg, 2 * len(workers)))
     actors = [RayPeer(ClientActor.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts,
                                           runtime_env=actor_env)
                       .remote(client_threads, i, cfg, p.train_shard(i), p.test_shard(i),
-                              p.num_classes))
+                              p.num_classes), f"client {i}")
               for i in range(cfg.clients.count)]
     return Peers(list(actors), server, get_ray, [server, *actors],
                  prefetch=_prefetch(cfg, len(actors)))
@@ -364,7 +366,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
                           "(continue it with --resume, or choose another directory)")
     peers = start_peers(prepared, engine)
     # Wait until every actor is built, so the run's wall clock starts with training.
-    peers.get([a.handle.__ray_ready__.remote() for a in peers.actors] if peers.actors else [])
+    peers.wait_ready()
     measured = cfg.engine.compute_time == "measured" or cfg.engine.time_mode == "realtime"
     timeline = Timeline(prepared.network, prepared.devices, prepared.server_device,
                          cpu_share=cfg.clients.cpu_share,
@@ -408,9 +410,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
                 if replay_from is not None:
                     ctx.rollback()
                 ALGORITHMS[cfg.train.algorithm](ctx)
+                peers.check_restarts()  # the last rows came from the actors the run started with
                 break
-            except Exception as e:
-                if not is_actor_fault(e):
+            except Exception as error:
+                e = error if is_actor_fault(error) else _restart_behind(peers)
+                if e is None:
                     raise
                 faults.append({"at": now_iso(), "error": fault_line(e),
                                "epochs_done": ctx.epochs_done})
@@ -450,10 +454,23 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
 
 def is_actor_fault(error: BaseException) -> bool:
     """Whether an error is an actor or its worker process dying (a task that took a dead actor's
-    result fails with a RayTaskError that is also the actor error), not a bug in a role."""
+    result fails with a RayTaskError that is also the actor error) or an actor found restarted,
+    not a bug in a role."""
     from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 
-    return isinstance(error, RayActorError | WorkerCrashedError | ObjectLostError)
+    return isinstance(error, RayActorError | WorkerCrashedError | ObjectLostError | ActorRestarted)
+
+
+def _restart_behind(peers: Peers) -> BaseException | None:
+    """After an error in a role or the driver: the actor fault that may have caused it (an actor
+    restarted with fresh state, or dead), or None when every actor is the one the run knew."""
+    try:
+        peers.check_restarts()
+    except Exception as e:
+        if is_actor_fault(e):
+            return e
+        raise
+    return None
 
 
 def fault_line(error: BaseException) -> str:

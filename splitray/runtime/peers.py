@@ -21,7 +21,10 @@ from splitray.roles import ClientRole
 class Peer(Protocol):
     def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any: ...
 
-    def wait_ready(self) -> None: ...
+
+class ActorRestarted(RuntimeError):
+    """An actor died between two calls and Ray restarted it: no call failed, but its state is
+    its constructor's, so the run must roll back as after any other actor fault."""
 
 
 class LocalPeer:
@@ -33,31 +36,29 @@ class LocalPeer:
     def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any:
         return method(self.obj, *args)
 
-    def wait_ready(self) -> None:
-        """A local object never dies: always ready."""
-
 
 class RayPeer:
     """Calls a method on a Ray actor; the future is an ObjectRef (or a tuple of them)."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, name: str) -> None:
         self.handle = handle
+        self.name = name  # "server", "client 3", "pool worker 1": what a fault message names
 
     def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any:
         actor_method = getattr(self.handle, method.__name__)
         return actor_method.options(num_returns=num_returns).remote(*args)
 
-    def wait_ready(self, timeout_s: float = 300.0) -> None:
-        """Block until the actor takes calls again: after a death, Ray restarts it (rerunning
-        its constructor) and calls made meanwhile fail as temporarily unavailable."""
+    def wait_ready(self, timeout_s: float = 300.0) -> str:
+        """Block until the actor takes calls (after a death, Ray restarts it, rerunning its
+        constructor, and calls made meanwhile fail as temporarily unavailable); returns the
+        incarnation that answered (`ActorProcess.incarnation`)."""
         import ray
         from ray.exceptions import ActorUnavailableError
 
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                ray.get(self.handle.__ray_ready__.remote())
-                return
+                return ray.get(self.handle.incarnation.remote())
             except ActorUnavailableError:
                 if time.monotonic() > deadline:
                     raise
@@ -66,7 +67,7 @@ class RayPeer:
 
 class PoolClient:
     """A client that is state on a worker pool (`splitray.runtime.pool`): calls go to the worker
-    that runs it; waiting for it is waiting for the pool's workers (see `Peers.wait_ready`)."""
+    that runs it."""
 
     def __init__(self, pool: Any, client_id: int) -> None:
         self.pool = pool
@@ -74,9 +75,6 @@ class PoolClient:
 
     def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any:
         return self.pool.call(self.client_id, method, *args, num_returns=num_returns)
-
-    def wait_ready(self) -> None:
-        RayPeer(self.pool.workers[self.pool.home(self.client_id)]).wait_ready()
 
 
 @dataclass
@@ -90,6 +88,7 @@ class Peers:
     actors: list[RayPeer] = field(default_factory=list)  # every Ray actor of the run, once
     pool: Any = None  # a ClientPool when the clients are state on worker actors
     prefetch: int = 0  # client forwards to run ahead of the server (0: in-process, no gain)
+    incarnations: list[str] = field(default_factory=list)  # each actor's, when last waited for
 
     def chunks(self) -> Iterator[range]:
         """Client ids in runs to submit together: all at once, or what the pool holds live."""
@@ -116,9 +115,24 @@ class Peers:
             self.pool.trim()
 
     def wait_ready(self) -> None:
-        """Block until every actor takes calls again (after a fault, Ray restarts them)."""
-        for actor in self.actors:
-            actor.wait_ready()
+        """Block until every actor takes calls (after a fault, Ray restarts them) and note which
+        incarnation of each answered: what `check_restarts` compares against."""
+        self.incarnations = [actor.wait_ready() for actor in self.actors]
+
+    def check_restarts(self) -> None:
+        """Raise ActorRestarted when an actor is not the incarnation `wait_ready` noted: it died
+        between two calls and Ray restarted it, so calls since then may have run on fresh state.
+        A dead actor not yet back raises Ray's actor error instead."""
+        if not self.actors:
+            return
+        import ray
+
+        now = ray.get([actor.handle.incarnation.remote() for actor in self.actors])
+        restarted = [actor.name for actor, noted, answered
+                     in zip(self.actors, self.incarnations, now, strict=True) if noted != answered]
+        if restarted:
+            raise ActorRestarted(f"{', '.join(restarted)} restarted by Ray since the last check, "
+                                 "with its constructor's state")
 
     def client_states(self) -> list[Any]:
         """Every client's `ClientRole.checkpoint()` (on a pool: ObjectRefs, None if untouched)."""

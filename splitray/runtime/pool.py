@@ -26,6 +26,7 @@ import torch
 from splitray.config import ExperimentConfig, split_layer_of
 from splitray.data import ArrayDataset
 from splitray.roles import ClientRole, client_generator, map_leaves
+from splitray.runtime.actors import ActorProcess
 
 
 def as_arrays(tree: Any) -> Any:
@@ -51,12 +52,12 @@ def _dataset(arrays: tuple[np.ndarray, np.ndarray, int]) -> ArrayDataset:
 
 
 @ray.remote
-class PoolWorker:
+class PoolWorker(ActorProcess):
     """Runs steps of whichever client it is handed, its torch threads capped at a client's CPUs."""
 
     def __init__(self, num_threads: int, cfg: ExperimentConfig, train: tuple, test: tuple,
                  parts: tuple[list[np.ndarray], list[np.ndarray]], first_client: int) -> None:
-        torch.set_num_threads(num_threads)
+        self.start_process(num_threads)
         self.cfg = cfg
         self.train, self.test = _dataset(train), _dataset(test)
         self.train_parts, self.test_parts = parts
