@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
+import torch
 from fused import algorithm_config, assert_same_tables, run_fused
 
 from splitray.algorithms import ALGORITHMS
@@ -132,3 +133,32 @@ def test_the_pool_and_server_run_at_the_drivers_priority():
     finally:
         peers.stop()
     assert len(nice) == 2 and nice == [os.nice(0)] * 2
+
+
+def test_actors_reuse_freed_memory_instead_of_mapping_it_anew():
+    # By default glibc gives freed memory at the top of a process's heap back to the kernel once
+    # it exceeds twice the largest block it has mapped, and the next step faults the pages in
+    # and zeroes them again: 1.7 million minor faults in an epoch of 8 client actors.
+    def minor_faults_a_round(_actor) -> float:  # nested: Ray pickles it by value
+        def minor_faults() -> int:
+            with open("/proc/self/stat") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[7])
+
+        def one_round() -> None:  # a step's activations: 8 blocks of 4 MiB, all freed at its end
+            blocks = [torch.ones(1 << 20) for _ in range(8)]
+            del blocks
+
+        one_round()
+        before = minor_faults()
+        for _ in range(10):
+            one_round()
+        return (minor_faults() - before) / 10
+
+    peers = start_peers(prepare(_config()), "ray")
+    try:
+        faults = ray.get([a.handle.__ray_call__.remote(minor_faults_a_round)
+                          for a in peers.actors])
+    finally:
+        peers.stop()
+    pages = (32 << 20) // os.sysconf("SC_PAGE_SIZE")  # a round's pages (8,192 faults without)
+    assert len(faults) == 2 and max(faults) < pages / 2, faults
