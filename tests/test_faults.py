@@ -1,4 +1,4 @@
-"""A client or server actor killed mid-run costs a replay, never a lost or doubled row."""
+"""An actor killed mid-step or between two calls costs a replay, never a lost or doubled row."""
 
 from __future__ import annotations
 
