@@ -113,7 +113,9 @@ def _kill_and_wait(peer) -> list[str]:
     """Kill a Ray actor and wait until Ray has restarted it: its incarnations before and after."""
     before = peer.wait_ready()
     ray.kill(peer.handle, no_restart=False)
+    deadline = time.monotonic() + 60
     while (after := _answer(peer)) in (None, before):
+        assert time.monotonic() < deadline, f"Ray did not restart {peer.name} within 60 s"
         time.sleep(0.05)
     return [before, after]
 
@@ -139,6 +141,7 @@ def test_an_actor_killed_and_restarted_between_rounds_costs_a_replay(who, tmp_pa
     assert manifest["status"] == "finished"
     [fault] = manifest["faults"]
     assert fault["error"].startswith(f"ActorRestarted: {who} restarted")
+    assert fault["epochs_done"] == 1  # caught in the second epoch, which is replayed
 
 
 def test_a_restart_after_the_last_epoch_is_caught_at_the_runs_end(tmp_path, monkeypatch):

@@ -224,14 +224,13 @@ class RunContext:
         for k in range(self.epochs_done, len(plans)):
             self._epoch_row = None
             yield plans[k]
+            self.peers.check_restarts()  # an epoch run partly on a restarted actor is not done
             self.epochs_done = k + 1
             self.availability.forget_before(self.timeline.now_s)
             release_freed_heap()
             saved = every is not None and (self.epochs_done % every == 0 or plans[k].phase_end)
             if saved:
                 self.save_checkpoint()
-            else:  # (a commit checks too) an epoch done on a restarted actor is not done
-                self.peers.check_restarts()
             if self.on_epoch is not None and self._epoch_row is not None:
                 checkpoint = join_path(self.run_dir, CHECKPOINT_FILE) if saved and self.run_dir else None
                 self.on_epoch(self._epoch_row, checkpoint)

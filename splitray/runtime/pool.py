@@ -57,7 +57,7 @@ class PoolWorker(ActorProcess):
 
     def __init__(self, num_threads: int, cfg: ExperimentConfig, train: tuple, test: tuple,
                  parts: tuple[list[np.ndarray], list[np.ndarray]], first_client: int) -> None:
-        self.start_process(num_threads)
+        self._start_process(num_threads)
         self.cfg = cfg
         self.train, self.test = _dataset(train), _dataset(test)
         self.train_parts, self.test_parts = parts
