@@ -1,6 +1,6 @@
 """Datasets held in memory as uint8 tensors, and partitioners that split them among clients."""
 
-from .dataset import ArrayDataset
+from .dataset import ArrayDataset, ClientShards
 from .loaders import (
     DATASET_NAMES,
     DataFileError,
@@ -14,6 +14,7 @@ __all__ = [
     "DATASET_NAMES",
     "PARTITION_SCHEMES",
     "ArrayDataset",
+    "ClientShards",
     "DataFileError",
     "SampleCountError",
     "load_dataset",

@@ -70,6 +70,21 @@ class ArrayDataset:
         return ArrayDataset(self.images[idx].clone(), self.labels[idx].clone(), self.num_classes)
 
 
+@dataclass(eq=False)
+class ClientShards:
+    """A run's train and test sets with each client's sample indices into them."""
+
+    train: ArrayDataset
+    test: ArrayDataset
+    train_parts: list[np.ndarray]
+    test_parts: list[np.ndarray]
+
+    def of(self, client_id: int) -> tuple[ArrayDataset, ArrayDataset]:
+        """Client `client_id`'s training shard and test slice (copies)."""
+        return (self.train.subset(self.train_parts[client_id]),
+                self.test.subset(self.test_parts[client_id]))
+
+
 def _as_index(indices: np.ndarray | Tensor) -> Tensor:
     idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, Tensor) else indices)
     if idx.dim() != 1 or idx.dtype == torch.bool or (idx.numel() and idx.dtype.is_floating_point):

@@ -1,24 +1,69 @@
-"""Ray actors for the client devices and the server: the shared roles, with real threads capped."""
+"""Ray actors for the client devices and the server: the shared roles, with real threads capped.
+
+An actor takes the run's data in `ready`, a call, not in its constructor: Ray cannot promise a
+restarted actor the object-store arguments of its constructor (ray-project/ray#53727, and a
+warning on every run), while the driver keeps the data's ObjectRefs for the whole run and hands
+them again whenever it waits for a restarted actor.
+"""
 
 from __future__ import annotations
 
 import uuid
+import warnings
+from typing import Any
 
+import numpy as np
 import ray
 import torch
 
+from splitray.config import ExperimentConfig
+from splitray.data import ArrayDataset, ClientShards
 from splitray.roles import ClientRole, ServerRole
 
 
+def put_shards(shards: ClientShards) -> tuple[Any, ...]:
+    """The run's data in the object store once, as numpy arrays that every actor on a node maps
+    without copies: the ObjectRefs `ActorProcess.ready` takes."""
+    def arrays(data: ArrayDataset) -> tuple[np.ndarray, np.ndarray, int]:
+        return data.images.numpy(), data.labels.numpy(), data.num_classes
+
+    return (ray.put(arrays(shards.train)), ray.put(arrays(shards.test)),
+            ray.put((shards.train_parts, shards.test_parts)))
+
+
+def from_store(train: tuple, test: tuple, parts: tuple) -> ClientShards:
+    """The inverse of `put_shards`, on the actor's side."""
+    def dataset(arrays: tuple[np.ndarray, np.ndarray, int]) -> ArrayDataset:
+        images, labels, num_classes = arrays
+        with warnings.catch_warnings():  # read-only store pages: batches index (copy), never write
+            warnings.simplefilter("ignore", UserWarning)
+            return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels), num_classes)
+
+    return ClientShards(dataset(train), dataset(test), *parts)
+
+
 class ActorProcess:
-    """What every actor of a run does first: cap torch's threads, and name this incarnation of
-    the actor. Ray reruns the constructor when it restarts a dead actor, so a new name tells the
-    driver that the actor's state is its constructor's even when no call failed."""
+    """What every actor of a run does: cap torch's threads, name this incarnation of the actor,
+    and take the run's data once per incarnation. Ray reruns the constructor when it restarts a
+    dead actor, so a new name tells the driver that the actor's state is its constructor's even
+    when no call failed."""
 
     def _start_process(self, num_threads: int) -> None:
         """Call first in the constructor."""
         torch.set_num_threads(num_threads)
         self.incarnation_id = uuid.uuid4().hex
+        self._has_data = False
+
+    def ready(self, *data: Any) -> str:
+        """Take the run's data (what `put_shards` stored; none for the server) unless this
+        incarnation has it; returns the incarnation."""
+        if not self._has_data:
+            self._take_data(*data)
+            self._has_data = True
+        return self.incarnation_id
+
+    def _take_data(self, *data: Any) -> None:
+        """Build what needs the run's data."""
 
     def incarnation(self) -> str:
         """This process's id for the actor, new after every restart."""
@@ -27,11 +72,17 @@ class ActorProcess:
 
 @ray.remote
 class ClientActor(ActorProcess, ClientRole):
-    """A client device as a Ray actor; its torch threads match its logical CPUs."""
+    """A client device as a Ray actor; its torch threads match its logical CPUs. It becomes the
+    client (its model, shard and optimizer) when `ready` hands it the run's data."""
 
-    def __init__(self, num_threads: int, *args) -> None:
+    def __init__(self, num_threads: int, client_id: int, cfg: ExperimentConfig) -> None:
         self._start_process(num_threads)
-        super().__init__(*args)
+        self._client = (client_id, cfg)
+
+    def _take_data(self, train: tuple, test: tuple, parts: tuple) -> None:
+        client_id, cfg = self._client
+        shards = from_store(train, test, parts)
+        ClientRole.__init__(self, client_id, cfg, *shards.of(client_id), shards.train.num_classes)
 
 
 @ray.remote

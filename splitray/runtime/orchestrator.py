@@ -19,6 +19,7 @@ from splitray.availability import Availability
 from splitray.config import ConfigError, ExperimentConfig, load_config, split_layer_of
 from splitray.data import (
     ArrayDataset,
+    ClientShards,
     DataFileError,
     SampleCountError,
     load_dataset,
@@ -103,11 +104,8 @@ class Prepared:
     network: NetworkModel
     availability: Availability
 
-    def train_shard(self, client_id: int) -> ArrayDataset:
-        return self.train.subset(self.train_parts[client_id])
-
-    def test_shard(self, client_id: int) -> ArrayDataset:
-        return self.test.subset(self.test_parts[client_id])
+    def shards(self) -> ClientShards:
+        return ClientShards(self.train, self.test, self.train_parts, self.test_parts)
 
 
 def _split_channels(cfg: ExperimentConfig, input_shape: tuple[int, int, int],
@@ -243,8 +241,8 @@ def run_id_for(cfg: ExperimentConfig) -> str:
 def _ray_peers(p: Prepared) -> Peers:
     import ray
 
-    from splitray.runtime.actors import ClientActor, ServerActor
-    from splitray.runtime.pool import ClientPool, PoolWorker, dataset_arrays, pool_size, uses_pool
+    from splitray.runtime.actors import ClientActor, ServerActor, put_shards
+    from splitray.runtime.pool import ClientPool, PoolWorker, pool_size, uses_pool
 
     cfg = p.cfg
     if not ray.is_initialized():
@@ -298,27 +296,24 @@ def _ray_peers(p: Prepared) -> Peers:
                                          max_restarts=restarts, runtime_env=actor_env).remote(
         max(1, math.floor(cfg.server.num_cpus)), cfg, p.input_shape, p.num_classes,
         "cuda" if num_gpus else "cpu"), "server")
+    data = put_shards(p.shards())  # once: every actor on a node maps the same pages
     if on_pool:
-        # Put once; every worker maps the same object-store pages.
-        train, test = ray.put(dataset_arrays(p.train)), ray.put(dataset_arrays(p.test))
-        parts = ray.put((p.train_parts, p.test_parts))
         # SPREAD: on a cluster the workers go to every node, not the head's CPUs first; inside
         # a Tune trial's placement group they take its bundles instead.
         spread = {} if trial is not None else {"scheduling_strategy": "SPREAD"}
         workers = [PoolWorker.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts,
                                       runtime_env=actor_env, **spread)
-                   .remote(client_threads, cfg, train, test, parts, first_client=w)
+                   .remote(client_threads, cfg, first_client=w)
                    for w in range(num_workers)]
         pool = ClientPool(workers, cfg.engine.pool_capacity)
-        pool.constructor_args = (train, test, parts)  # a restarted worker reads them again
         clients: list[Peer] = [PoolClient(pool, i) for i in range(cfg.clients.count)]
         return Peers(clients, server, get_ray,
-                     [server, *(RayPeer(w, f"pool worker {k}") for k, w in enumerate(workers))], pool,
+                     [server, *(RayPeer(w, f"pool worker {k}", data)
+                                for k, w in enumerate(workers))], pool,
                      prefetch=_prefetch(cfg, 2 * len(workers)))
     actors = [RayPeer(ClientActor.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts,
                                           runtime_env=actor_env)
-                      .remote(client_threads, i, cfg, p.train_shard(i), p.test_shard(i),
-                              p.num_classes), f"client {i}")
+                      .remote(client_threads, i, cfg), f"client {i}", data)
               for i in range(cfg.clients.count)]
     return Peers(list(actors), server, get_ray, [server, *actors],
                  prefetch=_prefetch(cfg, len(actors)))
@@ -332,16 +327,20 @@ def _prefetch(cfg: ExperimentConfig, default: int) -> int:
 def _local_peers(p: Prepared) -> Peers:
     cfg = p.cfg
     server = ServerRole(cfg, p.input_shape, p.num_classes, "cpu")
-    clients = [ClientRole(i, cfg, p.train_shard(i), p.test_shard(i), p.num_classes)
-               for i in range(cfg.clients.count)]
+    shards = p.shards()
+    clients = [ClientRole(i, cfg, *shards.of(i), p.num_classes) for i in range(cfg.clients.count)]
     return Peers([LocalPeer(c) for c in clients], LocalPeer(server), get_local)
 
 
 def start_peers(p: Prepared, engine: str) -> Peers:
     """The clients, the server and the way to wait for their results, on `engine`: Ray actors
     ("ray": an actor per client, or a pool of workers holding the clients as state) or objects
-    in this process ("local")."""
-    return _ray_peers(p) if engine == "ray" else _local_peers(p)
+    in this process ("local"); once every actor is built and holds the run's data."""
+    peers = _ray_peers(p) if engine == "ray" else _local_peers(p)
+    # Wait until every actor is built, so a run's wall clock starts with training; this also
+    # notes each actor's incarnation, which the fault checks compare against.
+    peers.wait_ready()
+    return peers
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: str = "ray",
@@ -372,9 +371,6 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
         raise ConfigError(f"run_dir: {run_dir!r} is not allowed; it already holds a run's tables "
                           "(continue it with --resume, or choose another directory)")
     peers = start_peers(prepared, engine)
-    # Wait until every actor is built, so the run's wall clock starts with training; this also
-    # notes each actor's incarnation, which the fault checks compare against.
-    peers.wait_ready()
     measured = cfg.engine.compute_time == "measured" or cfg.engine.time_mode == "realtime"
     timeline = Timeline(prepared.network, prepared.devices, prepared.server_device,
                          cpu_share=cfg.clients.cpu_share,

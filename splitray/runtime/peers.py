@@ -40,29 +40,36 @@ class LocalPeer:
 class RayPeer:
     """Calls a method on a Ray actor; the future is an ObjectRef (or a tuple of them)."""
 
-    def __init__(self, handle: Any, name: str) -> None:
+    def __init__(self, handle: Any, name: str, data: tuple = ()) -> None:
         self.handle = handle
         self.name = name  # "server", "client 3", "pool worker 1": what a fault message names
+        self.data = data  # the ObjectRefs `ActorProcess.ready` takes, kept for the whole run
 
     def call(self, method: Callable, *args: Any, num_returns: int = 1) -> Any:
         actor_method = getattr(self.handle, method.__name__)
         return actor_method.options(num_returns=num_returns).remote(*args)
 
-    def wait_ready(self, timeout_s: float = 300.0) -> str:
-        """Block until the actor takes calls (after a death, Ray restarts it, rerunning its
-        constructor, and calls made meanwhile fail as temporarily unavailable); returns the
-        incarnation that answered (`ActorProcess.incarnation`)."""
+    def ready(self) -> Any:
+        """Submit `ActorProcess.ready`: the actor takes the run's data unless it has it."""
+        return self.handle.ready.remote(*self.data)
+
+    def wait_ready(self, submitted: Any = None, timeout_s: float = 300.0) -> str:
+        """Block until the actor has its data and takes calls (after a death, Ray restarts it,
+        rerunning its constructor, and calls made meanwhile fail as temporarily unavailable);
+        returns the incarnation that answered. `submitted`: a `ready()` already on its way."""
         import ray
         from ray.exceptions import ActorUnavailableError
 
         deadline = time.monotonic() + timeout_s
+        answer = self.ready() if submitted is None else submitted
         while True:
             try:
-                return ray.get(self.handle.incarnation.remote())
+                return ray.get(answer)
             except ActorUnavailableError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+                answer = self.ready()
 
 
 class PoolClient:
@@ -115,9 +122,12 @@ class Peers:
             self.pool.trim()
 
     def wait_ready(self) -> None:
-        """Block until every actor takes calls (after a fault, Ray restarts them) and note which
-        incarnation of each answered: what `check_restarts` compares against."""
-        self.incarnations = [actor.wait_ready() for actor in self.actors]
+        """Block until every actor has the run's data and takes calls (after a fault, Ray
+        restarts them) and note which incarnation of each answered: what `check_restarts`
+        compares against. The actors build their parts side by side."""
+        submitted = [actor.ready() for actor in self.actors]
+        self.incarnations = [actor.wait_ready(answer)
+                             for actor, answer in zip(self.actors, submitted, strict=True)]
 
     def check_restarts(self) -> None:
         """Raise ActorRestarted when an actor is not the incarnation `wait_ready` noted: it died

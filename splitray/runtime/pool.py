@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,9 +23,8 @@ import ray
 import torch
 
 from splitray.config import ExperimentConfig, split_layer_of
-from splitray.data import ArrayDataset
 from splitray.roles import ClientRole, client_generator, map_leaves
-from splitray.runtime.actors import ActorProcess
+from splitray.runtime.actors import ActorProcess, from_store
 
 
 def as_arrays(tree: Any) -> Any:
@@ -39,51 +37,38 @@ def as_tensors(tree: Any) -> Any:
     return map_leaves(tree, np.ndarray, torch.tensor)
 
 
-def dataset_arrays(data: ArrayDataset) -> tuple[np.ndarray, np.ndarray, int]:
-    """A dataset as the numpy arrays the object store shares without copies."""
-    return data.images.numpy(), data.labels.numpy(), data.num_classes
-
-
-def _dataset(arrays: tuple[np.ndarray, np.ndarray, int]) -> ArrayDataset:
-    images, labels, num_classes = arrays
-    with warnings.catch_warnings():  # read-only store pages: batches index (copy) them, never write
-        warnings.simplefilter("ignore", UserWarning)
-        return ArrayDataset(torch.from_numpy(images), torch.from_numpy(labels), num_classes)
-
-
 @ray.remote
 class PoolWorker(ActorProcess):
     """Runs steps of whichever client it is handed, its torch threads capped at a client's CPUs."""
 
-    def __init__(self, num_threads: int, cfg: ExperimentConfig, train: tuple, test: tuple,
-                 parts: tuple[list[np.ndarray], list[np.ndarray]], first_client: int) -> None:
+    def __init__(self, num_threads: int, cfg: ExperimentConfig, first_client: int) -> None:
         self._start_process(num_threads)
         self.cfg = cfg
-        self.train, self.test = _dataset(train), _dataset(test)
-        self.train_parts, self.test_parts = parts
+        self.first_client = first_client
         self.live: dict[int, ClientRole] = {}
         self.free: dict[int, list[ClientRole]] = {}  # unused slots by split point
         self.initial: dict[int, dict] = {}  # a fresh client's state by split point
         self.templates: dict[int, ClientRole] = {}  # a slot to copy by split point
+
+    def _take_data(self, train: tuple, test: tuple, parts: tuple) -> None:
+        self.shards = from_store(train, test, parts)
         # Built now, while the server actor starts too, not at the first step: the model, its
         # FLOP counts and torch's lazy imports (torch.optim imports torch._dynamo, about 2 s).
-        self._template(first_client)
+        self._template(self.first_client)
 
     def _template(self, client_id: int) -> ClientRole:
         """The slot to copy for client `client_id`'s split point, built the first time."""
         split_layer = split_layer_of(self.cfg, client_id)
         if split_layer not in self.templates:
-            role = ClientRole(client_id, self.cfg, self.train.subset(self.train_parts[client_id]),
-                              self.test.subset(self.test_parts[client_id]),
-                              self.train.num_classes)
+            role = ClientRole(client_id, self.cfg, *self.shards.of(client_id),
+                              self.shards.train.num_classes)
             self.initial[split_layer] = role.initial_state()
             self.templates[split_layer] = role
         return self.templates[split_layer]
 
     def _load(self, client_id: int, state: dict | None) -> ClientRole:
         split_layer = split_layer_of(self.cfg, client_id)
-        shard = self.train.subset(self.train_parts[client_id])
-        test_shard = self.test.subset(self.test_parts[client_id])
+        shard, test_shard = self.shards.of(client_id)
         slots = self.free.get(split_layer)
         # A copy of the template costs far less than building the model.
         role = slots.pop() if slots else copy.deepcopy(self._template(client_id))
@@ -141,7 +126,6 @@ class ClientPool:
         # Per worker, the live clients whose step of the round in progress is over.
         self.finished_live: list[OrderedDict[int, None]] = [OrderedDict() for _ in workers]
         self.stored: dict[int, Any] = {}  # client id -> ObjectRef of its state; absent: fresh
-        self.constructor_args: tuple = ()  # the workers' data refs, kept alive for restarts
 
     def nodes(self) -> list[str]:
         """The Ray node of each worker."""
