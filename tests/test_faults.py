@@ -144,6 +144,33 @@ def test_an_actor_killed_and_restarted_between_rounds_costs_a_replay(who, tmp_pa
     assert fault["epochs_done"] == 1  # caught in the second epoch, which is replayed
 
 
+@pytest.mark.parametrize("who", ["client 1", "pool worker 1"])
+def test_an_actor_restarted_before_the_first_commit_costs_a_fresh_start(who, tmp_path,
+                                                                         monkeypatch):
+    # Restarted between taking the run's data and the commit a fault rolls back to: its new
+    # incarnation has no data yet, so the commit fails; the run waits for it and starts again.
+    pool = {"engine.clients": "pool", "engine.pool_workers": 2} if who.startswith("pool") else {}
+    cfg = _config(**{"faults.max_failures": 1, **pool})
+    whole = run_fused(cfg, str(tmp_path / "whole"))
+    original = RunContext.commit
+    seen: list[str] = []
+
+    def commit(self):
+        if not seen:
+            seen.extend(_kill_and_wait(next(a for a in self.peers.actors if a.name == who)))
+        return original(self)
+
+    monkeypatch.setattr(RunContext, "commit", commit)
+    restarted = run_experiment(cfg, out_dir=str(tmp_path / "restarted"), progress=False)
+    assert len(seen) == 2 and seen[0] != seen[1]
+    assert_same_tables(restarted.run_dir, whole.run_dir)
+    manifest = json.loads(open(os.path.join(restarted.run_dir, "manifest.json")).read())
+    assert manifest["status"] == "finished"
+    [fault] = manifest["faults"]
+    assert fault["error"].startswith(f"ActorRestarted: {who} restarted")
+    assert fault["epochs_done"] == 0
+
+
 def test_a_restart_after_the_last_epoch_is_caught_at_the_runs_end(tmp_path, monkeypatch):
     # Async SL asks the server for its cache's size after its last epoch: a server restarted
     # between that epoch's check and this call would report the empty cache of a fresh one.

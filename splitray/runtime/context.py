@@ -291,6 +291,10 @@ class RunContext:
     def has_checkpoint(self) -> bool:
         return self.run_dir is not None and table_exists(join_path(self.run_dir, CHECKPOINT_FILE))
 
+    def has_committed(self) -> bool:
+        """Whether a commit (or a checkpoint resumed from) gives a fault a state to roll back to."""
+        return self._committed is not None
+
     def committed_epochs(self) -> int:
         """The epochs done at the last commit: where a rollback continues."""
         if self._committed is None:

@@ -406,13 +406,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     t0 = time.perf_counter()
     faults: list[dict] = []
     try:
-        if engine == "ray" and cfg.faults.max_failures > 0 and ctx.epochs_done == 0:
-            ctx.commit()  # what a fault before the first checkpoint rolls back to
+        first_commit = engine == "ray" and cfg.faults.max_failures > 0 and ctx.epochs_done == 0
         replay_from: int | None = None  # after a fault: the epochs done at the last commit
         while True:
             try:
                 if replay_from is not None:
                     ctx.rollback()
+                elif first_commit:
+                    ctx.commit()  # what a fault before the first checkpoint rolls back to
                 ALGORITHMS[cfg.train.algorithm](ctx)
                 peers.check_restarts()  # the last rows came from the actors the run started with
                 break
@@ -428,10 +429,14 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
                         f"{fault_line(e)}; {len(faults)} faults exceed faults.max_failures = "
                         f"{cfg.faults.max_failures}" + (f"; continue with --resume {run_dir}"
                                                         if ctx.has_checkpoint() else "")) from e
-                replay_from = ctx.committed_epochs()
+                if ctx.has_committed():
+                    replay_from = ctx.committed_epochs()
+                else:  # a fault before the first commit: nothing ran yet, start again
+                    peers.wait_ready()
                 if progress:
                     print(f"fault {len(faults)} of at most {cfg.faults.max_failures}: "
-                          f"{fault_line(e)}; replaying from epoch {replay_from + 1}", flush=True)
+                          f"{fault_line(e)}; replaying from epoch {(replay_from or 0) + 1}",
+                          flush=True)
         status = "finished"
     except RunFailed as e:
         extra["reason"], e.run_dir = str(e), run_dir
