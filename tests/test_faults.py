@@ -87,9 +87,22 @@ def test_more_faults_than_allowed_fail_the_run_which_then_resumes(tmp_path, monk
     assert "--resume" in manifest["reason"] and "\n" not in manifest["reason"]
     assert len(manifest["faults"]) == 2
 
+    # Resumed, with client actor 1 restarted before the checkpoint is restored: it gets the
+    # run's data in the rollback's wait, before the restore, so it costs nothing.
     monkeypatch.undo()
+    original, seen = RunContext.rollback, []
+
+    def rollback(self):
+        if not seen:
+            seen.extend(_kill_and_wait(next(a for a in self.peers.actors if a.name == "client 1")))
+        original(self)
+
+    monkeypatch.setattr(RunContext, "rollback", rollback)
     resume_experiment(run_dir, progress=False)
+    assert len(seen) == 2 and seen[0] != seen[1]
     assert_same_tables(run_dir, whole.run_dir)
+    manifest = json.loads(open(os.path.join(run_dir, "manifest.json")).read())
+    assert manifest["status"] == "finished" and "faults" not in manifest  # none in the resume
 
 
 def _kill_after_round(monkeypatch, kill_round: int, who: str) -> list[str]:

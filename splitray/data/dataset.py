@@ -65,9 +65,10 @@ class ArrayDataset:
         return images.to(torch.float32).div_(255.0), self.labels[idx]
 
     def subset(self, indices: np.ndarray | Tensor) -> ArrayDataset:
-        """A new dataset holding copies of the samples at `indices`, in that order."""
+        """A new dataset holding copies of the samples at `indices`, in that order (indexing by
+        a tensor of indices copies)."""
         idx = _as_index(indices)
-        return ArrayDataset(self.images[idx].clone(), self.labels[idx].clone(), self.num_classes)
+        return ArrayDataset(self.images[idx], self.labels[idx], self.num_classes)
 
 
 @dataclass(eq=False)

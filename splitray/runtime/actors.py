@@ -2,7 +2,7 @@
 
 An actor takes the run's data in `ready`, a call, not in its constructor: Ray cannot promise a
 restarted actor the object-store arguments of its constructor (ray-project/ray#53727, and a
-warning on every run), while the driver keeps the data's ObjectRefs for the whole run and hands
+error line on every run), while the driver keeps the data's ObjectRefs for the whole run and hands
 them again whenever it waits for a restarted actor.
 """
 
@@ -31,7 +31,7 @@ def put_shards(shards: ClientShards) -> tuple[Any, ...]:
             ray.put((shards.train_parts, shards.test_parts)))
 
 
-def from_store(train: tuple, test: tuple, parts: tuple) -> ClientShards:
+def shards_from_store(train: tuple, test: tuple, parts: tuple) -> ClientShards:
     """The inverse of `put_shards`, on the actor's side."""
     def dataset(arrays: tuple[np.ndarray, np.ndarray, int]) -> ArrayDataset:
         images, labels, num_classes = arrays
@@ -65,6 +65,14 @@ class ActorProcess:
     def _take_data(self, *data: Any) -> None:
         """Build what needs the run's data."""
 
+    def __getattr__(self, name: str) -> Any:
+        # Called only for attributes not found: name the cause when it is a missing `ready`.
+        if not self.__dict__.get("_has_data", True):
+            raise AttributeError(f"{type(self).__name__} has no {name!r}: this incarnation has "
+                                 "not been given the run's data yet (a restarted actor gets it "
+                                 "from the driver's `ready` call)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def incarnation(self) -> str:
         """This process's id for the actor, new after every restart."""
         return self.incarnation_id
@@ -77,11 +85,11 @@ class ClientActor(ActorProcess, ClientRole):
 
     def __init__(self, num_threads: int, client_id: int, cfg: ExperimentConfig) -> None:
         self._start_process(num_threads)
-        self._client = (client_id, cfg)
+        self._init_args = (client_id, cfg)
 
     def _take_data(self, train: tuple, test: tuple, parts: tuple) -> None:
-        client_id, cfg = self._client
-        shards = from_store(train, test, parts)
+        client_id, cfg = self._init_args
+        shards = shards_from_store(train, test, parts)
         ClientRole.__init__(self, client_id, cfg, *shards.of(client_id), shards.train.num_classes)
 
 

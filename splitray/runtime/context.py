@@ -262,7 +262,8 @@ class RunContext:
                           if self._algorithm_state is not None else None),
         }
         # Every state above came from the actors noted at the run's start or last rollback:
-        # an actor restarted since would have handed over its constructor's state.
+        # an actor restarted since would have handed over its constructor's state (or failed,
+        # without the run's data).
         self.peers.check_restarts()
         self._committed = committed
         return committed
@@ -292,8 +293,14 @@ class RunContext:
         return self.run_dir is not None and table_exists(join_path(self.run_dir, CHECKPOINT_FILE))
 
     def has_committed(self) -> bool:
-        """Whether a commit (or a checkpoint resumed from) gives a fault a state to roll back to."""
+        """Whether a commit (or a checkpoint to resume from) gives the run a state to roll back
+        to."""
         return self._committed is not None
+
+    def resume_from(self, state: dict) -> None:
+        """Make a checkpoint the state to roll back to; the run's first step is that rollback
+        (every actor ready, then restored), so a restart before it costs a fault, not the run."""
+        self._committed = state
 
     def committed_epochs(self) -> int:
         """The epochs done at the last commit: where a rollback continues."""

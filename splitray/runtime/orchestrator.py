@@ -272,7 +272,8 @@ def _ray_peers(p: Prepared) -> Peers:
             f"cluster's {cpus:g} (Ray resources are logical: lower them, or set "
             "engine.clients: pool)")
     client_threads = max(1, math.floor(cfg.clients.num_cpus))
-    # A dead actor is restarted by Ray (its constructor runs again); the run then restores it.
+    # A dead actor is restarted by Ray (its constructor runs again); the run then hands it the
+    # run's data again and restores it.
     restarts = cfg.faults.max_failures
     # The actors share the machine's cores. An idle OpenMP thread spins a short while, then
     # sleeps: long spinning (OMP_WAIT_POLICY=ACTIVE) eats the compute of the actor that runs
@@ -390,7 +391,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
         nodes = peers.pool.nodes()
         extra["pool_workers"], extra["pool_nodes"] = len(nodes), len(set(nodes))
     if resume:
-        ctx.restore(resume["checkpoint"])
+        ctx.resume_from(resume["checkpoint"])
         started = resume["manifest"]["started"]
         extra["resumes"] = [*resume["manifest"].get("resumes", []),
                             {"at": now_iso(), "engine": engine,
@@ -406,14 +407,18 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     t0 = time.perf_counter()
     faults: list[dict] = []
     try:
-        first_commit = engine == "ray" and cfg.faults.max_failures > 0 and ctx.epochs_done == 0
-        replay_from: int | None = None  # after a fault: the epochs done at the last commit
+        # What a fault rolls back to: the checkpoint resumed from, else a commit at the start.
+        first_commit = (engine == "ray" and cfg.faults.max_failures > 0
+                        and not ctx.has_committed())
+        replay_from = ctx.committed_epochs() if ctx.has_committed() else None
         while True:
             try:
                 if replay_from is not None:
                     ctx.rollback()
                 elif first_commit:
-                    ctx.commit()  # what a fault before the first checkpoint rolls back to
+                    if faults:  # an actor restarted before the first commit: it needs its data
+                        peers.wait_ready()
+                    ctx.commit()
                 ALGORITHMS[cfg.train.algorithm](ctx)
                 peers.check_restarts()  # the last rows came from the actors the run started with
                 break
@@ -429,10 +434,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
                         f"{fault_line(e)}; {len(faults)} faults exceed faults.max_failures = "
                         f"{cfg.faults.max_failures}" + (f"; continue with --resume {run_dir}"
                                                         if ctx.has_checkpoint() else "")) from e
-                if ctx.has_committed():
-                    replay_from = ctx.committed_epochs()
-                else:  # a fault before the first commit: nothing ran yet, start again
-                    peers.wait_ready()
+                # Before the first commit nothing ran yet: the run starts again.
+                replay_from = ctx.committed_epochs() if ctx.has_committed() else None
                 if progress:
                     print(f"fault {len(faults)} of at most {cfg.faults.max_failures}: "
                           f"{fault_line(e)}; replaying from epoch {(replay_from or 0) + 1}",

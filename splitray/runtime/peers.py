@@ -23,8 +23,9 @@ class Peer(Protocol):
 
 
 class ActorRestarted(RuntimeError):
-    """An actor died between two calls and Ray restarted it: no call failed, but its state is
-    its constructor's, so the run must roll back as after any other actor fault."""
+    """An actor died between two calls and Ray restarted it: no call failed, but it holds its
+    constructor's state and not yet the run's data, so the run must roll back as after any
+    other actor fault."""
 
 
 class LocalPeer:
@@ -49,27 +50,30 @@ class RayPeer:
         actor_method = getattr(self.handle, method.__name__)
         return actor_method.options(num_returns=num_returns).remote(*args)
 
-    def ready(self) -> Any:
+    def submit_ready(self) -> Any:
         """Submit `ActorProcess.ready`: the actor takes the run's data unless it has it."""
         return self.handle.ready.remote(*self.data)
 
     def wait_ready(self, submitted: Any = None, timeout_s: float = 300.0) -> str:
         """Block until the actor has its data and takes calls (after a death, Ray restarts it,
         rerunning its constructor, and calls made meanwhile fail as temporarily unavailable);
-        returns the incarnation that answered. `submitted`: a `ready()` already on its way."""
+        returns the incarnation that answered. `submitted`: a `submit_ready()` on its way."""
         import ray
-        from ray.exceptions import ActorUnavailableError
+        from ray.exceptions import ActorUnavailableError, GetTimeoutError
 
         deadline = time.monotonic() + timeout_s
-        answer = self.ready() if submitted is None else submitted
+        answer = self.submit_ready() if submitted is None else submitted
         while True:
             try:
-                return ray.get(answer)
+                return ray.get(answer, timeout=max(0.0, deadline - time.monotonic()))
+            except GetTimeoutError:
+                raise TimeoutError(f"{self.name} did not take the run's data within "
+                                   f"{timeout_s:.0f} s (can Ray place it?)") from None
             except ActorUnavailableError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-                answer = self.ready()
+                answer = self.submit_ready()
 
 
 class PoolClient:
@@ -125,7 +129,7 @@ class Peers:
         """Block until every actor has the run's data and takes calls (after a fault, Ray
         restarts them) and note which incarnation of each answered: what `check_restarts`
         compares against. The actors build their parts side by side."""
-        submitted = [actor.ready() for actor in self.actors]
+        submitted = [actor.submit_ready() for actor in self.actors]
         self.incarnations = [actor.wait_ready(answer)
                              for actor, answer in zip(self.actors, submitted, strict=True)]
 
@@ -142,7 +146,7 @@ class Peers:
                      in zip(self.actors, self.incarnations, now, strict=True) if noted != answered]
         if restarted:
             raise ActorRestarted(f"{', '.join(restarted)} restarted by Ray since the last check, "
-                                 "with its constructor's state")
+                                 "with its constructor's state and without the run's data")
 
     def client_states(self) -> list[Any]:
         """Every client's `ClientRole.checkpoint()` (on a pool: ObjectRefs, None if untouched)."""

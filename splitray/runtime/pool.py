@@ -24,7 +24,7 @@ import torch
 
 from splitray.config import ExperimentConfig, split_layer_of
 from splitray.roles import ClientRole, client_generator, map_leaves
-from splitray.runtime.actors import ActorProcess, from_store
+from splitray.runtime.actors import ActorProcess, shards_from_store
 
 
 def as_arrays(tree: Any) -> Any:
@@ -51,7 +51,7 @@ class PoolWorker(ActorProcess):
         self.templates: dict[int, ClientRole] = {}  # a slot to copy by split point
 
     def _take_data(self, train: tuple, test: tuple, parts: tuple) -> None:
-        self.shards = from_store(train, test, parts)
+        self.shards = shards_from_store(train, test, parts)
         # Built now, while the server actor starts too, not at the first step: the model, its
         # FLOP counts and torch's lazy imports (torch.optim imports torch._dynamo, about 2 s).
         self._template(self.first_client)
