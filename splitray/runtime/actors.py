@@ -1,7 +1,7 @@
 """Ray actors for the client devices and the server: the shared roles, with real threads capped.
 
 An actor takes the run's data in `ready`, a call, not in its constructor: Ray cannot promise a
-restarted actor the object-store arguments of its constructor (ray-project/ray#53727, and a
+restarted actor the object-store arguments of its constructor (ray-project/ray#53727, and an
 error line on every run), while the driver keeps the data's ObjectRefs for the whole run and hands
 them again whenever it waits for a restarted actor.
 """

@@ -299,7 +299,7 @@ class RunContext:
 
     def resume_from(self, state: dict) -> None:
         """Make a checkpoint the state to roll back to; the run's first step is that rollback
-        (every actor ready, then restored), so a restart before it costs a fault, not the run."""
+        (every actor ready, then restored), so a restart before it costs nothing."""
         self._committed = state
 
     def committed_epochs(self) -> int:
