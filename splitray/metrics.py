@@ -47,7 +47,8 @@ STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "client_flops": (pa.float64(), "client FLOPs of the step (forward + backward)"),
     "server_flops": (pa.float64(), "server FLOPs of the step (forward + backward)"),
     "loss": (pa.float64(), "task loss (cross-entropy) of the step"),
-    "prune_loss": (pa.float64(), "prune loss of the step (0 when uncompressed)"),
+    "prune_loss": (pa.float64(), "prune loss of the step (0 when uncompressed; NaN when "
+                                "a failed run lost the backward's report)"),
     "sim_start_s": (pa.float64(), "simulated time the step started, s"),
     "sim_time_s": (pa.float64(), "simulated time the step finished (its last transfer or "
                                  "update done), s"),

@@ -44,6 +44,15 @@ class ForwardInfo:
 
 
 @dataclass
+class StepCost:
+    """A client step's cost known before it runs: what its forward will report (no wall time)
+    and its backward's FLOPs."""
+
+    forward: ForwardInfo
+    backward_flops: float
+
+
+@dataclass
 class ServerInfo:
     """What the server reports about one step."""
 
@@ -58,6 +67,8 @@ class ServerInfo:
 
 @dataclass
 class BackwardInfo:
+    """What the client reports about one backward pass."""
+
     client_id: int
     prune_loss: float
     flops: float          # backward FLOPs of the client side
@@ -365,12 +376,14 @@ class ClientRole(_Role):
                            time.perf_counter() - t0)
         return payload, info
 
-    def forward_cost(self) -> ForwardInfo:
-        """What each `forward` of the epoch will report (wire bytes, samples, FLOPs), without
-        running it: every step takes `batch_samples` samples."""
+    def step_cost(self) -> StepCost:
+        """What each step of the epoch will cost, without running it: its `forward`'s report
+        (wire bytes, samples, FLOPs) and its `backward`'s FLOPs; every step takes
+        `batch_samples` samples."""
         n = batch_samples(len(self.shard), self.cfg.train.batch_size)
-        return ForwardInfo(self.client_id, self._up_nbytes(n), n, self.fwd_flops_per_sample * n,
-                           0.0)
+        return StepCost(ForwardInfo(self.client_id, self._up_nbytes(n), n,
+                                    self.fwd_flops_per_sample * n, 0.0),
+                        self.bwd_flops_per_sample * n)
 
     def drop_step(self) -> None:
         """Forget the forward in progress: its step was dropped, no gradient will come."""

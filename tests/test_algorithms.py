@@ -11,8 +11,9 @@ import torch
 
 from splitray.algorithms import ALGORITHMS
 from splitray.config import load_config
-from splitray.roles import ClientRole, ServerRole
-from splitray.runtime import run_experiment
+from splitray.roles import BackwardInfo, ClientRole, ServerRole
+from splitray.runtime import orchestrator, run_experiment
+from splitray.runtime.peers import LocalPeer
 
 
 def tiny(**overrides) -> object:
@@ -73,6 +74,38 @@ def _result(algorithm: str, **overrides):
 SAME_COLUMNS = ["client_id", "epoch", "step", "round", "bytes_up", "bytes_down", "loss",
                 "prune_loss", "sim_start_s", "sim_time_s", "sim_uplink_s", "sim_downlink_s",
                 "client_flops", "server_flops"]
+
+
+def test_driver_submits_a_clients_next_forward_before_waiting_for_its_backward(monkeypatch):
+    """FLOP-timed, the driver does not wait for a backward within its round: its report is
+    waited for once the client's next forward is submitted (or the epoch ends), and its prune
+    loss still fills the row, the same as a run that waits (measured compute times)."""
+    events: list[str] = []
+    call = LocalPeer.call
+
+    def recording_call(self, method, *args, num_returns=1):
+        events.append(method.__name__)
+        return call(self, method, *args, num_returns=num_returns)
+
+    def recording_get(futures):
+        if any(isinstance(f, BackwardInfo) for f in (futures if isinstance(futures, list)
+                                                      else [futures])):
+            events.append("wait for backward")
+        return futures
+
+    monkeypatch.setattr(LocalPeer, "call", recording_call)
+    monkeypatch.setattr(orchestrator, "get_local", recording_get)
+    one = {"clients.count": 1, "schedule.phases": "[{budget: 2, epochs: 1}]",
+           "train.steps_per_epoch": 3}
+    steps = _result("parallel_sl", **one).steps
+    training = [e for e in events if e in ("forward", "backward", "wait for backward")]
+    # Step k's backward is waited for after step k+1's forward and backward were submitted.
+    assert training == ["forward", "backward", "forward", "backward", "wait for backward",
+                        "forward", "backward", "wait for backward", "wait for backward"]
+    waited = _result("parallel_sl", **one, **{"engine.compute_time": "measured"}).steps
+    assert (steps["prune_loss"] > 0).all()
+    pd.testing.assert_series_equal(steps["prune_loss"], waited["prune_loss"])
+    assert steps["client_flops"].tolist() == waited["client_flops"].tolist()
 
 
 def test_vanilla_with_one_client_equals_parallel_with_one_client():

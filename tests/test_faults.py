@@ -86,6 +86,7 @@ def test_more_faults_than_allowed_fail_the_run_which_then_resumes(tmp_path, monk
     assert manifest["status"] == "failed"
     assert "--resume" in manifest["reason"] and "\n" not in manifest["reason"]
     assert len(manifest["faults"]) == 2
+    failed_faults = manifest["faults"]
 
     # Resumed, with client actor 1 restarted before the checkpoint is restored: it gets the
     # run's data in the rollback's wait, before the restore, so it costs nothing.
@@ -103,6 +104,9 @@ def test_more_faults_than_allowed_fail_the_run_which_then_resumes(tmp_path, monk
     assert_same_tables(run_dir, whole.run_dir)
     manifest = json.loads(open(os.path.join(run_dir, "manifest.json")).read())
     assert manifest["status"] == "finished" and "faults" not in manifest  # none in the resume
+    [resumed] = manifest["resumes"]
+    assert [f["epochs_done"] for f in resumed["faults_before"]] == [
+        f["epochs_done"] for f in failed_faults]
 
 
 def _kill_after_round(monkeypatch, kill_round: int, who: str) -> list[str]:

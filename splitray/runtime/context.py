@@ -38,6 +38,7 @@ from splitray.roles import (
     ForwardInfo,
     ServerInfo,
     ServerRole,
+    StepCost,
     batch_samples,
 )
 from splitray.runtime.peers import Peer, Peers
@@ -208,8 +209,11 @@ class RunContext:
         self._resumed_algorithm: dict | None = None
         self._committed: dict | None = None  # what a fault rolls back to
         self._epoch_row: dict | None = None  # the evals row of the epoch in progress
-        # A forward's cost by (split point, budget, batch size): see _forward_costs.
-        self._cost_of_kind: dict[tuple[int, int, int], ForwardInfo] = {}
+        # A step's cost by (split point, budget, batch size): see _step_costs.
+        self._cost_of_kind: dict[tuple[int, int, int], StepCost] = {}
+        # Steps rows whose client backward the driver did not wait for, with its future and
+        # FLOPs: see settle.
+        self._unsettled: list[tuple[dict, Any, float]] = []
 
     def wall_s(self) -> float:
         return time.perf_counter() - self.wall_start
@@ -224,6 +228,7 @@ class RunContext:
         for k in range(self.epochs_done, len(plans)):
             self._epoch_row = None
             yield plans[k]
+            self.settle()
             self.peers.check_restarts()  # an epoch run partly on a restarted actor is not done
             self.epochs_done = k + 1
             self.availability.forget_before(self.timeline.now_s)
@@ -246,6 +251,7 @@ class RunContext:
     def commit(self) -> dict:
         """The run's state now, kept as the point a fault rolls back to: every role's state, the
         timeline, the run's counters, the algorithm's state and how many rows were written."""
+        self.settle()
         self.flush()
         committed = {
             "format": CHECKPOINT_FORMAT, "epochs_done": self.epochs_done,
@@ -318,6 +324,7 @@ class RunContext:
         drop_parts_after(self.run_dir, state["parts"])
         for name, rows in self.rows.items():  # a checkpoint from before a table counts none
             del rows[state["rows"].get(name, 0):]
+        self._unsettled = []  # their rows are gone, their backwards may have died
         self._algorithm_state = None
         self.restore(state)
 
@@ -417,18 +424,19 @@ class RunContext:
                 cursor[i] += 1
             yield Round(round_steps, per_round if draw > per_round else None)
 
-    def _forward_costs(self, sending: list[ClientStep], budget: int) -> list[ForwardInfo]:
-        """Each step's forward cost without running it. A forward's bytes and FLOPs depend only
-        on the client's split point, budget and batch size, so one client of each such kind is
-        asked once per run; run_steps checks every forward against its cost."""
+    def _step_costs(self, sending: list[ClientStep], budget: int) -> list[StepCost]:
+        """Each step's cost without running it. A step's bytes and FLOPs depend only on the
+        client's split point, budget and batch size, so one client of each such kind is asked
+        once per run; run_steps and settle check every forward and backward against its cost."""
         bs = self.cfg.train.batch_size
         ids = [s.client_id for s in sending]
         kinds = [(self.split_layers[i], self.client_budget(i, budget),
                   batch_samples(self.train_samples[i], bs)) for i in ids]
         ask = {k: i for k, i in zip(kinds, ids, strict=True) if k not in self._cost_of_kind}
-        answers = self.get([self.clients[i].call(ClientRole.forward_cost) for i in ask.values()])
+        answers = self.get([self.clients[i].call(ClientRole.step_cost) for i in ask.values()])
         self._cost_of_kind.update(zip(ask, answers, strict=True))
-        return [dataclasses.replace(self._cost_of_kind[k], client_id=i)
+        return [StepCost(dataclasses.replace(self._cost_of_kind[k].forward, client_id=i),
+                         self._cost_of_kind[k].backward_flops)
                 for k, i in zip(kinds, ids, strict=True)]
 
     def run_steps(self, plan: EpochPlan, budget: int, steps: list[ClientStep],
@@ -444,6 +452,9 @@ class RunContext:
         A step whose client goes offline before it ends, or whose payload arrives after the
         first `keep_first`, is dropped (see `splitray.runtime.timeline`): no client update, the
         bytes sent counted, its row's `dropped` says why.
+        With FLOP-timed compute every step's cost is known beforehand, so the driver does not
+        wait for the clients' backwards: the next round's forwards queue right behind them, and
+        their reports fill the rows at the next `settle`.
         """
         timeline, get = self.timeline, self.get
         if len({s.client_id for s in steps}) != len(steps):
@@ -461,13 +472,16 @@ class RunContext:
         # so a round of a thousand clients never holds a thousand autograd graphs at once.
         lazy = timeline.compute_time == "flops"
         if lazy:
-            costs = self._forward_costs(sending, budget)
+            costs = self._step_costs(sending, budget)
+            forward_reports = [c.forward for c in costs]
         else:
             for s in sending:
                 submit_forward(s)
-            costs = get([fwd[s.client_id][1] for s in sending])
-        fwd_info: dict[int, ForwardInfo] = {s.client_id: f
-                                            for s, f in zip(sending, costs, strict=True)}
+            forward_reports = get([fwd[s.client_id][1] for s in sending])
+        fwd_info: dict[int, ForwardInfo] = {
+            s.client_id: f for s, f in zip(sending, forward_reports, strict=True)}
+        bwd_flops = ({s.client_id: c.backward_flops for s, c in zip(sending, costs, strict=True)}
+                     if lazy else {})
         ahead = iter(sorted(sending, key=lambda s: (
             s.ready_s + timeline.client_compute_s(s.client_id, fwd_info[s.client_id].flops, 0.0),
             s.client_id)))
@@ -485,7 +499,7 @@ class RunContext:
 
         srv_info: dict[int, ServerInfo] = {}
         served_forwards = 0  # forwards the server has taken (the rest run ahead of it)
-        bwd_info: dict[int, BackwardInfo] = {}
+        bwd_info: dict[int, BackwardInfo] = {}  # reports waited for (measured compute times)
         bwd: dict[int, Any] = {}  # each learning client's backward, once submitted
         gradients: dict[int, Any] = {}  # EPSL: each client's own gradient, until the broadcast
         waiting: dict[int, Any] = {}  # gradients whose backward waits until the step is due
@@ -515,8 +529,10 @@ class RunContext:
             def backward_s() -> float:
                 if i not in bwd:
                     bwd[i] = self.clients[i].call(ClientRole.backward, waiting.pop(i))
-                b = bwd_info[i] = get(bwd[i])
                 self.peers.finished(i)
+                if lazy:
+                    return timeline.client_compute_s(i, bwd_flops[i], 0.0)
+                b = bwd_info[i] = get(bwd[i])
                 return timeline.client_compute_s(i, b.flops, b.compute_s)
 
             return ServerWork(timeline.server_compute_s(info.flops, info.compute_s),
@@ -557,11 +573,13 @@ class RunContext:
                    if t.dropped and job.learn and job.client_id in fwd]
         if dropped:
             get([self.clients[i].call(ClientRole.drop_step) for i in dropped])
+        self.settle()  # the last round's backwards, done by now (this round's forwards followed)
         charged = min(gradients, default=None)  # the row that carries the broadcast
         wall = self.wall_s()
         for job, t in timed:
             s, i = job.tag, job.client_id
-            f, srv, bwd = fwd_info.get(i), srv_info.get(i), bwd_info.get(i)
+            f, srv, b = fwd_info.get(i), srv_info.get(i), bwd_info.get(i)
+            backward_flops = b.flops if b else bwd_flops[i] if i in bwd else 0.0
             sent = _bytes_sent(t, [s.bytes_model_down, f.bytes_up if f else 0,
                                    srv.bytes_down if srv and s.state == "A" else 0,
                                    s.bytes_model_up])
@@ -583,9 +601,10 @@ class RunContext:
                 "batch_size": srv.batch_size if srv else 0, "dropped": t.dropped,
                 "lr": plan.lr, "bytes_up": bytes_up, "bytes_down": bytes_down,
                 "bytes_model_up": model_up, "bytes_model_down": model_down,
-                "client_flops": (f.flops if f else 0.0) + (bwd.flops if bwd else 0.0),
+                "client_flops": (f.flops if f else 0.0) + backward_flops,
                 "server_flops": server_flops, "loss": srv.loss if srv else math.nan,
-                "prune_loss": bwd.prune_loss if bwd else 0.0, "sim_start_s": t.start_s,
+                "prune_loss": b.prune_loss if b else math.nan if i in bwd else 0.0,
+                "sim_start_s": t.start_s,
                 "sim_time_s": t.end_s, "sim_model_down_s": t.model_down_s,
                 "sim_client_compute_s": t.client_compute_s,
                 "sim_client_backward_s": t.client_backward_s, "sim_uplink_s": t.uplink_s,
@@ -593,10 +612,13 @@ class RunContext:
                 "sim_downlink_s": t.downlink_s, "sim_model_up_s": t.model_up_s,
                 "wall_time_s": wall,
             })
+            if i in bwd and b is None:
+                self._unsettled.append((rows[-1], bwd[i], backward_flops))
         self.rows[STEPS_TABLE] += rows
         diverged = next((r for r in rows if not r["dropped"] and not math.isfinite(r["loss"])),
                         None)
         if diverged is not None:
+            self.settle()
             raise RunDiverged(f"loss {diverged['loss']} at epoch {plan.epoch} step "
                               f"{diverged['step']} (client {diverged['client_id']})")
         self.round += 1
@@ -613,6 +635,7 @@ class RunContext:
     def evaluate(self, plan: EpochPlan, budget: int) -> dict:
         """Test every client's encoder with the server on its test slice; record each client's
         accuracy and the run's (their samples-weighted mean), and report."""
+        self.settle()
         t0 = time.perf_counter()
         counts = self.each_client(lambda i, c: c.call(ClientRole.num_eval_batches))
         # Per client: [correct, summed loss, samples] over its test slice.
@@ -651,6 +674,21 @@ class RunContext:
         self.progress.epoch(row)
         self._epoch_row = row
         return row
+
+    def settle(self) -> None:
+        """Wait for the client backwards that `run_steps` went on without and put their reports
+        (the prune loss) into their rows, checking their FLOPs against the step's cost. Each
+        round settles the one before; an epoch, evaluation or commit everything so far. A run
+        that fails leaves NaN as the prune loss of steps whose backward never reported."""
+        if not self._unsettled:
+            return
+        reports: list[BackwardInfo] = self.get([ref for _, ref, _ in self._unsettled])
+        for (row, _, flops), report in zip(self._unsettled, reports, strict=True):
+            if report.flops != flops:
+                raise RuntimeError(f"client {report.client_id}'s backward did {report.flops:.0f} "
+                                   f"FLOPs, its cost said {flops:.0f}")
+            row["prune_loss"] = report.prune_loss
+        self._unsettled = []
 
     def flush(self) -> None:
         """Append the rows since the last flush to each table as a new part file, then let them

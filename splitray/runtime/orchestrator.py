@@ -393,9 +393,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     if resume:
         ctx.resume_from(resume["checkpoint"])
         started = resume["manifest"]["started"]
+        # The manifest is rewritten: each resume keeps the faults of the attempt it continues.
         extra["resumes"] = [*resume["manifest"].get("resumes", []),
                             {"at": now_iso(), "engine": engine,
-                             "epochs_done": resume["checkpoint"]["epochs_done"]}]
+                             "epochs_done": resume["checkpoint"]["epochs_done"],
+                             "faults_before": resume["manifest"].get("faults", [])}]
     if run_dir is not None:
         if "://" not in run_dir:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
