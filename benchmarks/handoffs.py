@@ -43,7 +43,8 @@ def main() -> None:
     run_experiment(load_config(overrides=setting_overrides(args, epochs=1)), out_dir=None,
                    engine="ray", progress=False)
     events = [e for e in ray.timeline() if e.get("ph") == "X"]
-    spans = {name: sorted((e["ts"], e["ts"] + e["dur"], e["pid"]) for e in events
+    # Ray's timeline names the node as "pid" and the worker process as "tid".
+    spans = {name: sorted((e["ts"], e["ts"] + e["dur"], e["tid"]) for e in events
                           if e["cat"] == f"task::{task}")
              for name, task in TASKS.items()}
     steps = min(len(s) for s in spans.values())
@@ -55,9 +56,9 @@ def main() -> None:
     for name, task_spans in spans.items():
         phases = {phase: [] for phase in PHASES}
         for k in timed:
-            start, end, pid = task_spans[k]
+            start, end, worker = task_spans[k]
             for e in events:  # the phases Ray records inside this task
-                if e["cat"] in phases and e["pid"] == pid and start <= e["ts"] <= end:
+                if e["cat"] in phases and e["tid"] == worker and start <= e["ts"] <= end:
                     phases[e["cat"]].append(e["dur"])
         inside = ", ".join(f"{phase.split(':')[1].replace('_', ' ')} {median_ms(d):.2f}"
                            for phase, d in phases.items() if d)
