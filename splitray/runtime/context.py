@@ -471,17 +471,17 @@ class RunContext:
         # a forward then runs when the server is about to take its payload (plus a few ahead),
         # so a round of a thousand clients never holds a thousand autograd graphs at once.
         lazy = timeline.compute_time == "flops"
+        bwd_flops: dict[int, float] = {}  # FLOP-timed: each backward's, known beforehand
         if lazy:
             costs = self._step_costs(sending, budget)
             forward_reports = [c.forward for c in costs]
+            bwd_flops = {s.client_id: c.backward_flops for s, c in zip(sending, costs, strict=True)}
         else:
             for s in sending:
                 submit_forward(s)
             forward_reports = get([fwd[s.client_id][1] for s in sending])
         fwd_info: dict[int, ForwardInfo] = {
             s.client_id: f for s, f in zip(sending, forward_reports, strict=True)}
-        bwd_flops = ({s.client_id: c.backward_flops for s, c in zip(sending, costs, strict=True)}
-                     if lazy else {})
         ahead = iter(sorted(sending, key=lambda s: (
             s.ready_s + timeline.client_compute_s(s.client_id, fwd_info[s.client_id].flops, 0.0),
             s.client_id)))
