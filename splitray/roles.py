@@ -243,6 +243,9 @@ class ClientRole(_Role):
         self.budget = self.num_channels
         self._order: np.ndarray = np.arange(0)
         self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        # What the pending forward changed besides its graph: the modules' buffers (BatchNorm's
+        # running statistics) and the generator (the batch's random draws), as they were.
+        self._before_forward: tuple[list[torch.Tensor], torch.Tensor] | None = None
         self.fwd_flops_per_sample, self.bwd_flops_per_sample = self._flops_per_sample(input_shape)
 
     def modules(self) -> list[nn.Module]:
@@ -253,6 +256,9 @@ class ClientRole(_Role):
 
     def _named(self) -> list[tuple[str, nn.Module | None]]:
         return [("", self.client_part), (f"compressor@{self.split_layer}.", self.compressor)]
+
+    def _buffers(self) -> list[torch.Tensor]:
+        return [b for m in self.modules() for b in m.buffers()]
 
     def checkpoint(self) -> dict:
         if self._pending is not None:
@@ -276,7 +282,7 @@ class ClientRole(_Role):
             raise ValueError(f"client {client_id} splits at {split_layer_of(self.cfg, client_id)}, "
                              f"this slot at {self.split_layer}")
         self.client_id, self.shard, self.test_shard = client_id, shard, test_shard
-        self._pending = None
+        self._pending = self._before_forward = None
         self.restore(state)
 
     def initial_state(self) -> dict:
@@ -363,6 +369,9 @@ class ClientRole(_Role):
         no backward to follow, nothing about the client changes.
         """
         t0 = time.perf_counter()
+        if learn:
+            self._before_forward = ([b.clone() for b in self._buffers()],
+                                    self.generator.get_state())
         idx = self._batch_indices(step)
         x, y = self.shard.batch(idx, augment=self.cfg.data.augment, generator=self.generator)
         self.set_training(learn)
@@ -386,8 +395,16 @@ class ClientRole(_Role):
                         self.bwd_flops_per_sample * n)
 
     def drop_step(self) -> None:
-        """Forget the forward in progress: its step was dropped, no gradient will come."""
-        self._pending = None
+        """Forget the forward in progress and undo what it changed: its step was dropped and no
+        gradient will come, so the client is left as it was before the step, as if the forward
+        had never run (a Ray engine may have run it ahead of the server, the fused trainer not)."""
+        if self._pending is not None and self._before_forward is not None:
+            buffers, generator_state = self._before_forward
+            with torch.no_grad():
+                for b, saved in zip(self._buffers(), buffers, strict=True):
+                    b.copy_(saved)
+            self.generator.set_state(generator_state)
+        self._pending = self._before_forward = None
 
     def backward(self, grad: Payload, broadcast: Payload | None = None) -> BackwardInfo:
         """Backpropagate the server's gradient (plus ε·pruneLoss on the local filter), then step.
@@ -397,7 +414,7 @@ class ClientRole(_Role):
         if self._pending is None:
             raise RuntimeError("backward() called without a pending forward()")
         sent, _ = self._pending
-        self._pending = None
+        self._pending = self._before_forward = None
         g = grad.to_tensor()
         if broadcast is not None:
             g = torch.cat([broadcast.to_tensor(), g])

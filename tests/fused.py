@@ -41,11 +41,23 @@ def run_fused(cfg, out_dir: str | None = None) -> RunResult:
         torch.set_num_threads(threads)
 
 
+def _assert_same_table(got: pd.DataFrame, expected: pd.DataFrame, name: str) -> None:
+    """Equal to the last bit, but for the columns that differ between two runs of the same config
+    (host wall clock, run id)."""
+    drop = ["wall_time_s", "run_id"]
+    pd.testing.assert_frame_equal(got.drop(columns=drop, errors="ignore"),
+                                  expected.drop(columns=drop, errors="ignore"), obj=name)
+
+
 def assert_same_tables(run_dir: str | os.PathLike, expected_dir: str | os.PathLike) -> None:
-    """Every table of two run directories is equal, but for the columns that differ between two
-    runs of the same config (host wall clock, run id)."""
+    """Every table of two run directories is equal (wall clock and run id aside)."""
     for name in RUN_TABLES:
-        got, expected = (pd.read_parquet(os.path.join(d, name))
-                         .drop(columns=["wall_time_s", "run_id"], errors="ignore")
-                         for d in (run_dir, expected_dir))
-        pd.testing.assert_frame_equal(got, expected, obj=name)
+        _assert_same_table(pd.read_parquet(os.path.join(run_dir, name)),
+                           pd.read_parquet(os.path.join(expected_dir, name)), name)
+
+
+def assert_same_results(got: RunResult, expected: RunResult) -> None:
+    """Every table of two runs' results is equal (wall clock and run id aside): losses and
+    accuracies too, bit for bit, as between engines whose roles run on as many threads."""
+    for name in ("steps", "evals", "client_evals"):
+        _assert_same_table(getattr(got, name), getattr(expected, name), name)

@@ -28,12 +28,12 @@ def two_nodes():
 
 
 def test_pool_workers_spread_over_two_nodes_and_give_the_fused_tables(two_nodes, tmp_path):
-    from fused import run_fused
-    from test_pool import _assert_same, _config
+    from fused import assert_same_results, run_fused
+    from test_pool import _config
 
     cfg = _config(**{"engine.pool_workers": 2, "clients.per_round": 3})
     fused = run_fused(cfg, str(tmp_path / "fused"))  # read back as the pool's tables are
     pooled = run_experiment(cfg, out_dir=str(tmp_path / "pool"), engine="ray", progress=False)
     manifest = pd.read_json(os.path.join(pooled.run_dir, "manifest.json"), typ="series")
     assert manifest["pool_workers"] == 2 and manifest["pool_nodes"] == 2
-    _assert_same(pooled, fused)
+    assert_same_results(pooled, fused)

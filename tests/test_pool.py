@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import threading
 
-import numpy as np
 import pandas as pd
 import pytest
 import ray
 import torch
-from fused import algorithm_config, assert_same_tables, run_fused
+from fused import algorithm_config, assert_same_results, assert_same_tables, run_fused
 
 from splitray.algorithms import ALGORITHMS
 from splitray.config import ConfigError
@@ -35,17 +34,6 @@ def _config(algorithm: str = "parallel_sl", **overrides):
     }, **overrides)
 
 
-def _assert_same(got, expected) -> None:
-    exact = [c for c in expected.steps.columns
-             if c.startswith(("sim_", "bytes_", "client_")) or c in ("round", "step", "dropped")]
-    pd.testing.assert_frame_equal(got.steps[exact], expected.steps[exact])
-    np.testing.assert_allclose(got.steps["loss"], expected.steps["loss"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(got.evals["test_accuracy"], expected.evals["test_accuracy"],
-                               atol=1 / 48)
-    slices = ["epoch", "client_id", "split_layer", "test_samples"]
-    pd.testing.assert_frame_equal(got.client_evals[slices], expected.client_evals[slices])
-
-
 SLOW_LINKS = "[wifi5, {kind: constant, up_bps: 1e5, down_bps: 1e5, latency_s: 0.01}]"
 CASES = {name: {} for name in sorted(ALGORITHMS)} | {
     # Three of five clients a round among those online, some steps cut by a deadline.
@@ -66,7 +54,7 @@ def test_the_pool_gives_the_fused_trainers_tables(case):
     cfg = _config(algorithm, **CASES[case])
     fused = run_fused(cfg)
     pooled = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
-    _assert_same(pooled, fused)
+    assert_same_results(pooled, fused)
     if case.endswith("sampled"):
         assert (pooled.steps["dropped"] != "").any()
     if case.endswith("uneven"):

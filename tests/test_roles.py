@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -102,6 +103,30 @@ def test_train_after_evaluate_puts_every_module_back_in_train_mode():
     assert log and all(training for _, training in log), sorted(set(log))
     assert {"Compressor", "Decompressor"} <= {kind for kind, _ in log}
     assert not torch.equal(before, _bn_stats(client.compressor)), "compressor BN stats frozen"
+
+
+def test_a_dropped_step_leaves_the_client_as_if_its_forward_never_ran():
+    # A Ray engine may run a forward ahead of the server and then see its step dropped (the
+    # client went offline); the fused trainer never runs that forward. Both must go on alike.
+    cfg = _cfg(**{"model.name": "vgg11_bn", "model.split_layer": 2, "data.image_size": 32,
+                  "data.augment": "true"})
+    data = load_dataset("synthetic", num_samples=32, image_size=32, seed=0)
+    ran_ahead, never_ran = (ClientRole(0, cfg, data, data, data.num_classes) for _ in range(2))
+    for client in (ran_ahead, never_ran):
+        client.begin_epoch(0, cfg.train.lr, 4)
+    bn_before = _bn_stats(ran_ahead.client_part)
+    ran_ahead.forward(0)
+    assert not torch.equal(bn_before, _bn_stats(ran_ahead.client_part))
+    ran_ahead.drop_step()
+    assert torch.equal(bn_before, _bn_stats(ran_ahead.client_part))
+    assert torch.equal(ran_ahead.generator.get_state(), never_ran.generator.get_state())
+    # The next step's payload (its augmented batch and the statistics it is normalised with)
+    # and the state it leaves are the same as the client's that never ran the dropped forward.
+    payloads = [client.forward(1)[0] for client in (ran_ahead, never_ran)]
+    np.testing.assert_array_equal(payloads[0].data, payloads[1].data)
+    for a, b in zip(ran_ahead.client_part.state_dict().values(),
+                    never_ran.client_part.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_step_flops_of_depthwise_models_agree_with_split_points():
