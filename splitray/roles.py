@@ -221,6 +221,17 @@ def client_generator(cfg: ExperimentConfig, client_id: int) -> torch.Generator:
     return torch.Generator().manual_seed(cfg.seed * 1000 + client_id)
 
 
+@dataclass
+class _PendingStep:
+    """A client's forward waiting for its gradient: the output to backpropagate through, and
+    what the forward changed besides (the modules' buffers, i.e. BatchNorm's running statistics,
+    and the generator's state) as they were before it, for a dropped step to put back."""
+
+    sent: torch.Tensor
+    buffers_before: list[torch.Tensor]
+    generator_before: torch.Tensor
+
+
 class ClientRole(_Role):
     """A client device: its data shard, client part, compressor and optimizer."""
 
@@ -242,10 +253,7 @@ class ClientRole(_Role):
         self.generator = client_generator(cfg, client_id)
         self.budget = self.num_channels
         self._order: np.ndarray = np.arange(0)
-        self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        # What the pending forward changed besides its graph: the modules' buffers (BatchNorm's
-        # running statistics) and the generator (the batch's random draws), as they were.
-        self._before_forward: tuple[list[torch.Tensor], torch.Tensor] | None = None
+        self._pending: _PendingStep | None = None
         self.fwd_flops_per_sample, self.bwd_flops_per_sample = self._flops_per_sample(input_shape)
 
     def modules(self) -> list[nn.Module]:
@@ -282,7 +290,7 @@ class ClientRole(_Role):
             raise ValueError(f"client {client_id} splits at {split_layer_of(self.cfg, client_id)}, "
                              f"this slot at {self.split_layer}")
         self.client_id, self.shard, self.test_shard = client_id, shard, test_shard
-        self._pending = self._before_forward = None
+        self._pending = None
         self.restore(state)
 
     def initial_state(self) -> dict:
@@ -369,15 +377,14 @@ class ClientRole(_Role):
         no backward to follow, nothing about the client changes.
         """
         t0 = time.perf_counter()
-        if learn:
-            self._before_forward = ([b.clone() for b in self._buffers()],
-                                    self.generator.get_state())
+        # What this forward changes besides its graph, as it was (a dropped step puts it back).
+        before = ([b.clone() for b in self._buffers()], self.generator.get_state()) if learn else ()
         idx = self._batch_indices(step)
         x, y = self.shard.batch(idx, augment=self.cfg.data.augment, generator=self.generator)
         self.set_training(learn)
         with torch.set_grad_enabled(learn):
             sent, channels = self._encode(x)
-        self._pending = (sent, channels) if learn else None
+        self._pending = _PendingStep(sent, *before) if learn else None
         payload = Payload.from_tensor(sent.detach(), self.cfg.compression.codec_up,
                                       channel_indices=channels, labels=y)
         n = len(idx)
@@ -398,13 +405,12 @@ class ClientRole(_Role):
         """Forget the forward in progress and undo what it changed: its step was dropped and no
         gradient will come, so the client is left as it was before the step, as if the forward
         had never run (a Ray engine may have run it ahead of the server, the fused trainer not)."""
-        if self._pending is not None and self._before_forward is not None:
-            buffers, generator_state = self._before_forward
+        if self._pending is not None:
             with torch.no_grad():
-                for b, saved in zip(self._buffers(), buffers, strict=True):
+                for b, saved in zip(self._buffers(), self._pending.buffers_before, strict=True):
                     b.copy_(saved)
-            self.generator.set_state(generator_state)
-        self._pending = self._before_forward = None
+            self.generator.set_state(self._pending.generator_before)
+        self._pending = None
 
     def backward(self, grad: Payload, broadcast: Payload | None = None) -> BackwardInfo:
         """Backpropagate the server's gradient (plus ε·pruneLoss on the local filter), then step.
@@ -413,8 +419,8 @@ class ClientRole(_Role):
         t0 = time.perf_counter()
         if self._pending is None:
             raise RuntimeError("backward() called without a pending forward()")
-        sent, _ = self._pending
-        self._pending = self._before_forward = None
+        sent = self._pending.sent
+        self._pending = None
         g = grad.to_tensor()
         if broadcast is not None:
             g = torch.cat([broadcast.to_tensor(), g])
