@@ -119,18 +119,29 @@ def test_averaged_server_copies_keep_batch_norm_statistics_as_one_shared_part(av
         "compression.enabled": "true", "schedule.phases": "[{budget: 4, epochs: 2}]",
         **no_average}), (3, 16, 16), 10)
     server.set_training(True)
-    # Each copy's decompressor BN normalises one batch whose channels all have mean 4.
     bns = [part.decompressor.bn for part in server.parts]
-    for bn in bns:
-        bn(torch.full((8, bn.num_features, 4, 4), 4.0))
-    if averaged:
-        server.average_parts([0, 1, 2])
-    means = [float(bn.running_mean.mean()) for bn in bns]
-    one_update = 0.1 * 4.0  # PyTorch's momentum 0.1 from running mean 0
-    # decompressor@2 is copy 0's alone; decompressor@4 is held by copies 1 and 2, whose average
-    # has forgotten its start as one part that normalised both batches (0.9^2 of it left).
-    two_updates = (1 - 0.9 ** 2) * 4.0 if averaged else one_update
-    np.testing.assert_allclose(means, [one_update, two_updates, two_updates], rtol=1e-5)
+
+    def normalise(channel_mean: float) -> list[float]:
+        """Each copy's decompressor BN normalises one batch whose channels all have this mean."""
+        for bn in bns:
+            bn(torch.full((8, bn.num_features, 4, 4), channel_mean))
+        if averaged:
+            server.average_parts([0, 1, 2])
+        return [float(bn.running_mean.mean()) for bn in bns]
+
+    # Averaged copies start as the plain mean of their batches: the first one's mean exactly,
+    # where PyTorch's momentum 0.1 leaves 0.9 of the start (0).
+    first = 4.0 if averaged else 0.1 * 4.0
+    np.testing.assert_allclose(normalise(4.0), [first] * 3, rtol=1e-5)
+    for _ in range(19):
+        normalise(4.0)
+    start = 4.0 if averaged else (1 - 0.9 ** 20) * 4.0
+    # After 20 batches (1/21 < 0.1) a batch of mean 8 moves them by the momentum alone.
+    # decompressor@2 is copy 0's alone: 0.1. decompressor@4 is held by copies 1 and 2, whose
+    # average forgets as one part that normalised both batches: 1 - 0.9^2 = 0.19.
+    both = 1 - 0.9 ** 2 if averaged else 0.1
+    np.testing.assert_allclose(normalise(8.0), [start + 0.1 * (8 - start)]
+                               + [start + both * (8 - start)] * 2, rtol=1e-5)
 
 
 @pytest.mark.parametrize("server_every_rounds", [1, None])
