@@ -251,9 +251,9 @@ class EngineConfig:
     clients: str = field(default="auto", metadata=_choices("auto", "actors", "pool"))
     pool_workers: int | None = field(default=None, metadata=_range(1))  # None: from the CPUs
     pool_capacity: int = field(default=64, metadata=_range(1))  # live clients a worker keeps
-    # Client forwards the Ray engine runs ahead of the server. None: 2 per pool worker, or every
-    # client with an actor each. 0 serialises a pool worker's forwards with the server's steps:
-    # faster when a client step alone fills the machine's cores (see the README).
+    # Client forwards the Ray engine runs ahead of the server. None: 2 per pool worker; with an
+    # actor each, as many as fit on the CPUs the server leaves free. 0 serialises the forwards
+    # with the server's steps: faster when a step alone fills the machine's cores (see the README).
     prefetch: int | None = field(default=None, metadata=_range(0))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from splitray.compression import payload_nbytes
 from splitray.config import ConfigError, load_config
 from splitray.metrics import RUN_TABLES
 from splitray.runtime import context, run_experiment
+from splitray.runtime.orchestrator import forwards_beside_server, prepare, start_peers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -232,3 +234,24 @@ def test_heterogeneous_schemes_through_ray_equal_the_fused_trainer(algorithm):
     fused = run_fused(cfg)
     engine = run_experiment(cfg, out_dir=None, engine="ray", progress=False)
     assert_same_results(engine, fused)
+
+
+def test_client_actors_run_forwards_ahead_only_on_cpus_the_server_leaves():
+    # Beside a server step whose threads fill the cores a forward makes both wait on each other.
+    assert forwards_beside_server(8, 2, 2, 1) == 0     # 2 cores, a 2-CPU server: none ahead
+    assert forwards_beside_server(8, 2, 1, 1) == 1
+    assert forwards_beside_server(8, 16, 2, 1) == 8    # never more than the clients
+    assert forwards_beside_server(8, 16, 2, 4) == 3    # 4-thread forwards: 3 fit on 14 CPUs
+    assert forwards_beside_server(8, 2, 0, 1) == 2     # a GPU server leaves every CPU
+    assert forwards_beside_server(8, math.inf, 2, 1) == 8   # a Tune trial's bundles
+    # The 2-CPU test cluster, a 1-CPU server: one forward ahead; engine.prefetch overrides.
+    for prefetch, expected in ((None, 1), (3, 3)):
+        extra = {} if prefetch is None else {"engine.prefetch": prefetch}
+        cfg = load_config(overrides=small(**{"clients.count": 2, "clients.num_cpus": 0.5,
+                                             "model.name": "tiny_cnn", "model.split_layer": 3,
+                                             **extra}))
+        peers = start_peers(prepare(cfg), "ray")
+        try:
+            assert peers.prefetch == expected
+        finally:
+            peers.stop()

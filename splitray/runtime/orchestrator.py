@@ -316,13 +316,26 @@ def _ray_peers(p: Prepared) -> Peers:
                                           runtime_env=actor_env)
                       .remote(client_threads, i, cfg), f"client {i}", data)
               for i in range(cfg.clients.count)]
+    server_cpus = 0.0 if num_gpus else cfg.server.num_cpus
     return Peers(list(actors), server, get_ray, [server, *actors],
-                 prefetch=_prefetch(cfg, len(actors)))
+                 prefetch=_prefetch(cfg, forwards_beside_server(
+                     len(actors), cpus, server_cpus, client_threads)))
 
 
 def _prefetch(cfg: ExperimentConfig, default: int) -> int:
     """Client forwards to run ahead of the server: engine.prefetch, else `default`."""
     return default if cfg.engine.prefetch is None else cfg.engine.prefetch
+
+
+def forwards_beside_server(clients: int, cluster_cpus: float, server_cpus: float,
+                           client_threads: int) -> int:
+    """Client actors' forwards to run ahead of the server by default: as many as fit on the CPUs
+    the server's step leaves free (server_cpus 0 for a GPU server). Beside a step whose threads
+    fill the cores, a forward makes both wait at their OpenMP barriers: 8 client actors on 2
+    cores ran at 0.82 of the fused trainer with every forward ahead, 0.93 with none."""
+    if math.isinf(cluster_cpus):  # a Tune trial's placement group: each actor has its CPUs
+        return clients
+    return min(clients, max(0, math.floor((cluster_cpus - server_cpus) / client_threads + 1e-9)))
 
 
 def _local_peers(p: Prepared) -> Peers:
