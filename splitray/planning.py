@@ -235,13 +235,8 @@ def rounds_per_average(cfg: ExperimentConfig) -> int:
     return min(steps, cfg.train.steps_per_epoch or steps)
 
 
-def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
-    """Per-sample costs of every valid split point (activation C x H x W) at cfg's batch and codecs.
-
-    Budget, the project's choice: at model.split_layer the first phase's budget as configured; at
-    any other split point the same fraction of that split point's channels, rounded up (None: all
-    channels), so that every client sends the same fraction of what it could send.
-    """
+def _model_table(cfg: ExperimentConfig) -> tuple[Any, tuple]:
+    """cfg's model on the meta device and its per-unit table (`_unit_flops`), from cfg alone."""
     input_shape, num_classes = data_shape(cfg)
     name = cfg.model.name
     if min(input_shape[1:]) < min_input_px(name):
@@ -251,24 +246,54 @@ def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
     with torch.device("meta"):  # no arithmetic, and the global RNG stays untouched
         model = build_model(name, num_classes=num_classes, input_shape=input_shape,
                             head=cfg.model.head)
-    n_units = len(model.units)
-    if cfg.model.split_layer > n_units - 1:
-        raise ConfigError(f"model.split_layer: {cfg.model.split_layer} is not allowed; {name} has "
-                          f"split points 0..{n_units - 1}")
-    shapes, forward, client_train, server_train, grad_flows = _memo(
-        ("units", name, input_shape, num_classes, cfg.model.head),
-        lambda: _unit_flops(model, input_shape))
+    table = _memo(("units", name, input_shape, num_classes, cfg.model.head),
+                  lambda: _unit_flops(model, input_shape))
+    return model, table
+
+
+def split_channels(cfg: ExperimentConfig) -> tuple[int, list[int]]:
+    """Channels the compressor chooses from at model.split_layer and at each client's split
+    point, from cfg alone (no data loaded). Raises ConfigError for an image too small for the
+    model, a split point it lacks or without a C x H x W activation, a phase's budget above the
+    channels, and different split points outside EdgeSplit."""
+    _, (shapes, *_) = _model_table(cfg)
+    name, c = cfg.model.name, cfg.compression
+
+    def channels_at(split_layer: int, where: str) -> int:
+        if split_layer > len(shapes) - 1:
+            raise ConfigError(f"{where}: {split_layer} is not allowed; {name} has split points "
+                              f"0..{len(shapes) - 1}")
+        if len(shapes[split_layer]) != 3:
+            raise ConfigError(f"{where}: {split_layer} is not allowed; the activation there has "
+                              f"shape {shapes[split_layer]}, not C x H x W")
+        return c.channels if c.enabled and c.channels else shapes[split_layer][0]
+
+    channels = channels_at(cfg.model.split_layer, "model.split_layer")
+    for i, p in enumerate(cfg.schedule.phases):
+        if p.budget is not None and p.budget > channels:
+            raise ConfigError(f"schedule.phases[{i}].budget: {p.budget} is not allowed; must be "
+                              f"<= {channels}, the channels at split {cfg.model.split_layer} "
+                              f"of {name}")
+    layers = cfg.clients.split_layers or []
+    at_layer = {s: channels_at(s, f"clients.split_layers[{k}]") for k, s in enumerate(layers)}
+    if len(set(layers)) > 1 and cfg.train.algorithm != "edgesplit":
+        raise ConfigError(f"clients.split_layers: {layers} is not allowed with train.algorithm "
+                          f"{cfg.train.algorithm}; different split points need edgesplit (a "
+                          "server part per client, averaged layer by layer)")
+    return channels, [at_layer.get(split_layer_of(cfg, i), channels)
+                      for i in range(cfg.clients.count)]
+
+
+def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
+    """Per-sample costs of every valid split point (activation C x H x W) at cfg's batch and codecs.
+
+    Budget, the project's choice: at model.split_layer the first phase's budget as configured; at
+    any other split point the same fraction of that split point's channels, rounded up (None: all
+    channels), so that every client sends the same fraction of what it could send.
+    """
+    channels_at_split, _ = split_channels(cfg)
+    model, (shapes, forward, client_train, server_train, grad_flows) = _model_table(cfg)
     c = cfg.compression
-    fixed = c.channels if c.enabled and c.channels else None
-    ref_shape = shapes[cfg.model.split_layer]
-    if len(ref_shape) != 3:
-        raise ConfigError(f"model.split_layer: {cfg.model.split_layer} is not allowed; the activation "
-                          f"there has shape {ref_shape}, not C x H x W")
-    channels_at_split = fixed or ref_shape[0]
-    first = cfg.schedule.phases[0].budget
-    if first is not None and first > channels_at_split:
-        raise ConfigError(f"schedule.phases[0].budget: {first} is not allowed; must be <= "
-                          f"{channels_at_split}, the channels at split {cfg.model.split_layer} of {name}")
     costs = []
     for n, shape in enumerate(shapes):
         if len(shape) != 3:

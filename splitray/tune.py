@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import json
 import math
 import shutil
@@ -52,6 +53,7 @@ from splitray.metrics import (
     write_table,
     write_text,
 )
+from splitray.planning import split_channels
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SPACE_FILE_KEYS = ("base", "set", "metric", "mode", "num_samples", "space")
@@ -153,12 +155,17 @@ def _check_domain(key: str, spec: Any) -> tuple[str, list]:
     return kind, [lo, hi]
 
 
+MAX_CHECKED_INTEGERS = 64  # a randint range this short is checked value by value
+
+
 def candidate_values(kind: str, args: list) -> list:
-    """Values that stand for a domain when checking it: every grid/choice value, else the bounds."""
+    """Values that stand for a domain when checking it: every grid/choice value and every integer
+    of a short randint range (split points), else the bounds."""
     if kind in ("grid", "choice"):
         return list(args)
     if kind == "randint":
-        return [args[0], args[1] - 1]
+        lo, hi = args
+        return list(range(lo, hi)) if hi - lo <= MAX_CHECKED_INTEGERS else [lo, hi - 1]
     return list(args)
 
 
@@ -193,13 +200,20 @@ def _read_yaml(path: Path, what: str) -> Any:
         raise ConfigError(f"{what}: {str(path)!r} is not valid YAML: {yaml_problem(e)}") from None
 
 
+MAX_CHECKED_COMBINATIONS = 4096  # beyond this, each key alone and all first values together
+
+
 def _validation_samples(space: SearchSpace) -> list[dict[str, Any]]:
-    """One-key-at-a-time candidate assignments plus one with every key's first candidate."""
-    samples = [{key: v} for key, (kind, args) in space.params.items()
-               for v in candidate_values(kind, args)]
-    samples.append({key: candidate_values(kind, args)[0]
-                    for key, (kind, args) in space.params.items()})
-    return samples
+    """Candidate assignments to check: each key's candidates alone (an error names that key),
+    then every combination of all keys' candidates, or if there are too many, their first ones."""
+    keys = list(space.params)
+    candidates = [candidate_values(*space.params[key]) for key in keys]
+    samples = [{key: v} for key, values in zip(keys, candidates, strict=True) for v in values]
+    if math.prod(len(values) for values in candidates) <= MAX_CHECKED_COMBINATIONS:
+        combinations = itertools.product(*candidates)
+    else:
+        combinations = iter([tuple(values[0] for values in candidates)])
+    return samples + [dict(zip(keys, c, strict=True)) for c in combinations if len(keys) > 1]
 
 
 def _load_space_unprefixed(path: Path) -> SearchSpace:
@@ -250,11 +264,12 @@ def _load_space_unprefixed(path: Path) -> SearchSpace:
     space = SearchSpace(str(path), base, params, metric, mode, num_samples)
     for sample in _validation_samples(space):
         try:
-            trial_config(base, sample)
+            split_channels(trial_config(base, sample))  # the model's split table too
         except ConfigError as e:
             msg = str(e)
             if len(sample) > 1:
-                msg = f"space: the first values of all keys together give {msg}"
+                values = ", ".join(f"{key}={value!r}" for key, value in sample.items())
+                msg = f"space: {values} together give {msg}"
             else:
                 (key, value), = sample.items()
                 if not msg.startswith(key):

@@ -52,7 +52,7 @@ def test_each_kind_maps_to_its_tune_domain(tmp_path: Path) -> None:
     path = write_space(tmp_path, {
         "compression.epsilon": {"loguniform": [0.1, 10]},
         "compression.lam": {"uniform": [0.2, 0.8]},
-        "model.split_layer": {"randint": [1, 4]},
+        "model.split_layer": {"randint": [2, 5]},
         "network.shared": {"choice": ["wifi6_shared", "lte"]},
         "compression.delta": {"grid": [0.001, 0.01, 0.1]},
     })
@@ -64,7 +64,7 @@ def test_each_kind_maps_to_its_tune_domain(tmp_path: Path) -> None:
     assert (eps.lower, eps.upper) == (0.1, 10.0)
     assert isinstance(lam, Float) and isinstance(lam.get_sampler(), Uniform)
     assert (lam.lower, lam.upper) == (0.2, 0.8)
-    assert isinstance(split, Integer) and (split.lower, split.upper) == (1, 4)
+    assert isinstance(split, Integer) and (split.lower, split.upper) == (2, 5)
     assert isinstance(net, Categorical) and net.categories == ["wifi6_shared", "lte"]
     assert ps["compression.delta"] == tune.grid_search([0.001, 0.01, 0.1])
 
@@ -74,14 +74,14 @@ def test_each_kind_maps_to_its_tune_domain(tmp_path: Path) -> None:
     # Log-uniform: about half the samples fall below the geometric mean 1.0.
     assert 0.4 < (e < 1.0).mean() < 0.6
     s = set(split.sample(size=200, random_state=rng))
-    assert s == {1, 2, 3}  # Tune's randint excludes the upper bound
+    assert s == {2, 3, 4}  # Tune's randint excludes the upper bound
 
     variants = [cfg for _, cfg in generate_variants(ps)]
     assert sorted(v["compression.delta"] for v in variants) == [0.001, 0.01, 0.1]
     for v in variants:
         config = sweep.trial_config(space.base, v)
         assert config.compression.delta == v["compression.delta"]
-        assert config.model.split_layer in (1, 2, 3)
+        assert config.model.split_layer in (2, 3, 4)
 
 
 def test_space_file_base_set_indexed_keys_and_defaults(tmp_path: Path) -> None:
@@ -122,6 +122,11 @@ def test_the_example_space_is_valid() -> None:
     ({"schedule.phases": {"choice": [[{"budget": 2, "epochs": 0}]]}}, "schedule.phases",
      "epochs"),
     ({"compression.codec_up": {"choice": ["fp32", "fp4"]}}, "compression.codec_up", "'fp4'"),
+    ({"schedule.phases[0].budget": {"grid": [4, 32]}}, "schedule.phases[0].budget",
+     "<= 16, the channels at split 3 of tiny_cnn"),
+    ({"model.split_layer": {"choice": [3, 9]}}, "model.split_layer", "split points 0..5"),
+    ({"model.split_layer": {"randint": [2, 7]}}, "model.split_layer: 6", "split points 0..5"),
+    ({"model.split_layer": {"randint": [1, 5]}}, "model.split_layer: 1", "<= 3"),
 ])
 def test_bad_space_fails_with_one_line_naming_the_key(tmp_path: Path, space: dict, key: str,
                                                       words: str) -> None:
@@ -130,6 +135,21 @@ def test_bad_space_fails_with_one_line_naming_the_key(tmp_path: Path, space: dic
         sweep.load_space(path)
     msg = str(err.value)
     assert "\n" not in msg and key in msg and words in msg, msg
+
+
+def test_values_valid_alone_but_not_together_fail_before_any_trial(tmp_path: Path) -> None:
+    # At split 4 tiny_cnn has 32 channels, at split 3 16: budget 32 fits the base's split 4,
+    # split 3 fits the base's budget 4, but a trial drawing both would fail.
+    path = write_space(tmp_path, {"model.split_layer": {"choice": [4, 3]},
+                                  "schedule.phases[0].budget": {"grid": [4, 32]}})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(
+        {**TINY_BASE, "model": {**TINY_BASE["model"], "split_layer": 4}}))
+    with pytest.raises(ConfigError) as err:
+        sweep.load_space(path)
+    assert str(err.value).endswith(
+        "space: model.split_layer=3, schedule.phases[0].budget=32 together give "
+        "schedule.phases[0].budget: 32 is not allowed; must be <= 16, the channels at split 3 "
+        "of tiny_cnn")
 
 
 def test_bad_file_level_entries(tmp_path: Path) -> None:
@@ -256,26 +276,30 @@ def test_actors_land_in_the_trial_placement_group(ray_cluster, tmp_path: Path) -
 
 def test_tiny_sweep_combines_trials_and_reports_a_failed_one(
         ray_cluster, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    # budget 32 exceeds the 16 channels at the split: valid config, fails in the engine's prepare()
-    path = write_space(tmp_path, {"schedule.phases[0].budget": {"grid": [4, 8, 32]},
+    # One test sample for two clients: a valid config that only the engine's prepare() rejects
+    # (it needs the data), so those trials fail and the sweep goes on.
+    path = write_space(tmp_path, {"schedule.phases[0].budget": {"grid": [4, 8]},
+                                  "data.test_samples": {"grid": [32, 1]},
                                   "compression.epsilon": {"choice": [0.5]}})
     out = tmp_path / "sweep"
     assert main(["tune", str(path), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
 
     meta = json.loads((out / "sweep.json").read_text())
-    assert meta["params"] == ["schedule.phases[0].budget", "compression.epsilon"]
-    trials = {t["params"]["schedule.phases[0].budget"]: t for t in meta["trials"]}
-    assert {b: t["status"] for b, t in trials.items()} == {4: "finished", 8: "finished",
-                                                           32: "failed"}
-    error = trials[32]["error"]
-    assert error.startswith("ConfigError: schedule.phases[0].budget: 32") and "\n" not in error
-    assert f"failed {trials[32]['trial_id']}: ConfigError" in printed
+    assert meta["params"] == ["schedule.phases[0].budget", "data.test_samples",
+                              "compression.epsilon"]
+    trials = {(t["params"]["schedule.phases[0].budget"], t["params"]["data.test_samples"]): t
+              for t in meta["trials"]}
+    assert {k: t["status"] for k, t in trials.items()} == {
+        (4, 32): "finished", (8, 32): "finished", (4, 1): "failed", (8, 1): "failed"}
+    error = trials[4, 1]["error"]
+    assert error.startswith("ConfigError: data.test_samples: 1 test samples") and "\n" not in error
+    assert f"failed {trials[4, 1]['trial_id']}: ConfigError" in printed
     assert "best (max final test_accuracy)" in printed
 
     evals = pd.read_parquet(out / "evals.parquet")
     steps = pd.read_parquet(out / "steps.parquet")
-    good = {trials[4]["trial_id"]: 4, trials[8]["trial_id"]: 8}
+    good = {trials[4, 32]["trial_id"]: 4, trials[8, 32]["trial_id"]: 8}
     per_client = pd.read_parquet(out / "client_evals.parquet")
     assert set(evals["trial_id"]) == set(good) == set(steps["trial_id"]) == set(
         per_client["trial_id"])

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from splitray.algorithms import ALGORITHMS
 from splitray.availability import Availability
@@ -40,7 +39,6 @@ from splitray.metrics import (
     write_manifest,
     write_text,
 )
-from splitray.models import build_model, min_input_px
 from splitray.network import (
     DeviceProfile,
     Link,
@@ -48,7 +46,7 @@ from splitray.network import (
     TraceLink,
     build_link,
 )
-from splitray.planning import device_profiles, planned_config
+from splitray.planning import device_profiles, planned_config, split_channels
 from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.context import (
     CHECKPOINT_FILE,
@@ -108,52 +106,6 @@ class Prepared:
         return ClientShards(self.train, self.test, self.train_parts, self.test_parts)
 
 
-def _split_channels(cfg: ExperimentConfig, input_shape: tuple[int, int, int],
-                    num_classes: int) -> tuple[int, list[int]]:
-    """Channels the compressor chooses from at model.split_layer and at each client's split
-    point; checks image size, split points and budgets."""
-    min_px = min_input_px(cfg.model.name)
-    if min(input_shape[1:]) < min_px:
-        raise ConfigError(f"data.image_size: {cfg.data.image_size!r} is not allowed; "
-                          f"{cfg.model.name} needs images of at least {min_px} px, the data has "
-                          f"{input_shape[1]} x {input_shape[2]}")
-    model = build_model(cfg.model.name, num_classes=num_classes, input_shape=input_shape,
-                        head=cfg.model.head)
-    n_units = len(model.units)
-
-    def channels_at(split_layer: int, where: str) -> int:
-        if split_layer > n_units - 1:
-            raise ConfigError(f"{where}: {split_layer} is not allowed; {cfg.model.name} has split "
-                              f"points 0..{n_units - 1}")
-        with torch.no_grad():
-            model.eval()
-            x = torch.zeros(1, *input_shape)
-            for unit in list(model.units)[:split_layer]:
-                x = unit(x)
-        if x.dim() != 4:
-            raise ConfigError(f"{where}: {split_layer} is not allowed; the activation there has "
-                              f"shape {tuple(x.shape[1:])}, not C x H x W")
-        if cfg.compression.enabled and cfg.compression.channels:
-            return cfg.compression.channels
-        return int(x.shape[1])
-
-    channels = channels_at(cfg.model.split_layer, "model.split_layer")
-    for i, p in enumerate(cfg.schedule.phases):
-        if p.budget is not None and p.budget > channels:
-            raise ConfigError(f"schedule.phases[{i}].budget: {p.budget} is not allowed; must be "
-                              f"<= {channels}, the channels at split {cfg.model.split_layer} "
-                              f"of {cfg.model.name}")
-    layers = cfg.clients.split_layers or []
-    at_layer = {s: channels_at(s, f"clients.split_layers[{k}]") for k, s in enumerate(layers)}
-    if len(set(layers)) > 1 and cfg.train.algorithm != "edgesplit":
-        raise ConfigError(f"clients.split_layers: {layers} is not allowed with train.algorithm "
-                          f"{cfg.train.algorithm}; different split points need edgesplit (a "
-                          "server part per client, averaged layer by layer)")
-    client_channels = [at_layer.get(split_layer_of(cfg, i), channels)
-                       for i in range(cfg.clients.count)]
-    return channels, client_channels
-
-
 def _load(cfg: ExperimentConfig, split: str) -> ArrayDataset:
     d = cfg.data
     field_name = "train_samples" if split == "train" else "test_samples"
@@ -173,10 +125,10 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     """Load data, partition it, build the network and devices; every check before any work.
     A config that leaves split points or shares to the planner gets them here."""
     cfg = planned_config(cfg)
+    num_channels, client_channels = split_channels(cfg)
     train = _load(cfg, "train")
     test = _load(cfg, "test")
     input_shape = tuple(train.images.shape[1:])
-    num_channels, client_channels = _split_channels(cfg, input_shape, train.num_classes)
     n = cfg.clients.count
     if n > len(train):
         raise ConfigError(f"clients.count: {n} is not allowed; the {len(train)} training samples "
