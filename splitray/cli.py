@@ -12,6 +12,7 @@ from splitray.config import ConfigError
 EXIT_CONFIG_ERROR = 2  # bad input: nothing ran, nothing was written
 EXIT_FAILED = 1        # the run failed (e.g. more actor deaths than faults.max_failures)
 EXIT_DIVERGED = 3      # the loss became NaN or infinite; the rows up to it are kept
+EXIT_INTERRUPTED = 130  # Ctrl-C (the shell's code for SIGINT); the run stays resumable
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -397,6 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"splitray: error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:
+        print("splitray: interrupted; a run's manifest says status 'interrupted' and `splitray "
+              "run --resume RUN_DIR` continues it from its last checkpoint, a sweep's `splitray "
+              "tune --resume SWEEP_DIR`", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

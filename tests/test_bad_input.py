@@ -1,5 +1,6 @@
 """Every user mistake fails before any work: one line naming the field or file, exit code 2, and
-no run or sweep directory written. A run whose loss turns NaN ends `diverged` with exit code 3."""
+no run or sweep directory written. A run whose loss turns NaN ends `diverged` with exit code 3;
+one stopped with Ctrl-C ends `interrupted` with exit code 130."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitray.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, main
+from splitray.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED, main
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
@@ -157,3 +158,21 @@ def test_a_run_whose_loss_turns_nan_ends_diverged_and_keeps_its_rows(tmp_path, c
     steps = pd.read_parquet(run_dir / "steps.parquet")
     assert len(steps) >= 2 and np.isnan(steps["loss"].iloc[-1])
     assert np.isfinite(steps["loss"].iloc[:-1]).all()
+
+
+def test_a_run_stopped_with_ctrl_c_ends_interrupted_and_says_how_to_resume(
+        tmp_path, capsys, monkeypatch):
+    from splitray.algorithms import ALGORITHMS
+
+    def stopped_by_the_user(ctx) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(ALGORITHMS, "parallel_sl", stopped_by_the_user)
+    out = tmp_path / "out"
+    code = main(["run", QUICKSTART, *TINY, "--engine", "local", "--quiet", "--out", str(out)])
+    assert code == EXIT_INTERRUPTED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "interrupted" in err and "--resume" in err, err
+    [run_dir] = list(out.iterdir())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and "Ctrl-C" in manifest["reason"]

@@ -414,6 +414,9 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     except RunDiverged as e:
         status, extra["reason"], e.run_dir = "diverged", str(e), run_dir
         raise
+    except KeyboardInterrupt:
+        status, extra["reason"] = "interrupted", "interrupted by the user (Ctrl-C)"
+        raise
     finally:
         ctx.flush()
         if run_dir is not None:
