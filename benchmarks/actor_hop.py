@@ -10,8 +10,8 @@ a time (Ray's documented limit; `--two-graphs` shows a second graph on the same 
 getting its turn), so the engine, whose event loop picks each round's server order step by step,
 keeps the tasks.
 
-    python benchmarks/actor_hop.py                 # 8 MiB (VGG11 split 5, batch 64, fp32)
-    python benchmarks/actor_hop.py --mib 2
+    python benchmarks/actor_hop.py                 # 2 MiB (VGG11 split 5, batch 64, fp32)
+    python benchmarks/actor_hop.py --mib 8
     python benchmarks/actor_hop.py --two-graphs    # a second graph on the server actor
 """
 
@@ -61,7 +61,7 @@ def ms_per_step(run_step: Callable[[int], None], steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=float, default=8.0, help="payload size each way, MiB")
+    parser.add_argument("--mib", type=float, default=2.0, help="payload size each way, MiB")
     parser.add_argument("--steps", type=int, default=100, help="steps a measurement")
     parser.add_argument("--repeats", type=int, default=5, help="measurements of each")
     parser.add_argument("--two-graphs", action="store_true",

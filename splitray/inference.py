@@ -141,6 +141,7 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
     if deadline_ms is not None:
         for _, group in table.groupby("client_id"):
             fits = group[group["predicted_latency_ms"] <= deadline_ms]
+            # No budget fits: the fastest, the smallest payload (format_inference says so).
             pick = fits["budget"].idxmax() if len(fits) else group["budget"].idxmin()
             table.loc[pick, "chosen"] = True
     if write:
@@ -163,4 +164,8 @@ def format_inference(table: pd.DataFrame, deadline_ms: float | None) -> str:
         met = float((shown["deadline_met_share"] * samples).sum() / samples.sum())
         lines.append(f"deadline {deadline_ms:g} ms: accuracy {accuracy:.4f} over all clients, "
                      f"{met:.1%} of requests within the deadline")
+        late = shown.loc[shown["predicted_latency_ms"] > deadline_ms, "client_id"].tolist()
+        if late:
+            lines.append(f"no budget fits the deadline for client(s) {', '.join(map(str, late))}:"
+                         " each gets its smallest (fastest) budget")
     return "\n".join(lines)

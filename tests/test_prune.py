@@ -15,7 +15,7 @@ import torch
 
 from splitray.cli import main
 from splitray.config import ConfigError, load_config
-from splitray.inference import infer, load_model_set
+from splitray.inference import format_inference, infer, load_model_set
 from splitray.runtime import resume_experiment, run_experiment
 
 SETTINGS = {
@@ -77,6 +77,14 @@ def test_a_slower_link_gets_a_smaller_budget(prune_run, capsys):
     # The simulated requests on a constant link take the predicted time.
     np.testing.assert_allclose(slow["sim_latency_ms_mean"], slow["predicted_latency_ms"], rtol=1e-9)
     assert slow.loc[2, "deadline_met_share"] == 1.0 and slow.loc[16, "deadline_met_share"] == 0.0
+    # At 10 kbit/s no budget fits: the client gets the smallest, and the summary says so.
+    no_fit = "{kind: constant, up_bps: 1e4, down_bps: 5e6, latency_s: 0.002}"
+    table = infer(str(prune_run), deadline_ms=15.0, engine="local", write=False,
+                  overrides=[f"network.links=[wifi5, {no_fit}]"])
+    chosen = table[table["chosen"]].set_index("client_id")
+    assert chosen.loc[1, "budget"] == 2 and chosen.loc[1, "predicted_latency_ms"] > 15.0
+    assert "no budget fits the deadline for client(s) 1: each gets its smallest" in \
+        format_inference(table, 15.0)
 
 
 class _RunsCode:
