@@ -243,12 +243,14 @@ def _model_table(cfg: ExperimentConfig) -> tuple[Any, tuple]:
         raise ConfigError(f"data.image_size: {cfg.data.image_size!r} is not allowed; {name} needs "
                           f"images of at least {min_input_px(name)} px, the data has "
                           f"{input_shape[1]} x {input_shape[2]}")
-    with torch.device("meta"):  # no arithmetic, and the global RNG stays untouched
-        model = build_model(name, num_classes=num_classes, input_shape=input_shape,
-                            head=cfg.model.head)
-    table = _memo(("units", name, input_shape, num_classes, cfg.model.head),
-                  lambda: _unit_flops(model, input_shape))
-    return model, table
+
+    def count() -> tuple[Any, tuple]:
+        with torch.device("meta"):  # no arithmetic, and the global RNG stays untouched
+            model = build_model(name, num_classes=num_classes, input_shape=input_shape,
+                                head=cfg.model.head)
+        return model, _unit_flops(model, input_shape)
+
+    return _memo(("units", name, input_shape, num_classes, cfg.model.head), count)
 
 
 def split_channels(cfg: ExperimentConfig) -> tuple[int, list[int]]:
