@@ -283,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs",
                      help="parent directory (local path or URI) of the run directory [runs]")
     _engine_option(run)
-    run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--quiet", action="store_true",
+                     help="only the final summary: no progress display, no Ray info or warning "
+                          "lines")
     run.set_defaults(func=_cmd_run)
 
     tn = sub.add_parser("tune", help="sweep config values with Ray Tune",

@@ -1,8 +1,12 @@
-"""The small `splitray` commands: split-points, profiles, schema."""
+"""The small `splitray` commands: split-points, profiles, schema; what `run --quiet` prints."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from splitray.cli import main
 
@@ -33,3 +37,22 @@ def test_profiles_and_schema_document_what_configs_and_tables_hold(capsys):
     assert main(["schema"]) == 0
     out = capsys.readouterr().out
     assert "`bytes_up`" in out and "`test_accuracy`" in out and "### evals.parquet" in out
+
+
+def test_quiet_run_on_ray_prints_only_its_summary(tmp_path):
+    # A fresh process starts its own Ray: without --quiet Ray logs its start (INFO) and token
+    # authentication (WARNING); with it the run prints its one-line summary and nothing else.
+    repo = Path(__file__).resolve().parents[1]
+    settings = {"model.name": "tiny_cnn", "model.split_layer": 3, "data.image_size": 16,
+                "data.train_samples": 64, "data.test_samples": 16, "train.batch_size": 8,
+                "clients.count": 2, "clients.num_cpus": 0.5, "server.num_cpus": 0.5,
+                "schedule.phases": "[{budget: 4, epochs: 1}]"}
+    sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "splitray.cli", "run", str(repo / "experiments/quickstart.yaml"),
+         *sets, "--quiet", "--out", str(tmp_path)],
+        env={**env, "RAY_USAGE_STATS_ENABLED": "0"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["done"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -190,7 +191,7 @@ def run_id_for(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{digest}"
 
 
-def _ray_peers(p: Prepared) -> Peers:
+def _ray_peers(p: Prepared, quiet: bool = False) -> Peers:
     import ray
 
     from splitray.runtime.actors import ClientActor, ServerActor, put_shards
@@ -198,7 +199,10 @@ def _ray_peers(p: Prepared) -> Peers:
 
     cfg = p.cfg
     if not ray.is_initialized():
-        ray.init(address=cfg.engine.ray_address, log_to_driver=True)
+        # quiet: Ray's own info and warning lines (its start, token authentication) stay out of
+        # the driver's output; errors and the actors' output still show.
+        ray.init(address=cfg.engine.ray_address, log_to_driver=True,
+                 logging_level=logging.ERROR if quiet else logging.INFO)
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     num_gpus = {"auto": 1 if gpus >= 1 else 0, "0": 0, "1": 1}[cfg.server.num_gpus]
@@ -298,11 +302,12 @@ def _local_peers(p: Prepared) -> Peers:
     return Peers([LocalPeer(c) for c in clients], LocalPeer(server), get_local)
 
 
-def start_peers(p: Prepared, engine: str) -> Peers:
+def start_peers(p: Prepared, engine: str, quiet: bool = False) -> Peers:
     """The clients, the server and the way to wait for their results, on `engine`: Ray actors
     ("ray": an actor per client, or a pool of workers holding the clients as state) or objects
-    in this process ("local"); once every actor is built and holds the run's data."""
-    peers = _ray_peers(p) if engine == "ray" else _local_peers(p)
+    in this process ("local"); once every actor is built and holds the run's data. `quiet`:
+    a Ray started here prints no info or warning lines."""
+    peers = _ray_peers(p, quiet) if engine == "ray" else _local_peers(p)
     # Wait until every actor is built, so a run's wall clock starts with training; this also
     # notes each actor's incarnation, which the fault checks compare against.
     peers.wait_ready()
@@ -317,7 +322,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     engine "ray": client and server actors exchanging ObjectRefs; engine "local": the fused
     single-process reference trainer, the same step code called directly. With both `out_dir`
     and `run_dir` None nothing is written. A loss that turns NaN or infinite ends the run with
-    status "diverged" and raises RunDiverged; the rows up to that step are written. `resume`
+    status "diverged" and raises RunDiverged; the rows up to that step are written. `progress`
+    False: no progress display, and a Ray started here prints no info or warning lines. `resume`
     (from `resume_experiment`) continues the run at `run_dir` from its checkpoint.
     """
     if engine not in ENGINES:
@@ -336,7 +342,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     elif run_dir is not None and not resume and _has_tables(run_dir):
         raise ConfigError(f"run_dir: {run_dir!r} is not allowed; it already holds a run's tables "
                           "(continue it with --resume, or choose another directory)")
-    peers = start_peers(prepared, engine)
+    peers = start_peers(prepared, engine, quiet=not progress)
     measured = cfg.engine.compute_time == "measured" or cfg.engine.time_mode == "realtime"
     timeline = Timeline(prepared.network, prepared.devices, prepared.server_device,
                          cpu_share=cfg.clients.cpu_share,
