@@ -94,7 +94,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         result = run_sweep(space, out, num_samples=args.num_samples, scheduler=args.scheduler,
                            max_concurrent=args.max_concurrent, max_failures=args.max_failures)
     print(format_summary(result))
-    return 1 if result.trials and all(t.status == "failed" for t in result.trials) else 0
+    # As a run that fails: a script or `ray job submit` sees that a trial needs looking at.
+    return EXIT_FAILED if any(t.status == "failed" for t in result.trials) else 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from ray.tune.search.variant_generator import generate_variants  # noqa: E402
 
 from splitray import tune as sweep  # noqa: E402
 from splitray.analysis import load, summary_table  # noqa: E402
-from splitray.cli import main  # noqa: E402
+from splitray.cli import EXIT_FAILED, main  # noqa: E402
 from splitray.config import ConfigError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,7 +282,7 @@ def test_tiny_sweep_combines_trials_and_reports_a_failed_one(
                                   "data.test_samples": {"grid": [32, 1]},
                                   "compression.epsilon": {"choice": [0.5]}})
     out = tmp_path / "sweep"
-    assert main(["tune", str(path), "--out", str(out)]) == 0
+    assert main(["tune", str(path), "--out", str(out)]) == EXIT_FAILED  # any failed trial
     printed = capsys.readouterr().out
 
     meta = json.loads((out / "sweep.json").read_text())
