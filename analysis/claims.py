@@ -17,10 +17,11 @@ budget, asynchronous SL with FP8 (one and five clients, against parallel SL with
 EdgeSplit against parallel SL at its best single split point on a 1:10 device-speed mix, and EPSL
 at phi = 1 against phi = 0 (server backward FLOPs and downlink bytes against the section 6
 formula). A scheme that splitray does not implement is reported as missing. CIFAR-10 rows use the
-shared copy (`--data`, default ../shared/data/cifar10 from the repository root); the EdgeSplit and
-EPSL rows use synthetic data. Figures: fig8_deprune.png (accuracy vs epoch with the cumulative
-bytes on a second axis: deprune, no-compression, high-compression, the paper's Figure 8 shape) and
-fig12_prune.png (accuracy vs epochs at each smaller budget, prune vs from scratch, Figure 12 shape).
+shared copy (`--data`, default $SPLITRAY_DATA, else ../shared/data/cifar10 from the repository
+root); the EdgeSplit and EPSL rows use synthetic data. Figures: fig8_deprune.png (accuracy vs
+epoch with the cumulative bytes on a second axis: deprune, no-compression, high-compression, the
+paper's Figure 8 shape) and fig12_prune.png (accuracy vs epochs at each smaller budget, prune vs
+from scratch, Figure 12 shape).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from splitray.analysis import (
     plot_accuracy_vs_epoch,
 )
 from splitray.config import ALGORITHM_NAMES, ExperimentConfig, config_from_dict, load_config
+from splitray.data.loaders import DATA_ENV_VAR, find_data_dir, resolve_data_root
 from splitray.metrics import CLIENT_EVALS_TABLE, EVALS_TABLE, STEPS_TABLE, read_table
 from splitray.planning import (
     baseline_config,
@@ -326,14 +328,15 @@ class Claims:
                       "clients.devices=[raspberry_pi_4, jetson_nano]", CHECKPOINT]
 
     def have_cifar(self) -> bool:
-        return (self.data_root / "cifar-10-batches-py").is_dir()
+        return find_data_dir("cifar10", self.data_root) is not None
 
     # ------------------------------------------------------------------ the runs
 
     def _cifar(self, group: str, key: str, label: str, base: str, overrides: list[str]) -> RunSpec:
         """A CIFAR-10 run of `base`; its command shows the data folder relative to the repo."""
         if not self.have_cifar():
-            raise NotRun(f"CIFAR-10 not found at {self.data_root} (pass --data)")
+            raise NotRun(f"CIFAR-10 not found under {self.data_root} (pass --data, or set "
+                         f"${DATA_ENV_VAR})")
         spec = from_file(group, key, label, base,
                          [f"data.root={self.data_root}", *self.samples, *overrides])
         shown = " ".join(f"--set {_quote(o)}" for o in [
@@ -840,8 +843,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--row", action="append", choices=list(ROW_TEXT), default=None,
                         help="rows that may run runs (repeatable; default all); the others are "
                              "read where their runs exist")
-    parser.add_argument("--data", default=str(DEFAULT_DATA),
-                        help="folder holding cifar-10-batches-py [../shared/data/cifar10]")
+    parser.add_argument("--data", default=None,
+                        help="data root holding cifar-10-batches-py (or cifar10/ with it), as "
+                             f"data.root takes [${DATA_ENV_VAR}, else ../shared/data/cifar10]")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     args = parser.parse_args(argv)
 
@@ -849,7 +853,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or ("runs/claims-quick" if args.quick else "runs/claims"))
     out.mkdir(parents=True, exist_ok=True)
     suite = Suite(out, args.rerun, args.quiet)
-    claims = Claims(suite, scale, Path(args.data).resolve())
+    data_root = resolve_data_root(args.data) or DEFAULT_DATA
+    claims = Claims(suite, scale, data_root.resolve())
     t0 = time.perf_counter()
     computes = claims.rows()
     # The rows that may run go first, so a run they share with a read-only row is (re)run once

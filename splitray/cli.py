@@ -13,11 +13,18 @@ EXIT_CONFIG_ERROR = 2  # bad input: nothing ran, nothing was written
 EXIT_FAILED = 1        # the run failed (e.g. more actor deaths than faults.max_failures)
 EXIT_DIVERGED = 3      # the loss became NaN or infinite; the rows up to it are kept
 EXIT_INTERRUPTED = 130  # Ctrl-C (the shell's code for SIGINT); the run stays resumable
+EXIT_TERMINATED = 143  # SIGTERM (`timeout`, `ray job stop`): as Ctrl-C
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from splitray.config import load_config
-    from splitray.runtime import RunDiverged, RunFailed, resume_experiment, run_experiment
+    from splitray.runtime import (
+        RunDiverged,
+        RunFailed,
+        RunInterrupted,
+        resume_experiment,
+        run_experiment,
+    )
 
     if (args.config is None) == (args.resume is None):
         raise ConfigError("run: give a config file or --resume RUN_DIR, not both or neither")
@@ -25,7 +32,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--set is not allowed with --resume; a run continues with its config")
     try:
         if args.resume is not None:
-            result = resume_experiment(args.resume, engine=args.engine, progress=not args.quiet)
+            result = resume_experiment(args.resume, engine=args.engine, progress=not args.quiet,
+                                       finished_ok=False)
         else:
             cfg = load_config(args.config, args.set)
             result = run_experiment(cfg, out_dir=args.out, engine=args.engine,
@@ -38,6 +46,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"splitray: run failed: {e}; status 'failed', the rows up to the last checkpoint "
               f"are in {e.run_dir}", file=sys.stderr)
         return EXIT_FAILED
+    except RunInterrupted as e:
+        where = f"; status 'interrupted' in {e.run_dir}" if e.run_dir else ""
+        how = (f"; `splitray run --resume {e.run_dir}` continues it from its last checkpoint"
+               if e.resumable else "; it wrote no checkpoint to continue from "
+               "(checkpoint.every_epochs)" if e.run_dir else "")
+        print(f"splitray: run interrupted{where}{how}", file=sys.stderr)
+        return e.exit_code
     last = result.evals.iloc[-1] if len(result.evals) else None
     if last is not None:
         print(f"done: accuracy {last['test_accuracy']:.4f}, "
@@ -85,14 +100,22 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     if (args.space is None) == (args.resume is None):
         raise ConfigError("tune: give a space file or --resume SWEEP_DIR, not both or neither")
-    if args.resume is not None:
-        result = resume_sweep(args.resume)
-    else:
+    if args.resume is None:
         space = load_space(args.space)
         out = args.out or str(Path("runs") / "sweeps" /
                               f"{Path(args.space).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-        result = run_sweep(space, out, num_samples=args.num_samples, scheduler=args.scheduler,
-                           max_concurrent=args.max_concurrent, max_failures=args.max_failures)
+    try:
+        if args.resume is not None:
+            out = args.resume
+            result = resume_sweep(args.resume)
+        else:
+            result = run_sweep(space, out, num_samples=args.num_samples,
+                               scheduler=args.scheduler, max_concurrent=args.max_concurrent,
+                               max_failures=args.max_failures)
+    except KeyboardInterrupt:
+        print(f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(format_summary(result))
     # As a run that fails: a script or `ray job submit` sees that a trial needs looking at.
     return EXIT_FAILED if any(t.status == "failed" for t in result.trials) else 0
@@ -141,6 +164,8 @@ def _timeline(args: argparse.Namespace) -> int:
     from splitray.analysis.timeline import lane_summary, plot_timeline
 
     rounds = _parse_pair("--round", args.round, int, "-")
+    if args.window is not None and "," not in args.window:
+        raise ConfigError(f"--window: {args.window!r} is not allowed; give two times, e.g. 0.5,2.0")
     window = _parse_pair("--window", args.window, float, ",")
     if rounds and window:
         raise ConfigError("--round and --window are not allowed together; choose one")
@@ -152,7 +177,9 @@ def _timeline(args: argparse.Namespace) -> int:
                              "directory")
         out = Path(args.out or Path(args.path) / "analysis") / "timeline.png"
         written = plot_timeline(results.steps, str(out), rounds, window)
-        print(markdown_table(lane_summary(results.steps, rounds, window).round(4)))
+        lanes, label = lane_summary(results.steps, rounds, window)
+        print(f"simulated seconds of each lane, {label}:")
+        print(markdown_table(lanes.round(4)))
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     print(f"timeline: {written}")
@@ -387,8 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=_cmd_profiles)
 
     sc = sub.add_parser("schema", help="print the Parquet schema of run directories",
-                        description="Print every column of steps.parquet, evals.parquet and "
-                                    "client_evals.parquet with its type and unit, as Markdown.")
+                        description="Print every column of steps.parquet, evals.parquet, "
+                                    "client_evals.parquet and (after splitray infer) "
+                                    "inference.parquet with its type and unit, as Markdown.")
     sc.set_defaults(func=_cmd_schema)
     return parser
 
@@ -402,9 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splitray: error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except KeyboardInterrupt:
-        print("splitray: interrupted; a run's manifest says status 'interrupted' and `splitray "
-              "run --resume RUN_DIR` continues it from its last checkpoint, a sweep's `splitray "
-              "tune --resume SWEEP_DIR`", file=sys.stderr)
+        print("splitray: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -528,14 +528,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config: {str(p)!r} is not a file")
+            # `splitray run quickstart`: name the experiment file it probably meant
+            near = Path("experiments") / (p.name if p.suffix in (".yaml", ".yml")
+                                          else f"{p.name}.yaml")
+            hint = f" (did you mean {near}?)" if near.is_file() and near != p else ""
+            raise ConfigError(f"config: {str(p)!r} is not a file{hint}")
         try:
             loaded = read_yaml(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"config: {str(p)!r} is not valid YAML: {yaml_problem(e)}") from None
-        if loaded is not None and not isinstance(loaded, dict):
+        if loaded is None:
+            raise ConfigError(f"config: {str(p)!r} is empty; start from a file in experiments/, "
+                              "e.g. experiments/quickstart.yaml")
+        if not isinstance(loaded, dict):
             raise ConfigError(f"config: {str(p)!r} must hold a mapping at the top level")
-        data.update(loaded or {})
+        data.update(loaded)
     for text in overrides or []:
         set_dotted(data, *parse_override(text))
     return config_from_dict(data)

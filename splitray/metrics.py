@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import socket
 import uuid
@@ -242,6 +243,26 @@ def read_table(path: str) -> pd.DataFrame:
     """Read a Parquet table (one file or a directory of part files), local path or URI."""
     fs, p = _filesystem(path)
     return pq.read_table(p, filesystem=fs).to_pandas()
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """Create the local directory `path` (and its parents) if needed, or raise ConfigError naming
+    `flag` when it cannot hold output (not a directory, not writable): before any work starts.
+    URIs are left to their filesystem."""
+    from splitray.config import ConfigError
+
+    if "://" in path:
+        return
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"{flag}: {path!r} is not allowed; it is a file, not a directory")
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"{path} is not writable")
+    except OSError as e:
+        reason = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        raise ConfigError(f"{flag}: {path!r} is not allowed; it cannot hold output ({reason})"
+                          ) from None
 
 
 def join_path(base: str, name: str) -> str:

@@ -655,10 +655,17 @@ def baseline_config(cfg: ExperimentConfig, split_layer: int) -> ExperimentConfig
 
 def best_single_split(cfg: ExperimentConfig) -> Plan:
     """The predicted round of parallel SL at the best single split point (among the planner's
-    candidates) with equal shares: what EdgeSplit and EPSL are compared with."""
+    candidates whose channels hold the schedule's budgets) with equal shares: what EdgeSplit and
+    EPSL are compared with."""
     costs = split_costs(cfg)
-    rounds = [predict(baseline_config(cfg, costs[k].split_layer))
-              for k in candidate_splits(cfg, costs)]
+    rounds, refused = [], []
+    for k in candidate_splits(cfg, costs):
+        try:
+            rounds.append(predict(baseline_config(cfg, costs[k].split_layer)))
+        except ConfigError as e:  # e.g. a budget above the channels at that split point
+            refused.append(e)
+    if not rounds:
+        raise refused[0]
     return min(rounds, key=lambda p: p.round_s)
 
 

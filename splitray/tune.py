@@ -48,6 +48,7 @@ from splitray.metrics import (
     EVAL_COLUMNS,
     PARAM_PREFIX,
     RUN_TABLES,
+    check_output_dir,
     read_table,
     write_manifest,
     write_table,
@@ -534,6 +535,7 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     if (out / "sweep.json").exists() or (out / SWEEP_SETTINGS).exists():
         raise ConfigError(f"--out: {str(out_dir)!r} already holds a sweep; choose a new directory "
                           "(or continue it with splitray tune --resume)")
+    check_output_dir(str(out_dir), "--out")
     base_cfg = config_from_dict(space.base)
     if not ray.is_initialized():
         ray.init(address=base_cfg.engine.ray_address)
@@ -569,7 +571,7 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     return _finish_sweep(results, space, out, scheduler, time.perf_counter() - t0)
 
 
-def resume_sweep(out_dir: str | Path, verbose: int = 1) -> SweepResult:
+def resume_sweep(out_dir: str | Path) -> SweepResult:
     """Continue an interrupted sweep (`Tuner.restore`): finished trials stay, trials that were
     running continue from their last checkpoint, the rest start; then the sweep's tables and
     sweep.json are written as by `run_sweep`."""

@@ -214,7 +214,7 @@ def test_async_state_machine_switches_on_the_loss_change():
 
 
 def test_timeline_picture_lays_every_step_out_in_lanes(tmp_path):
-    from splitray.analysis.timeline import lane_summary, step_segments
+    from splitray.analysis.timeline import lane_summary, select_window, step_segments
     from splitray.cli import main
 
     result = run_experiment(tiny(**{"train.algorithm": "vanilla_sl", "clients.count": 2}),
@@ -228,11 +228,22 @@ def test_timeline_picture_lays_every_step_out_in_lanes(tmp_path):
                                .sort_index().to_numpy(), rtol=1e-9)
     server = segments[segments["lane"] == "server"]["duration_s"].sum()
     assert server == pytest.approx(s["sim_server_compute_s"].sum())
-    table = lane_summary(s, rounds=(0, int(s["round"].max())))
+    table, label = lane_summary(s, rounds=(0, int(s["round"].max())))
     assert {"model up", "model down", "forward", "backward"} <= set(table.columns)
+    assert label == f"rounds 0-{int(s['round'].max())}"
+    # A window counts only the seconds inside it: no lane is busier than the window is long.
+    middle = ((s["sim_start_s"] + s["sim_time_s"]) / 2).to_numpy()
+    lo, hi = float(middle[1]), float(middle[2])  # through the middle of two steps
+    inside, label = lane_summary(s, window_s=(lo, hi))
+    assert label == f"simulated {lo:g}-{hi:g} s"
+    busy = inside.set_index("lane").sum(axis=1)
+    assert (busy <= hi - lo + 1e-9).all() and busy.max() > 0
+    whole, _ = select_window(s, window_s=(lo, hi))
+    assert busy.sum() < step_segments(whole)["duration_s"].sum()  # steps cut at the edges
     assert main(["analyze", result.run_dir, "--timeline", "--round", "1-2"]) == 0
     assert (Path(result.run_dir) / "analysis" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["analyze", result.run_dir, "--timeline", "--round", "999"]) == 2
+    assert main(["analyze", result.run_dir, "--timeline", "--window", "5"]) == 2
 
 
 def test_splitfed_averages_only_the_clients_that_trained_and_charges_their_uploads(monkeypatch):

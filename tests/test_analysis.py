@@ -236,9 +236,9 @@ def test_summary_table_target_and_sweep_params(sweep_dir: Path) -> None:
     s = s.set_index("trial_id")
     assert s.loc["t0", "param.compression.epsilon"] == 0.1
     assert s.loc["t1", "param.schedule.phases"] == "[[2, 8], [2, 4]]"
-    assert s.loc["t0", ["bytes_to_target", "sim_time_to_target_s", "epoch_to_target"]].tolist() \
-        == [220, 2.0, 1]
-    assert s.loc["t1", ["bytes_to_target", "epoch_to_target"]].tolist() == [165, 2]
+    assert s.loc["t0", ["bytes_to_target", "sim_time_to_target_s", "epochs_to_target"]].tolist() \
+        == [220, 2.0, 2]
+    assert s.loc["t1", ["bytes_to_target", "epochs_to_target"]].tolist() == [165, 3]
     assert s["on_frontier"].all()  # t1 is cheaper, t0 more accurate
 
 

@@ -1,6 +1,6 @@
 """Every user mistake fails before any work: one line naming the field or file, exit code 2, and
 no run or sweep directory written. A run whose loss turns NaN ends `diverged` with exit code 3;
-one stopped with Ctrl-C ends `interrupted` with exit code 130."""
+one stopped with Ctrl-C ends `interrupted` with exit code 130, with SIGTERM 143."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitray.cli import EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED, main
+from splitray.cli import (
+    EXIT_CONFIG_ERROR,
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    main,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "experiments" / "quickstart.yaml")
@@ -172,7 +178,61 @@ def test_a_run_stopped_with_ctrl_c_ends_interrupted_and_says_how_to_resume(
     code = main(["run", QUICKSTART, *TINY, "--engine", "local", "--quiet", "--out", str(out)])
     assert code == EXIT_INTERRUPTED
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "interrupted" in err and "--resume" in err, err
     [run_dir] = list(out.iterdir())
+    assert err == (f"splitray: run interrupted; status 'interrupted' in {run_dir}; it wrote no "
+                   "checkpoint to continue from (checkpoint.every_epochs)")
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and "Ctrl-C" in manifest["reason"]
+
+
+def test_a_run_stopped_by_sigterm_after_a_checkpoint_says_how_to_resume_it(
+        tmp_path, capsys, monkeypatch):
+    from splitray.algorithms import ALGORITHMS, parallel_sl
+
+    def stopped_after_an_epoch(ctx) -> None:
+        for epoch, plan in enumerate(ctx.epochs()):
+            if epoch == 1:  # the first epoch is checkpointed
+                raise SystemExit(15)  # Ray's driver's answer to SIGTERM (`timeout`, `ray job stop`)
+            parallel_sl.train_epoch(ctx, plan)
+
+    monkeypatch.setitem(ALGORITHMS, "parallel_sl", stopped_after_an_epoch)
+    out = tmp_path / "out"
+    code = main(["run", QUICKSTART, *TINY, "--set", "schedule.phases=[{budget: 4, epochs: 2}]",
+                 "--set", "checkpoint.every_epochs=1", "--engine", "local", "--quiet", "--out",
+                 str(out)])
+    assert code == EXIT_TERMINATED
+    [run_dir] = list(out.iterdir())
+    assert capsys.readouterr().err.strip() == (
+        f"splitray: run interrupted; status 'interrupted' in {run_dir}; `splitray run --resume "
+        f"{run_dir}` continues it from its last checkpoint")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["reason"] == "stopped by SIGTERM"
+    assert main(["run", "--resume", str(run_dir), "--engine", "local", "--quiet"]) == 0
+    # Nothing is left to continue: a second resume is bad input.
+    assert main(["run", "--resume", str(run_dir), "--engine", "local"]) == EXIT_CONFIG_ERROR
+    assert "the run has finished" in capsys.readouterr().err
+
+
+def test_unusable_paths_and_empty_configs_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # where `splitray run quickstart` finds the file it meant
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    (tmp_path / "empty.yaml").write_text("# nothing but a comment\n")
+    space = tmp_path / "space.yaml"
+    space.write_text(f"base: {QUICKSTART}\nspace:\n  train.lr: {{grid: [0.1]}}\n")
+    cases = [
+        (["run", QUICKSTART, *TINY, "--engine", "local", "--out", str(a_file)],
+         f"--out: '{a_file}' is not allowed; it is a file, not a directory"),
+        (["run", QUICKSTART, *TINY, "--engine", "local", "--out", "/proc/splitray/runs"],
+         "--out: '/proc/splitray/runs' is not allowed; it cannot hold output"),
+        (["tune", str(space), "--out", str(a_file / "sweep")], f"--out: '{a_file / 'sweep'}'"),
+        (["run", str(tmp_path / "empty.yaml")], "is empty; start from a file in experiments/"),
+        (["run", "--resume", str(tmp_path / "nowhere")], "there is no such directory"),
+        (["run", "quickstart"], "'quickstart' is not a file (did you mean "
+                                "experiments/quickstart.yaml?)"),
+    ]
+    for args, expected in cases:
+        assert main(args) == EXIT_CONFIG_ERROR, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "empty.yaml", "space.yaml"]

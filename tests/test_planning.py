@@ -17,6 +17,7 @@ from splitray.network import NetworkModel, build_link, get_device_profile
 from splitray.planning import (
     ClientPlan,
     Plan,
+    best_single_split,
     format_plan,
     grid_values,
     plan,
@@ -408,3 +409,18 @@ def test_edge_comparison_averages_each_devices_accuracy_over_seeds():
     assert out[["system", "device", "split_layer", "clients", "seeds"]].values.tolist() == [
         ["(b) edge", "pi", 5, 2, 2], ["(b) edge", "phone", 14, 5, 2], ["(a) base", "pi", 8, 8, 1]]
     np.testing.assert_allclose(out["test_accuracy"], [0.28, 0.22, 0.28])
+
+
+def test_the_baseline_skips_split_points_whose_channels_cannot_hold_the_schedules_budgets():
+    # The quickstart deprunes to 128 channels: vgg11_bn has 64 at splits 1-2, so the baseline
+    # (parallel SL with the schedule's budgets as given) cannot split there; the plan, whose
+    # budgets are fractions of each split point's channels, can.
+    cfg = load_config(str(EDGESPLIT_YAML.parent / "quickstart.yaml"))
+    best, baseline = plan_and_baseline(cfg)
+    channels = {c.split_layer: c.shape[0] for c in split_costs(cfg)}
+    assert channels[2] == 64 and baseline.clients[0].split_layer not in (1, 2)
+    assert channels[baseline.clients[0].split_layer] >= 128
+    assert best.round_s < baseline.round_s
+    with pytest.raises(ConfigError, match=r"budget: \d+ is not allowed; must be <="):
+        best_single_split(load_config(str(EDGESPLIT_YAML.parent / "quickstart.yaml"),
+                                      ["plan.split_layers=[1, 2]"]))

@@ -73,7 +73,8 @@ def summary_table(results: Results, target_accuracy: float | None = None) -> pd.
     """One row per run: params, final and best accuracy, totals at the last evaluation, frontier.
 
     Totals (bytes, sim time, epochs) are those of the last evaluation; with a target accuracy, the
-    bytes, sim time and 0-based epoch of the first evaluation reaching it are added (NaN if never).
+    bytes, sim time and epochs (a count, as `epochs`) up to the first evaluation reaching it are
+    added (NaN if never).
     `on_frontier` marks the runs on the Pareto frontier of bytes_total against best_accuracy.
     """
     key, evals = results.key, results.evals
@@ -100,7 +101,7 @@ def summary_table(results: Results, target_accuracy: float | None = None) -> pd.
         hit = bytes_to_target(evals, target_accuracy, key).set_index(key).reindex(runs)
         out["bytes_to_target"] = hit["bytes_total"]
         out["sim_time_to_target_s"] = hit["sim_time_s"]
-        out["epoch_to_target"] = hit["epoch"]
+        out["epochs_to_target"] = hit["epoch"] + 1  # counted as `epochs` is
     front = pareto_frontier(out, "bytes_total", "best_accuracy")
     out["on_frontier"] = out.index.isin(front.index)
     return out.reset_index()

@@ -121,9 +121,15 @@ def plot_timeline(steps: pd.DataFrame, path: str, rounds: tuple[int, int] | None
 
 
 def lane_summary(steps: pd.DataFrame, rounds: tuple[int, int] | None = None,
-                 window_s: tuple[float, float] | None = None) -> pd.DataFrame:
-    """Seconds each lane spends in each kind of segment in the chosen rounds or window."""
-    chosen, _ = select_window(steps, rounds, window_s)
-    table = step_segments(chosen).pivot_table(index="lane", columns="kind", values="duration_s",
-                                              aggfunc="sum", fill_value=0.0)
-    return table[[k for k in SEGMENTS if k in table.columns]].reset_index()
+                 window_s: tuple[float, float] | None = None) -> tuple[pd.DataFrame, str]:
+    """Seconds each lane spends in each kind of segment in the chosen rounds, or inside the time
+    window (segments cut at its edges, as the picture shows them); and the selection's label."""
+    chosen, label = select_window(steps, rounds, window_s)
+    segments = step_segments(chosen)
+    if window_s is not None:
+        lo, hi = window_s
+        ends = (segments["start_s"] + segments["duration_s"]).clip(upper=hi)
+        segments["duration_s"] = (ends - segments["start_s"].clip(lower=lo)).clip(lower=0.0)
+    table = segments.pivot_table(index="lane", columns="kind", values="duration_s",
+                                 aggfunc="sum", fill_value=0.0)
+    return table[[k for k in SEGMENTS if k in table.columns]].reset_index(), label

@@ -62,7 +62,7 @@ def load_dataset(
     `num_samples` keeps a random subset drawn by `seed` (the whole split if None); `image_size`
     resizes to image_size x image_size. `num_classes` and `channels` shape the synthetic dataset
     only (whose samples and prototypes are drawn from `seed`); real datasets carry their own.
-    Real datasets are looked up under `root`, else $SPLITRAY_DATA; see `_find_dir` for layouts.
+    Real datasets are looked up under `root`, else $SPLITRAY_DATA; see `find_data_dir` for layouts.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; allowed: {DATASET_NAMES}")
@@ -120,7 +120,7 @@ def _candidates(name: str, base: Path) -> list[Path]:
     return [base / folder, base / name / folder, base]
 
 
-def _find_dir(name: str, base: Path | None) -> Path | None:
+def find_data_dir(name: str, base: Path | None) -> Path | None:
     """The folder holding `name`'s files: base/<folder>, base/<name>/<folder> or base itself."""
     if base is None:
         return None
@@ -133,12 +133,12 @@ def _find_dir(name: str, base: Path | None) -> Path | None:
 
 def _locate(name: str, base: Path | None, download: bool, fetch) -> Path:
     """Find `name`'s folder; download it with torchvision's `fetch(root)` when allowed."""
-    found = _find_dir(name, base)
+    found = find_data_dir(name, base)
     if found is not None:
         return found
     if download and base is not None:
         fetch(str(base))
-        found = _find_dir(name, base)
+        found = find_data_dir(name, base)
         if found is not None:
             return found
         raise FileNotFoundError(f"{name}: download into {base} did not produce the expected files")
@@ -148,7 +148,7 @@ def _locate(name: str, base: Path | None, download: bool, fetch) -> Path:
         where = "searched " + ", ".join(str(p) for p in _candidates(name, base))
     raise FileNotFoundError(
         f"{name} not found: {where}. Point data.root (or ${DATA_ENV_VAR}) at the folder holding "
-        f"{_LAYOUTS[name][0]}/, or pass download=True with a root to download into."
+        f"{_LAYOUTS[name][0]}/, or set data.download=true (with data.root) to download it there."
     )
 
 

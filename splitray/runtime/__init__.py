@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ENGINES", "RunDiverged", "RunFailed", "RunResult", "prepare", "resume_experiment",
-           "run_experiment"]
+__all__ = ["ENGINES", "RunDiverged", "RunFailed", "RunInterrupted", "RunResult", "prepare",
+           "resume_experiment", "run_experiment"]
 
 
 def __getattr__(name: str) -> Any:

@@ -99,6 +99,18 @@ class RunFailed(RuntimeError):
     run_dir: str | None = None
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (`timeout`, `ray job stop`) stopped the run: its manifest says
+    `interrupted`; with a checkpoint written, `splitray run --resume RUN_DIR` continues it.
+    `exit_code` is the shell's for the signal (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, run_dir: str | None, resumable: bool, exit_code: int) -> None:
+        super().__init__(run_dir)
+        self.run_dir = run_dir
+        self.resumable = resumable
+        self.exit_code = exit_code
+
+
 class Progress:
     """One line per epoch; on a terminal, a live line of the round in progress."""
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,7 @@ from splitray.metrics import (
     EVALS_TABLE,
     RUN_TABLES,
     STEPS_TABLE,
+    check_output_dir,
     drop_parts_after,
     join_path,
     manifest,
@@ -56,6 +58,7 @@ from splitray.runtime.context import (
     RunContext,
     RunDiverged,
     RunFailed,
+    RunInterrupted,
     load_tensors,
 )
 from splitray.runtime.peers import (
@@ -330,6 +333,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
         raise ValueError(f"engine: {engine!r} is not allowed; choose one of {', '.join(ENGINES)}")
     prepared = prepare(cfg)
     cfg = prepared.cfg  # with the planner's split points and shares, if it asked for them
+    if out_dir is not None and run_dir is None:
+        check_output_dir(out_dir, "--out")
     run_id = resume["manifest"]["run_id"] if resume else run_id_for(cfg)
     if run_dir is None and out_dir is not None:
         run_dir = join_path(out_dir, run_id)
@@ -420,9 +425,15 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     except RunDiverged as e:
         status, extra["reason"], e.run_dir = "diverged", str(e), run_dir
         raise
-    except KeyboardInterrupt:
-        status, extra["reason"] = "interrupted", "interrupted by the user (Ctrl-C)"
-        raise
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ray's driver turns SIGTERM into sys.exit(15) (`timeout`, `ray job stop`).
+        signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else e.code
+        status, extra["reason"] = "interrupted", (
+            "interrupted by the user (Ctrl-C)" if signum == signal.SIGINT
+            else "stopped by SIGTERM" if signum == signal.SIGTERM else f"stopped by exit {signum}")
+        raise RunInterrupted(run_dir, ctx.has_checkpoint(),  # the shell's 128 + signal number
+                             128 + signum if signum in (signal.SIGINT, signal.SIGTERM) else 1
+                             ) from e
     finally:
         ctx.flush()
         if run_dir is not None:
@@ -472,10 +483,15 @@ def _has_tables(run_dir: str) -> bool:
 
 
 def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True,
-                      on_epoch: EpochCallback | None = None) -> RunResult:
+                      on_epoch: EpochCallback | None = None,
+                      finished_ok: bool = True) -> RunResult:
     """Continue a killed run from its last checkpoint: the rows written after it are dropped
-    first, so the final tables equal those of an uninterrupted run (wall-clock columns aside)."""
+    first, so the final tables equal those of an uninterrupted run (wall-clock columns aside).
+    A finished run goes on from its last checkpoint again (a Tune trial retried after its run
+    ended), unless `finished_ok` is False (the command line: there is nothing to continue)."""
     path = join_path(run_dir, CHECKPOINT_FILE)
+    if not table_exists(run_dir):
+        raise ConfigError(f"--resume: {run_dir!r} is not allowed; there is no such directory")
     if not table_exists(path):
         raise ConfigError(f"--resume: {run_dir!r} is not allowed; it holds no {CHECKPOINT_FILE} "
                           "(set checkpoint.every_epochs to write one)")
@@ -484,8 +500,11 @@ def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True,
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"--resume: {path} has checkpoint format {saved.get('format')!r}; "
                           f"this splitray reads format {CHECKPOINT_FORMAT}")
-    drop_parts_after(run_dir, saved["parts"])
     previous = json.loads(read_bytes(join_path(run_dir, "manifest.json")))
+    if not finished_ok and previous.get("status") == "finished":
+        raise ConfigError(f"--resume: {run_dir!r} is not allowed; the run has finished (status "
+                          "'finished' in its manifest): there is nothing to continue")
+    drop_parts_after(run_dir, saved["parts"])
     if progress:
         print(f"resuming {previous['run_id']} after epoch {saved['epochs_done']}", flush=True)
     return run_experiment(cfg, out_dir=None, engine=engine, progress=progress, run_dir=run_dir,
