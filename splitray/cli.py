@@ -47,11 +47,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"are in {e.run_dir}", file=sys.stderr)
         return EXIT_FAILED
     except RunInterrupted as e:
-        where = f"; status 'interrupted' in {e.run_dir}" if e.run_dir else ""
-        how = (f"; `splitray run --resume {e.run_dir}` continues it from its last checkpoint"
-               if e.resumable else "; it wrote no checkpoint to continue from "
-               "(checkpoint.every_epochs)" if e.run_dir else "")
-        print(f"splitray: run interrupted{where}{how}", file=sys.stderr)
+        line = "splitray: run interrupted"
+        if e.resumable:
+            line += (f"; status 'interrupted' in {e.run_dir}; `splitray run --resume "
+                     f"{e.run_dir}` continues it from its last checkpoint")
+        elif e.run_dir:
+            line += (f"; status 'interrupted' in {e.run_dir}; it wrote no checkpoint to continue "
+                     "from (checkpoint.every_epochs)")
+        print(line, file=sys.stderr)
         return e.exit_code
     last = result.evals.iloc[-1] if len(result.evals) else None
     if last is not None:

@@ -425,15 +425,15 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     except RunDiverged as e:
         status, extra["reason"], e.run_dir = "diverged", str(e), run_dir
         raise
-    except (KeyboardInterrupt, SystemExit) as e:
-        # Ray's driver turns SIGTERM into sys.exit(15) (`timeout`, `ray job stop`).
-        signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else e.code
-        status, extra["reason"] = "interrupted", (
-            "interrupted by the user (Ctrl-C)" if signum == signal.SIGINT
-            else "stopped by SIGTERM" if signum == signal.SIGTERM else f"stopped by exit {signum}")
-        raise RunInterrupted(run_dir, ctx.has_checkpoint(),  # the shell's 128 + signal number
-                             128 + signum if signum in (signal.SIGINT, signal.SIGTERM) else 1
-                             ) from e
+    except KeyboardInterrupt as e:
+        status, extra["reason"] = "interrupted", "interrupted by the user (Ctrl-C)"
+        raise RunInterrupted(run_dir, ctx.has_checkpoint(), 128 + signal.SIGINT) from e
+    except SystemExit as e:
+        if e.code != signal.SIGTERM:  # e.g. Tune ending a trial its scheduler stops: sys.exit(0)
+            raise
+        # Ray's driver turns SIGTERM (`timeout`, `ray job stop`) into sys.exit(15).
+        status, extra["reason"] = "interrupted", "stopped by SIGTERM"
+        raise RunInterrupted(run_dir, ctx.has_checkpoint(), 128 + signal.SIGTERM) from e
     finally:
         ctx.flush()
         if run_dir is not None:
