@@ -278,7 +278,7 @@ def test_missing_root_raises_helpful_error(monkeypatch: pytest.MonkeyPatch, tmp_
     with pytest.raises(FileNotFoundError, match="searched .*cifar-10-batches-py.*SPLITRAY_DATA"):
         load_dataset("cifar10", root=tmp_path / "nowhere")
     monkeypatch.delenv("SPLITRAY_DATA", raising=False)
-    with pytest.raises(FileNotFoundError, match="no data root given.*download=True"):
+    with pytest.raises(FileNotFoundError, match="no data root given.*data.download=true"):
         load_dataset("stl10")
 
 

@@ -20,6 +20,26 @@ from splitray.config import ExperimentConfig
 from splitray.data import ArrayDataset, ClientShards
 from splitray.roles import ClientRole, ServerRole
 
+# The runtime environment of every actor of a run (clients, pool workers, server).
+# The actors share the machine's cores. An idle OpenMP thread spins a short while, then
+# sleeps: long spinning (OMP_WAIT_POLICY=ACTIVE) eats the compute of the actor that runs
+# next (2.4x slower steps on 2 cores), no spinning (PASSIVE) wakes threads between every
+# two ops (the engine at 0.85 of the fused trainer with one client instead of 0.93).
+# GOMP_SPINCOUNT is libgomp's (Linux wheels of torch), KMP_BLOCKTIME (ms) LLVM libomp's.
+# Ray starts its workers at niceness 15, below its own daemons and the driver: any process
+# that wakes takes a core from a client or server step at once (next to a 2-thread torch
+# load, a bare actor call took 26 ms at 15, 1.7 ms at 0). The actors run at the driver's
+# priority instead, as the fused trainer does.
+# glibc gives freed memory at the top of a heap back to the kernel once it exceeds twice the
+# largest block mapped so far, and the next step's activations fault those pages in and
+# zero them again: with 8 client actors the server and clients took 1.7 million minor faults
+# an epoch and 18 % more CPU than the fused trainer (2026-12-04). Fixed thresholds keep up to
+# 256 MiB of freed memory for reuse and serve blocks up to 32 MiB (glibc's most) from it.
+ACTOR_RUNTIME_ENV = {"env_vars": {"GOMP_SPINCOUNT": "100000", "KMP_BLOCKTIME": "1",
+                                  "RAY_worker_niceness": "0",
+                                  "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+                                  "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}}
+
 
 def put_shards(shards: ClientShards) -> tuple[Any, ...]:
     """The run's data in the object store once, as numpy arrays that every actor on a node maps

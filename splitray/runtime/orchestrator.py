@@ -197,7 +197,7 @@ def run_id_for(cfg: ExperimentConfig) -> str:
 def _ray_peers(p: Prepared, quiet: bool = False) -> Peers:
     import ray
 
-    from splitray.runtime.actors import ClientActor, ServerActor, put_shards
+    from splitray.runtime.actors import ACTOR_RUNTIME_ENV, ClientActor, ServerActor, put_shards
     from splitray.runtime.pool import ClientPool, PoolWorker, pool_size, uses_pool
 
     cfg = p.cfg
@@ -234,26 +234,8 @@ def _ray_peers(p: Prepared, quiet: bool = False) -> Peers:
     # A dead actor is restarted by Ray (its constructor runs again); the run then hands it the
     # run's data again and restores it.
     restarts = cfg.faults.max_failures
-    # The actors share the machine's cores. An idle OpenMP thread spins a short while, then
-    # sleeps: long spinning (OMP_WAIT_POLICY=ACTIVE) eats the compute of the actor that runs
-    # next (2.4x slower steps on 2 cores), no spinning (PASSIVE) wakes threads between every
-    # two ops (the engine at 0.85 of the fused trainer with one client instead of 0.93).
-    # GOMP_SPINCOUNT is libgomp's (Linux wheels of torch), KMP_BLOCKTIME (ms) LLVM libomp's.
-    # Ray starts its workers at niceness 15, below its own daemons and the driver: any process
-    # that wakes takes a core from a client or server step at once (next to a 2-thread torch
-    # load, a bare actor call took 26 ms at 15, 1.7 ms at 0). The actors run at the driver's
-    # priority instead, as the fused trainer does.
-    # glibc gives freed memory at the top of a heap back to the kernel once it exceeds twice the
-    # largest block mapped so far, and the next step's activations fault those pages in and
-    # zero them again: with 8 client actors the server and clients took 1.7 million minor faults
-    # an epoch and 18 % more CPU than the fused trainer (2026-12-04). Fixed thresholds keep up to
-    # 256 MiB of freed memory for reuse and serve blocks up to 32 MiB (glibc's most) from it.
-    actor_env = {"env_vars": {"GOMP_SPINCOUNT": "100000", "KMP_BLOCKTIME": "1",
-                              "RAY_worker_niceness": "0",
-                              "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-                              "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}}
     server = RayPeer(ServerActor.options(num_cpus=cfg.server.num_cpus, num_gpus=num_gpus,
-                                         max_restarts=restarts, runtime_env=actor_env).remote(
+                                         max_restarts=restarts, runtime_env=ACTOR_RUNTIME_ENV).remote(
         max(1, math.floor(cfg.server.num_cpus)), cfg, p.input_shape, p.num_classes,
         "cuda" if num_gpus else "cpu"), "server")
     data = put_shards(p.shards())  # once: every actor on a node maps the same pages
@@ -262,7 +244,7 @@ def _ray_peers(p: Prepared, quiet: bool = False) -> Peers:
         # a Tune trial's placement group they take its bundles instead.
         spread = {} if trial is not None else {"scheduling_strategy": "SPREAD"}
         workers = [PoolWorker.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts,
-                                      runtime_env=actor_env, **spread)
+                                      runtime_env=ACTOR_RUNTIME_ENV, **spread)
                    .remote(client_threads, cfg, first_client=w)
                    for w in range(num_workers)]
         pool = ClientPool(workers, cfg.engine.pool_capacity)
@@ -272,7 +254,7 @@ def _ray_peers(p: Prepared, quiet: bool = False) -> Peers:
                                 for k, w in enumerate(workers))], pool,
                      prefetch=_prefetch(cfg, 2 * len(workers)))
     actors = [RayPeer(ClientActor.options(num_cpus=cfg.clients.num_cpus, max_restarts=restarts,
-                                          runtime_env=actor_env)
+                                          runtime_env=ACTOR_RUNTIME_ENV)
                       .remote(client_threads, i, cfg), f"client {i}", data)
               for i in range(cfg.clients.count)]
     server_cpus = 0.0 if num_gpus else cfg.server.num_cpus
