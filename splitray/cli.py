@@ -103,6 +103,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     if (args.space is None) == (args.resume is None):
         raise ConfigError("tune: give a space file or --resume SWEEP_DIR, not both or neither")
+    if args.quiet and args.resume is not None:
+        raise ConfigError("--quiet is not allowed with --resume; a sweep goes on with the output "
+                          "it started with (Tune keeps it)")
     if args.resume is None:
         space = load_space(args.space)
         out = args.out or str(Path("runs") / "sweeps" /
@@ -114,7 +117,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         else:
             result = run_sweep(space, out, num_samples=args.num_samples,
                                scheduler=args.scheduler, max_concurrent=args.max_concurrent,
-                               max_failures=args.max_failures)
+                               max_failures=args.max_failures, verbose=0 if args.quiet else 1)
     except KeyboardInterrupt:
         print(f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it",
               file=sys.stderr)
@@ -343,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="at most K trials at once [as many as the cluster fits]")
     tn.add_argument("--max-failures", type=int, default=0, metavar="N",
                     help="retry a failed trial up to N times, from its last checkpoint [0]")
+    tn.add_argument("--quiet", action="store_true",
+                    help="only the final summary: no Tune status tables, no Ray info or warning "
+                         "lines")
     tn.set_defaults(func=_cmd_tune)
 
     pl = sub.add_parser("plan", help="choose split points and bandwidth shares",

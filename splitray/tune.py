@@ -24,6 +24,7 @@ import copy
 import functools
 import itertools
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -514,6 +515,7 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     checkpoint up to `max_failures` times. `out_dir` gets evals.parquet, steps.parquet,
     client_evals.parquet (all trials' rows with `trial_id` and `param.*` columns) and sweep.json;
     Tune's own records go to `out_dir/tune`, from where `resume_sweep` continues an interrupted sweep.
+    `verbose` 0: no Tune status tables, and a Ray started here prints no info or warning lines.
     """
     import ray
     from ray import tune
@@ -538,7 +540,8 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     check_output_dir(str(out_dir), "--out")
     base_cfg = config_from_dict(space.base)
     if not ray.is_initialized():
-        ray.init(address=base_cfg.engine.ray_address)
+        ray.init(address=base_cfg.engine.ray_address,
+                 logging_level=logging.ERROR if verbose == 0 else logging.INFO)
     cluster = ray.cluster_resources()
     has_gpu = cluster.get("GPU", 0) >= 1
     _check_fits(space, cluster, has_gpu)

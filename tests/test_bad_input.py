@@ -133,6 +133,8 @@ CASES = [
     ("space: unknown kind", ["tune", "{root}/space_bad_kind.yaml"], "normal"),
     ("space: bad candidate", ["tune", "{root}/space_bad_value.yaml"], "train.lr: -1"),
     ("space: malformed yaml", ["tune", "{root}/space_broken.yaml"], "is not valid YAML"),
+    ("quiet resumed sweep", ["tune", "--resume", "{root}", "--quiet"],
+     "--quiet is not allowed with --resume"),
 ]
 
 

@@ -372,8 +372,9 @@ def test_a_diverging_trial_is_recorded_as_diverged_and_the_sweep_goes_on(
         ray_cluster, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = write_space(tmp_path, {"train.lr": {"grid": [0.05, 1e9]}})
     out = tmp_path / "sweep"
-    assert main(["tune", str(path), "--out", str(out)]) == 0
+    assert main(["tune", str(path), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
+    assert "Trial status" not in printed and "sweep: 2 trials" in printed  # --quiet: no tables
     meta = json.loads((out / "sweep.json").read_text())
     status = {t["params"]["train.lr"]: t["status"] for t in meta["trials"]}
     assert status == {0.05: "finished", 1e9: "diverged"}
