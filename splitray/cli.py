@@ -108,11 +108,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                           "it started with (Tune keeps it)")
     if args.resume is None:
         space = load_space(args.space)
-        out = args.out or str(Path("runs") / "sweeps" /
-                              f"{Path(args.space).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    out = args.resume or args.out or str(
+        Path("runs") / "sweeps" / f"{Path(args.space).stem}-{datetime.now():%Y%m%d-%H%M%S}")
     try:
         if args.resume is not None:
-            out = args.resume
             result = resume_sweep(args.resume)
         else:
             result = run_sweep(space, out, num_samples=args.num_samples,

@@ -253,16 +253,16 @@ def check_output_dir(path: str, flag: str) -> None:
 
     if "://" in path:
         return
-    if Path(path).exists() and not Path(path).is_dir():
+    local = Path(path)
+    if local.exists() and not local.is_dir():
         raise ConfigError(f"{flag}: {path!r} is not allowed; it is a file, not a directory")
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(f"{path} is not writable")
+        local.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        reason = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
-        raise ConfigError(f"{flag}: {path!r} is not allowed; it cannot hold output ({reason})"
-                          ) from None
+        raise ConfigError(f"{flag}: {path!r} is not allowed; it cannot hold output "
+                          f"({e.strerror or e})") from None
+    if not os.access(local, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: {path!r} is not allowed; it cannot hold output (not writable)")
 
 
 def join_path(base: str, name: str) -> str:
