@@ -599,10 +599,10 @@ class Claims:
             row.note += f"Measured FLOPs or bytes deviate from the formula by {100 * worst:.2f}%. "
         if not ok_acc:
             row.note += (f"Accuracy differs by {pts(gap)} after {self.s.synth_epochs} epoch(s) of "
-                         f"{self.s.synth_train_samples} synthetic samples: phi = 1 trains every "
-                         "shared position of the server part once per round on the clients' "
-                         "averaged activation with the averaged gradient, K times fewer server "
-                         "updates' worth of signal for those positions than phi = 0. ")
+                         f"{self.s.synth_train_samples} synthetic samples: phi = 1 trains the server "
+                         "part once per round, on the clients' activations averaged position by "
+                         "position (each position one class, train.phi_positions by_class) with "
+                         "their averaged gradient: K times fewer server updates than phi = 0. ")
 
     @staticmethod
     def _epsl_check(run: Run) -> dict:

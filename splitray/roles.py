@@ -28,7 +28,7 @@ from splitray.compression import (
     prune_loss,
 )
 from splitray.config import CompressionConfig, ExperimentConfig, split_layer_of
-from splitray.data import ArrayDataset
+from splitray.data import ArrayDataset, class_cycle_order
 from splitray.models import build_model, split
 from splitray.models.flops import flop_counter
 
@@ -331,7 +331,12 @@ class ClientRole(_Role):
 
     def begin_epoch(self, epoch: int, lr: float, budget: int | None) -> int:
         """Shuffle the shard for the epoch, set lr and budget; returns the number of steps."""
-        self._order = torch.randperm(len(self.shard), generator=self.generator).numpy()
+        order = torch.randperm(len(self.shard), generator=self.generator).numpy()
+        t = self.cfg.train
+        if t.algorithm == "epsl" and t.phi > 0 and t.phi_positions == "by_class":
+            order = class_cycle_order(order, self.shard.labels.numpy(), self.shard.num_classes,
+                                      t.batch_size)
+        self._order = order
         if self.optimizer is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr

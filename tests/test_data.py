@@ -13,6 +13,7 @@ from PIL import Image
 
 from splitray.data import (
     ArrayDataset,
+    class_cycle_order,
     load_dataset,
     partition,
     resolve_data_root,
@@ -169,6 +170,26 @@ def test_subset_copies_selected_samples() -> None:
     assert torch.equal(sub.images[0], ds.images[5]) and torch.equal(sub.labels, ds.labels[[5, 2]])
     sub.images.zero_()
     assert ds.images[5].any()
+
+
+def test_class_cycle_order_puts_class_j_plus_t_at_position_j_of_batch_t() -> None:
+    labels = np.repeat(np.arange(4), 6)                  # 6 samples of each of 4 classes
+    order = np.random.default_rng(0).permutation(24)
+    out = class_cycle_order(order, labels, num_classes=4, batch_size=6)
+    assert sorted(out) == list(range(24))
+    t, j = np.divmod(np.arange(24), 6)
+    assert (labels[out] == (j + t) % 4).all()
+    for c in range(4):  # within a class, the shuffled sequence is kept
+        assert list(out[labels[out] == c]) == list(order[labels[order] == c])
+
+
+def test_class_cycle_order_takes_the_class_with_most_left_when_one_runs_out() -> None:
+    labels = np.array([0, 1, 1, 1, 2, 2, 2])              # class 0 runs out after batch 0
+    out = class_cycle_order(np.arange(7), labels, num_classes=3, batch_size=3)
+    # Batch 1 wants classes 1, 2, 0; for the 0, classes 1 and 2 tie at one left: the lower wins.
+    # The last, partial batch wants class 2 and has it.
+    assert list(out) == [0, 1, 4, 2, 5, 3, 6]
+    assert list(labels[out]) == [0, 1, 2, 1, 2, 1, 2]
 
 
 def test_array_dataset_rejects_bad_inputs() -> None:

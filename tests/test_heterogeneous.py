@@ -316,6 +316,29 @@ def test_epsl_server_flops_and_downlink_bytes_follow_the_aggregation_formula(phi
         assert (downlink_done >= server_done.max() - 1e-9).all()
 
 
+@pytest.mark.parametrize("positions", ["by_class", "shuffled"])
+def test_epsl_batches_hold_the_same_class_at_each_position_on_every_client(positions):
+    cfg = tiny(**{"train.algorithm": "epsl", "train.phi": 1, "train.phi_positions": positions,
+                  "data.num_classes": 4, "train.batch_size": 6})
+    prepared = prepare(cfg)
+    shards = prepared.shards()
+    labels = []  # per client: the labels of each step's batch, steps x positions
+    for i in range(cfg.clients.count):
+        shard, test = shards.of(i)
+        role = ClientRole(i, cfg, shard, test, prepared.num_classes)
+        steps = role.begin_epoch(0, cfg.train.lr, None)
+        labels.append(np.stack([shard.labels[role._batch_indices(t)].numpy()
+                                for t in range(steps)]))
+    t, j = np.indices(labels[0].shape)
+    on_cycle = [(lab == (j + t) % 4) for lab in labels]
+    if positions == "by_class":
+        # The shards hold 8 to 16 samples of a class; 4 batches take 6 of each: until then every
+        # position holds its class on every client, and later most still do.
+        assert all(c[:4].all() and c.mean() > 0.8 for c in on_cycle)
+    else:
+        assert all(c.mean() < 0.5 for c in on_cycle)
+
+
 def test_epsl_phi_needs_uncompressed_activations():
     with pytest.raises(ConfigError, match="train.phi: 0.5 is not allowed with compression.enabled"):
         tiny(**{"train.algorithm": "epsl", "train.phi": 0.5, "compression.enabled": "true"})

@@ -1,6 +1,6 @@
 """Datasets held in memory as uint8 tensors, and partitioners that split them among clients."""
 
-from .dataset import ArrayDataset, ClientShards
+from .dataset import ArrayDataset, ClientShards, class_cycle_order
 from .loaders import (
     DATASET_NAMES,
     DataFileError,
@@ -15,6 +15,7 @@ __all__ = [
     "PARTITION_SCHEMES",
     "ArrayDataset",
     "ClientShards",
+    "class_cycle_order",
     "DataFileError",
     "SampleCountError",
     "load_dataset",

@@ -71,6 +71,28 @@ class ArrayDataset:
         return ArrayDataset(self.images[idx], self.labels[idx], self.num_classes)
 
 
+def class_cycle_order(order: np.ndarray, labels: np.ndarray, num_classes: int,
+                      batch_size: int) -> np.ndarray:
+    """`order` rearranged so that position j of batch t holds class (j + t) mod `num_classes`
+    while the shard has samples of that class left (else the class with the most left); within a
+    class, `order`'s sequence is kept. Clients that all use it put the same class at the same
+    position of a step's batch, which EPSL's positional averaging needs (see algorithms/epsl.py).
+    """
+    by_class = [order[labels[order] == c].tolist() for c in range(num_classes)]
+    taken = [0] * num_classes
+    left = [len(q) for q in by_class]
+    out = np.empty_like(order)
+    for k in range(len(order)):
+        t, j = divmod(k, batch_size)
+        c = (j + t) % num_classes
+        if not left[c]:
+            c = max(range(num_classes), key=left.__getitem__)
+        out[k] = by_class[c][taken[c]]
+        taken[c] += 1
+        left[c] -= 1
+    return out
+
+
 @dataclass(eq=False)
 class ClientShards:
     """A run's train and test sets with each client's sample indices into them."""
