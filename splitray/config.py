@@ -133,8 +133,8 @@ class TrainConfig:
     # server averages over the clients and back-propagates once (0: parallel SL)
     phi: float = field(default=0.0, metadata=_range(0, 1))
     # EPSL with phi > 0: what a batch position holds. by_class: position j of every client's batch
-    # at step t holds class (j + t) mod C where its shard has one left, so the server averages
-    # like with like; shuffled: the shuffled shard, as parallel SL's
+    # holds class j mod C while its shard has one left, so the server averages like with like;
+    # shuffled: the shuffled shard, as parallel SL's
     phi_positions: str = field(default="by_class", metadata=_choices("by_class", "shuffled"))
 
 

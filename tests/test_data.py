@@ -172,24 +172,23 @@ def test_subset_copies_selected_samples() -> None:
     assert ds.images[5].any()
 
 
-def test_class_cycle_order_puts_class_j_plus_t_at_position_j_of_batch_t() -> None:
-    labels = np.repeat(np.arange(4), 6)                  # 6 samples of each of 4 classes
+def test_class_cycle_order_puts_class_j_at_position_j_of_every_batch() -> None:
+    labels = np.repeat(np.arange(3), 8)                  # 8 samples of each of 3 classes
     order = np.random.default_rng(0).permutation(24)
-    out = class_cycle_order(order, labels, num_classes=4, batch_size=6)
+    out = class_cycle_order(order, labels, num_classes=3, batch_size=6)
     assert sorted(out) == list(range(24))
-    t, j = np.divmod(np.arange(24), 6)
-    assert (labels[out] == (j + t) % 4).all()
-    for c in range(4):  # within a class, the shuffled sequence is kept
+    assert (labels[out] == np.arange(24) % 6 % 3).all()
+    for c in range(3):  # within a class, the shuffled sequence is kept
         assert list(out[labels[out] == c]) == list(order[labels[order] == c])
 
 
 def test_class_cycle_order_takes_the_class_with_most_left_when_one_runs_out() -> None:
     labels = np.array([0, 1, 1, 1, 2, 2, 2])              # class 0 runs out after batch 0
     out = class_cycle_order(np.arange(7), labels, num_classes=3, batch_size=3)
-    # Batch 1 wants classes 1, 2, 0; for the 0, classes 1 and 2 tie at one left: the lower wins.
-    # The last, partial batch wants class 2 and has it.
-    assert list(out) == [0, 1, 4, 2, 5, 3, 6]
-    assert list(labels[out]) == [0, 1, 2, 1, 2, 1, 2]
+    # Batch 1's position 0 wants class 0: classes 1 and 2 tie at two left, the lower wins; its
+    # positions 1 and 2 then get their own classes, and the last, partial batch the one left.
+    assert list(out) == [0, 1, 4, 2, 3, 5, 6]
+    assert list(labels[out]) == [0, 1, 2, 1, 1, 2, 2]
 
 
 def test_array_dataset_rejects_bad_inputs() -> None:

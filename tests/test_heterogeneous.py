@@ -329,12 +329,12 @@ def test_epsl_batches_hold_the_same_class_at_each_position_on_every_client(posit
         steps = role.begin_epoch(0, cfg.train.lr, None)
         labels.append(np.stack([shard.labels[role._batch_indices(t)].numpy()
                                 for t in range(steps)]))
-    t, j = np.indices(labels[0].shape)
-    on_cycle = [(lab == (j + t) % 4) for lab in labels]
+    _, j = np.indices(labels[0].shape)
+    on_cycle = [lab == j % 4 for lab in labels]
     if positions == "by_class":
-        # The shards hold 8 to 16 samples of a class; 4 batches take 6 of each: until then every
-        # position holds its class on every client, and later most still do.
-        assert all(c[:4].all() and c.mean() > 0.8 for c in on_cycle)
+        # The shards hold 8 to 16 samples of a class and a batch takes 1 or 2 of each: for the
+        # first 4 batches every position holds its class on every client, and later most still do.
+        assert all(c[:4].all() and c.mean() > 0.75 for c in on_cycle)
     else:
         assert all(c.mean() < 0.5 for c in on_cycle)
 

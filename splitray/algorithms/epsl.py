@@ -14,11 +14,12 @@ exactly parallel SL. The cut layer and the uplink shares come from `splitray pla
 when network.shared says `allocation: planned`.
 
 Averaging position by position only makes sense if a position holds alike samples on every client,
-so with phi > 0 each client orders its shard so that position j of the batch of step t holds class
-(j + t) mod C while its shard has one left (`train.phi_positions: by_class`,
-`splitray.data.class_cycle_order`): the server averages activations and gradients of one class, and
-the gradient it broadcasts is a class's, not noise. Measured (synthetic data, 3 epochs, seeds 0-2,
-2026-12-05): on experiments/epsl.yaml phi = 1 scored 0.707 by class and 0.592 shuffled against phi
+so with phi > 0 each client orders its shard so that position j of each batch holds class j mod C
+while its shard has one left (`train.phi_positions: by_class`, `splitray.data.class_cycle_order`;
+the rule does not depend on the step, so clients drawn by `clients.per_round` at different steps of
+their epochs still agree): the server averages activations and gradients of one class, and the
+gradient it broadcasts is a class's, not noise. Measured (synthetic data, 3 epochs, seeds 0-2,
+2026-12-05): on experiments/epsl.yaml phi = 1 scored 0.700 by class and 0.592 shuffled against phi
 = 0's 0.681; on the claims' 1:10 mix at phi = 1's cut and shares (`python -m analysis.claims --row
 epsl`) 0.708 by class, 0.602 shuffled, phi = 0 0.774.
 """

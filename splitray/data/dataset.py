@@ -73,18 +73,17 @@ class ArrayDataset:
 
 def class_cycle_order(order: np.ndarray, labels: np.ndarray, num_classes: int,
                       batch_size: int) -> np.ndarray:
-    """`order` rearranged so that position j of batch t holds class (j + t) mod `num_classes`
-    while the shard has samples of that class left (else the class with the most left); within a
+    """`order` rearranged so that position j of every batch holds class j mod `num_classes` while
+    the shard has samples of that class left (else one of the class with the most left); within a
     class, `order`'s sequence is kept. Clients that all use it put the same class at the same
-    position of a step's batch, which EPSL's positional averaging needs (see algorithms/epsl.py).
-    """
+    position of their batches whichever step each is at, as EPSL's positional averaging needs
+    (see algorithms/epsl.py)."""
     by_class = [order[labels[order] == c].tolist() for c in range(num_classes)]
     taken = [0] * num_classes
     left = [len(q) for q in by_class]
     out = np.empty_like(order)
     for k in range(len(order)):
-        t, j = divmod(k, batch_size)
-        c = (j + t) % num_classes
+        c = k % batch_size % num_classes
         if not left[c]:
             c = max(range(num_classes), key=left.__getitem__)
         out[k] = by_class[c][taken[c]]
