@@ -330,7 +330,8 @@ class ClientRole(_Role):
         return min(steps, cap) if cap else steps
 
     def begin_epoch(self, epoch: int, lr: float, budget: int | None) -> int:
-        """Shuffle the shard for the epoch, set lr and budget; returns the number of steps."""
+        """Shuffle the shard for the epoch (EPSL with phi > 0: then by class, position by
+        position), set lr and budget; returns the number of steps."""
         order = torch.randperm(len(self.shard), generator=self.generator).numpy()
         t = self.cfg.train
         if t.algorithm == "epsl" and t.phi > 0 and t.phi_positions == "by_class":
