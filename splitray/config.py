@@ -132,9 +132,9 @@ class TrainConfig:
     # EPSL's aggregation ratio: the share of each batch's positions whose last-layer gradients the
     # server averages over the clients and back-propagates once (0: parallel SL)
     phi: float = field(default=0.0, metadata=_range(0, 1))
-    # EPSL with phi > 0: what a batch position holds. by_class: position j of every client's batch
-    # holds class j mod C while its shard has one left, so the server averages like with like;
-    # shuffled: the shuffled shard, as parallel SL's
+    # EPSL with phi > 0 (any other run shuffles, whatever this says): what a batch position holds.
+    # by_class: position j of every client's batch holds class j mod C while its shard has one
+    # left, so the server averages like with like; shuffled: the shuffled shard, as parallel SL's
     phi_positions: str = field(default="by_class", metadata=_choices("by_class", "shuffled"))
 
 
