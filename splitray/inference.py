@@ -23,6 +23,7 @@ from splitray.config import ConfigError, load_config
 from splitray.metrics import (
     INFERENCE_COLUMNS,
     INFERENCE_TABLE,
+    RUN_CONFIG_FILE,
     join_path,
     read_bytes,
     table_exists,
@@ -97,7 +98,7 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
     if deadline_ms is not None and not deadline_ms > 0:
         raise ConfigError(f"--deadline-ms: {deadline_ms!r} is not allowed; give a number > 0")
     model_set = load_model_set(run_dir)
-    cfg = load_config(join_path(run_dir, "config.yaml"), overrides)
+    cfg = load_config(join_path(run_dir, RUN_CONFIG_FILE), overrides)
     prepared = prepare(cfg)
     peers = start_peers(prepared, engine)
     clients, server, get = peers.clients, peers.server, peers.get

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -22,6 +23,7 @@ STEPS_TABLE = "steps.parquet"  # in a run directory: a directory of part files
 EVALS_TABLE = "evals.parquet"
 CLIENT_EVALS_TABLE = "client_evals.parquet"
 PARAM_PREFIX = "param."  # a sweep's tables carry each trial's parameter values as param.<key>
+RUN_CONFIG_FILE = "config.yaml"  # a run directory's resolved config
 
 # Column -> (arrow type, meaning with unit). One row per client step.
 STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
@@ -243,6 +245,28 @@ def read_table(path: str) -> pd.DataFrame:
     """Read a Parquet table (one file or a directory of part files), local path or URI."""
     fs, p = _filesystem(path)
     return pq.read_table(p, filesystem=fs).to_pandas()
+
+
+def param_cells(values: Mapping[str, Mapping[str, Any]],
+                keys: list[str]) -> dict[str, dict[str, Any]]:
+    """run -> {param.key: cell} from each run's parameter values (a sweep's trials, or the runs of
+    a folder): lists and dicts become JSON strings, and so do the values of a column that mixes
+    types, so that each column has one Arrow type; a value a run lacks is None."""
+    cells_of: dict[str, dict[str, Any]] = {run: {} for run in values}
+    for key in keys:
+        cells = [param_cell(v.get(key)) for v in values.values()]
+        kinds = {"number" if isinstance(c, int | float) and not isinstance(c, bool)
+                 else type(c).__name__ for c in cells if c is not None}
+        for run, c in zip(values, cells, strict=True):
+            if len(kinds) > 1 and c is not None and not isinstance(c, str):
+                c = json.dumps(c)
+            cells_of[run][PARAM_PREFIX + key] = c
+    return cells_of
+
+
+def param_cell(value: Any) -> Any:
+    """A parameter value as a table cell: lists and dicts as JSON strings."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
 
 
 def check_output_dir(path: str, flag: str) -> None:

@@ -47,9 +47,10 @@ from splitray.config import (
 )
 from splitray.metrics import (
     EVAL_COLUMNS,
-    PARAM_PREFIX,
     RUN_TABLES,
     check_output_dir,
+    param_cell,
+    param_cells,
     read_table,
     write_manifest,
     write_table,
@@ -369,24 +370,6 @@ def run_trial(config: dict, base: dict, trials_dir: str, metric: str) -> None:
         pass  # the trial's manifest says diverged; the sweep goes on
 
 
-def _param_cell(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, list | dict) else value
-
-
-def _param_columns(trials: list[TrialRecord], keys: list[str]) -> dict[str, dict[str, Any]]:
-    """trial_id -> {param.key: value}; lists, dicts and mixed-type columns become JSON strings."""
-    by_trial: dict[str, dict[str, Any]] = {t.trial_id: {} for t in trials}
-    for key in keys:
-        cells = [_param_cell(t.params.get(key)) for t in trials]
-        kinds = {"number" if isinstance(v, int | float) and not isinstance(v, bool)
-                 else type(v).__name__ for v in cells if v is not None}
-        for t, v in zip(trials, cells, strict=True):
-            if len(kinds) > 1 and v is not None and not isinstance(v, str):
-                v = json.dumps(v)  # one Arrow type per column
-            by_trial[t.trial_id][PARAM_PREFIX + key] = v
-    return by_trial
-
-
 def _mark_stopped(run_dir: Path) -> None:
     """Tune ends a trial its scheduler stops without letting the run finish: say so in the run's
     manifest, which the run left at "running"."""
@@ -413,7 +396,7 @@ def combine_trials(out_dir: str | Path, trials: list[TrialRecord],
     """Write out_dir/evals.parquet, steps.parquet and client_evals.parquet: every trial's rows,
     trial_id and params; returns the evals and steps."""
     out = Path(out_dir)
-    params = _param_columns(trials, keys)
+    params = param_cells({t.trial_id: t.params for t in trials}, keys)
     tables = {}
     for name, columns in RUN_TABLES.items():
         rows: list[dict] = []
@@ -639,7 +622,7 @@ def format_summary(result: SweepResult) -> str:
     if result.trials:
         table = pd.DataFrame([{"trial_id": t.trial_id, "status": t.status, "epochs": t.epochs,
                                f"final {result.metric}": t.final_metric,
-                               **{k: _param_cell(v) for k, v in t.params.items()}}
+                               **{k: param_cell(v) for k, v in t.params.items()}}
                               for t in result.trials])
         lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if result.best_trial_id is not None:

@@ -69,9 +69,10 @@ def step_rows(run_id: str, epochs: list[tuple], extra: dict | None = None) -> li
     return rows
 
 
-def write_run(run_dir: Path, run_id: str, epochs: list[tuple]) -> Path:
+def write_run(run_dir: Path, run_id: str, epochs: list[tuple],
+              config: str = "name: deprune\n") -> Path:
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(f"name: {run_id}\n")
+    (run_dir / "config.yaml").write_text(config)
     (run_dir / "manifest.json").write_text(json.dumps({"run_id": run_id, "status": "ok"}))
     # Rows out of epoch order: analysis must not rely on file order.
     evals = eval_rows(run_id, epochs)
@@ -184,6 +185,23 @@ def test_load_detects_runs_dir(runs_dir: Path) -> None:
     assert len(res.evals) == 10 and len(res.steps) == 40
     by_uri = load(runs_dir.as_uri())  # URIs go through pyarrow's filesystems
     assert by_uri.runs() == res.runs() and len(by_uri.steps) == 40
+
+
+def test_a_folders_runs_get_the_config_keys_that_differ_as_params(tmp_path: Path) -> None:
+    common = "name: cmp\nseed: 0\ntrain:\n  algorithm: epsl\n  batch_size: 8\n"
+    write_run(tmp_path / "r1", "a", RUNS["a"], common + "  phi: 1.0\n  order: [1, 2]\n")
+    write_run(tmp_path / "r2", "b", RUNS["b"], common + "  phi: 0.0\n  order: [2, 1]\n")
+    write_run(tmp_path / "r3", "c", RUNS["c"], common.replace("seed: 0", "seed: 1"))
+    res = load(str(tmp_path))
+    assert res.params == ["param.seed", "param.train.phi", "param.train.order"]
+    by_run = summary_table(res).set_index("run_id")
+    assert by_run["param.seed"].to_dict() == {"a": 0, "b": 0, "c": 1}
+    assert by_run.loc[["a", "b"], "param.train.phi"].tolist() == [1.0, 0.0]
+    assert pd.isna(by_run.loc["c", "param.train.phi"])  # a key one run lacks
+    assert by_run["param.train.order"].tolist()[:2] == ["[1, 2]", "[2, 1]"]  # lists as JSON
+    assert run_label(res, "a") == "a: seed=0, phi=1, order=[1, 2]"
+    assert (res.steps.groupby("run_id")["param.seed"].first().to_dict()
+            == {"a": 0, "b": 0, "c": 1})
 
 
 def test_load_detects_sweep_dir(sweep_dir: Path) -> None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import yaml
 
 from splitray.metrics import (
     CLIENT_EVALS_TABLE,
     EVAL_COLUMNS,
     EVALS_TABLE,
     PARAM_PREFIX,
+    RUN_CONFIG_FILE,
     STEP_COLUMNS,
     STEPS_TABLE,
     join_path,
+    param_cells,
+    read_bytes,
     read_table,
     table_exists,
 )
@@ -33,7 +39,9 @@ ADDED_COLUMNS: dict[str, object] = {
 @dataclass
 class Results:
     """Step, eval and per-client eval rows of one or more runs; `key` names the column that
-    identifies a run. Runs written before schema version 4 have no per-client rows."""
+    identifies a run, `params` the param.<key> columns that tell the runs apart (a sweep's
+    parameters; for a folder of runs, the config keys whose values differ). Runs written before
+    schema version 4 have no per-client rows."""
 
     steps: pd.DataFrame
     evals: pd.DataFrame
@@ -107,10 +115,41 @@ def _load_sweep(path: str) -> Results:
                    client_evals=client_evals)
 
 
+def _run_settings(run_dir: str) -> dict[str, Any]:
+    """A run's resolved config (its config.yaml) as dotted keys and values; empty where the run
+    directory has none."""
+    path = join_path(run_dir, RUN_CONFIG_FILE)
+    if not _is_file(path):
+        return {}
+    settings: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for name, value in node.items():
+                walk(f"{prefix}{name}.", value)
+        else:
+            settings[prefix.rstrip(".")] = node
+
+    walk("", yaml.safe_load(read_bytes(path)))
+    return settings
+
+
+def _differing_settings(run_dirs: list[str]) -> dict[str, dict[str, Any]]:
+    """run_dir -> {param.key: value} for the config keys whose values differ between the runs
+    (none for a single run): what tells a folder's runs apart, as a sweep's params do."""
+    settings = {d: _run_settings(d) for d in run_dirs}
+    keys = list(dict.fromkeys(k for s in settings.values() for k in s))
+    differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True, default=str)
+                                      for s in settings.values()}) > 1]
+    return param_cells(settings, differ)
+
+
 def _load_runs(path: str, run_dirs: list[str]) -> Results:
     steps, evals, client_evals, seen = [], [], [], {}
+    params = _differing_settings(run_dirs)
     for run_dir in run_dirs:
-        s, e, c = _load_tables(run_dir, "run_id")
+        s, e, c = (df.assign(**params[run_dir]) if not df.empty else df
+                   for df in _load_tables(run_dir, "run_id"))
         for run_id in pd.unique(e["run_id"]):
             if run_id in seen:
                 raise ValueError(f"run_id {run_id!r} appears in both {seen[run_id]} and {run_dir}; "
@@ -120,7 +159,8 @@ def _load_runs(path: str, run_dirs: list[str]) -> Results:
         evals.append(e)
         client_evals.append(c)
     return Results(steps=pd.concat(steps, ignore_index=True),
-                   evals=pd.concat(evals, ignore_index=True), key="run_id", params=[],
+                   evals=pd.concat(evals, ignore_index=True), key="run_id",
+                   params=list(next(iter(params.values()), {})),
                    client_evals=pd.concat([c for c in client_evals if not c.empty]
                                           or [pd.DataFrame()], ignore_index=True))
 

@@ -109,7 +109,7 @@ def summary_table(results: Results, target_accuracy: float | None = None) -> pd.
 
 def accuracy_by_device(per_client: pd.DataFrame, key: str = "run_id",
                        params: Sequence[str] = ()) -> pd.DataFrame:
-    """Per run (`key`, with a sweep's `params` columns beside it), its clients' test accuracy at
+    """Per run (`key`, with its `params` columns beside it), its clients' test accuracy at
     its last evaluation (client_evals rows; `epoch` says which) grouped by device profile and
     split point: how many clients, their samples, the pooled accuracy and the spread between
     clients. Empty for no rows (runs before schema version 4)."""

@@ -29,6 +29,7 @@ from splitray.data import (
 from splitray.metrics import (
     CLIENT_EVALS_TABLE,
     EVALS_TABLE,
+    RUN_CONFIG_FILE,
     RUN_TABLES,
     STEPS_TABLE,
     check_output_dir,
@@ -341,7 +342,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
                      prepared.client_channels, [len(p) for p in prepared.train_parts], on_epoch,
                      progress, prepared.availability)
     started = now_iso()
-    extra = {"engine": engine, "config": "config.yaml", "clients": [
+    extra = {"engine": engine, "config": RUN_CONFIG_FILE, "clients": [
         {"client_id": i, "device": d.name, "link": prepared.network.describe(i),
          "train_samples": len(prepared.train_parts[i])} for i, d in enumerate(prepared.devices)]}
     extra["server_device"] = peers.get(peers.server.call(ServerRole.device_name))
@@ -359,7 +360,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     if run_dir is not None:
         if "://" not in run_dir:
             Path(run_dir).mkdir(parents=True, exist_ok=True)
-        write_text(cfg.to_yaml(), join_path(run_dir, "config.yaml"))
+        write_text(cfg.to_yaml(), join_path(run_dir, RUN_CONFIG_FILE))
         write_manifest(manifest(run_id, cfg.seed, started, None, "running", extra), run_dir)
         if progress:
             print(f"run {run_id} -> {run_dir}", flush=True)
@@ -477,7 +478,7 @@ def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True,
     if not table_exists(path):
         raise ConfigError(f"--resume: {run_dir!r} is not allowed; it holds no {CHECKPOINT_FILE} "
                           "(set checkpoint.every_epochs to write one)")
-    cfg = load_config(join_path(run_dir, "config.yaml"))
+    cfg = load_config(join_path(run_dir, RUN_CONFIG_FILE))
     saved = load_tensors(path, "checkpoint")
     if saved.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"--resume: {path} has checkpoint format {saved.get('format')!r}; "
