@@ -21,6 +21,7 @@ from splitray import tune as sweep  # noqa: E402
 from splitray.analysis import load, summary_table  # noqa: E402
 from splitray.cli import EXIT_FAILED, main  # noqa: E402
 from splitray.config import ConfigError  # noqa: E402
+from splitray.metrics import param_cells  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,7 +220,7 @@ def test_param_cells_and_error_lines() -> None:
     trials = [sweep.TrialRecord("a", "finished", None, {"x": 1, "y": [1, 2], "z": "lte"}, 1, 0.5),
               sweep.TrialRecord("b", "failed", "E", {"x": 2.5, "y": [3], "z": {"mbps": 5}}, 0,
                                 None)]
-    cols = sweep._param_columns(trials, ["x", "y", "z"])
+    cols = param_cells({t.trial_id: t.params for t in trials}, ["x", "y", "z"])
     assert cols["a"] == {"param.x": 1, "param.y": "[1, 2]", "param.z": "lte"}
     assert cols["b"] == {"param.x": 2.5, "param.y": "[3]", "param.z": '{"mbps": 5}'}
 
