@@ -9,8 +9,8 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import yaml
 
+from splitray.config import read_yaml
 from splitray.metrics import (
     CLIENT_EVALS_TABLE,
     EVAL_COLUMNS,
@@ -130,7 +130,7 @@ def _run_settings(run_dir: str) -> dict[str, Any]:
         else:
             settings[prefix.rstrip(".")] = node
 
-    walk("", yaml.safe_load(read_bytes(path)))
+    walk("", read_yaml(read_bytes(path).decode()))
     return settings
 
 
