@@ -61,7 +61,13 @@ from splitray.analysis import (
 )
 from splitray.config import ALGORITHM_NAMES, ExperimentConfig, config_from_dict, load_config
 from splitray.data.loaders import DATA_ENV_VAR, find_data_dir, resolve_data_root
-from splitray.metrics import CLIENT_EVALS_TABLE, EVALS_TABLE, STEPS_TABLE, read_table
+from splitray.metrics import (
+    CLIENT_EVALS_TABLE,
+    EVALS_TABLE,
+    RUN_CONFIG_FILE,
+    STEPS_TABLE,
+    read_table,
+)
 from splitray.planning import (
     baseline_config,
     best_single_split,
@@ -205,9 +211,9 @@ class Suite:
         """"finished" or "resumable" (killed after a checkpoint) when run_dir holds a run of
         spec's config, else "new"."""
         manifest_path = run_dir / "manifest.json"
-        if not manifest_path.is_file() or not (run_dir / "config.yaml").is_file():
+        if not manifest_path.is_file() or not (run_dir / RUN_CONFIG_FILE).is_file():
             return "new"
-        stored = load_config(run_dir / "config.yaml").to_dict()
+        stored = load_config(run_dir / RUN_CONFIG_FILE).to_dict()
         if stored != planned_config(spec.cfg).to_dict():
             print(f"  {spec.key}: found with another config (another scale?): running it again",
                   flush=True)
@@ -609,7 +615,7 @@ class Claims:
         """Per-round server backward FLOPs and downlink bytes of an EPSL run, measured and by the
         section 6 formula: backward for (1 - phi) K b + phi b samples; K unicasts of b - m
         positions plus one broadcast of m = ceil(phi b)."""
-        cfg = load_config(run.run_dir / "config.yaml")
+        cfg = load_config(run.run_dir / RUN_CONFIG_FILE)
         prepared = prepare(cfg)
         part = ServerRole(cfg, prepared.input_shape, prepared.num_classes).parts[0]
         cut = cfg.clients.split_layers[0] if cfg.clients.split_layers else cfg.model.split_layer

@@ -99,7 +99,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from datetime import datetime
     from pathlib import Path
 
-    from splitray.tune import format_summary, load_space, resume_sweep, run_sweep
+    from splitray.tune import (
+        SweepInterrupted,
+        format_summary,
+        load_space,
+        resume_sweep,
+        run_sweep,
+    )
 
     if (args.space is None) == (args.resume is None):
         raise ConfigError("tune: give a space file or --resume SWEEP_DIR, not both or neither")
@@ -117,10 +123,17 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             result = run_sweep(space, out, num_samples=args.num_samples,
                                scheduler=args.scheduler, max_concurrent=args.max_concurrent,
                                max_failures=args.max_failures, verbose=0 if args.quiet else 1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SweepInterrupted) as e:
         print(f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it",
               file=sys.stderr)
-        return EXIT_INTERRUPTED
+        if isinstance(e, SweepInterrupted) and e.exit_code == EXIT_TERMINATED:
+            # `timeout` signals the whole process group, so the Ray processes this driver
+            # started are gone too, and Ray's exit would wait a minute for them. Tune's state
+            # and the trials' checkpoints are on disk; the Ray processes share this one's fate.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_TERMINATED)
+        return e.exit_code if isinstance(e, SweepInterrupted) else EXIT_INTERRUPTED
     print(format_summary(result))
     # As a run that fails: a script or `ray job submit` sees that a trial needs looking at.
     return EXIT_FAILED if any(t.status == "failed" for t in result.trials) else 0

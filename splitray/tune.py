@@ -24,10 +24,12 @@ import copy
 import functools
 import itertools
 import json
-import logging
 import math
+import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,15 @@ class SweepResult:
     mode: str
     best_trial_id: str | None
     wall_time_s: float
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C or SIGTERM (`timeout`, `ray job stop`) stopped a sweep; Tune saved its state, so
+    `splitray tune --resume out_dir` continues it. `exit_code` is the shell's for the signal."""
+
+    def __init__(self, out_dir: Path, exit_code: int) -> None:
+        super().__init__(f"sweep in {out_dir} interrupted")
+        self.out_dir, self.exit_code = out_dir, exit_code
 
 
 def _apply(base: dict, params: dict[str, Any]) -> dict:
@@ -505,6 +516,8 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
+    from splitray.runtime.orchestrator import start_ray
+
     if scheduler not in SCHEDULERS:
         raise ConfigError(f"--scheduler: {scheduler!r} is not allowed; choose one of "
                           f"{', '.join(SCHEDULERS)}")
@@ -523,8 +536,7 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     check_output_dir(str(out_dir), "--out")
     base_cfg = config_from_dict(space.base)
     if not ray.is_initialized():
-        ray.init(address=base_cfg.engine.ray_address,
-                 logging_level=logging.ERROR if verbose == 0 else logging.INFO)
+        start_ray(base_cfg.engine.ray_address, quiet=verbose == 0)
     cluster = ray.cluster_resources()
     has_gpu = cluster.get("GPU", 0) >= 1
     _check_fits(space, cluster, has_gpu)
@@ -552,9 +564,7 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
             # Every marker kept (a few bytes each): see run_trial.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None)),
     )
-    t0 = time.perf_counter()
-    results = tuner.fit()
-    return _finish_sweep(results, space, out, scheduler, time.perf_counter() - t0)
+    return _fit(tuner, space, out, scheduler)
 
 
 def resume_sweep(out_dir: str | Path) -> SweepResult:
@@ -563,6 +573,8 @@ def resume_sweep(out_dir: str | Path) -> SweepResult:
     sweep.json are written as by `run_sweep`."""
     import ray
     from ray import tune
+
+    from splitray.runtime.orchestrator import start_ray
 
     out = Path(out_dir).resolve()
     experiment = out / "tune" / TUNE_EXPERIMENT
@@ -574,13 +586,41 @@ def resume_sweep(out_dir: str | Path) -> SweepResult:
     space = SearchSpace(settings["source"], settings["base"], params, settings["metric"],
                         settings["mode"])
     if not ray.is_initialized():
-        ray.init(address=config_from_dict(space.base).engine.ray_address)
+        start_ray(config_from_dict(space.base).engine.ray_address, quiet=False)
     has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     tuner = tune.Tuner.restore(str(experiment), trainable=_trainable(space, out, has_gpu),
                                resume_unfinished=True, resume_errored=True)
+    return _fit(tuner, space, out, settings["scheduler"])
+
+
+def _fit(tuner: Any, space: SearchSpace, out: Path, scheduler: str) -> SweepResult:
+    """Run the sweep's trials and write its tables; raise SweepInterrupted if Ctrl-C or SIGTERM
+    stopped it. Both stop it at once (Tune's own Ctrl-C handler would save and return as if the
+    sweep had finished, and cannot save once `timeout` has stopped the Ray processes too): Tune's
+    state of a moment ago and the trials' checkpoints are what `--resume` continues from."""
+    sigterm: list[int] = []
+
+    def stop_now(signum: int, frame: Any) -> None:
+        sigterm.append(signum)
+        raise KeyboardInterrupt  # the one exception Ray's blocking calls pass on
+
+    on_main_thread = threading.current_thread() is threading.main_thread()  # signals go there
+    previous = signal.signal(signal.SIGTERM, stop_now) if on_main_thread else None
+    tune_sigint = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     t0 = time.perf_counter()
-    results = tuner.fit()
-    return _finish_sweep(results, space, out, settings["scheduler"], time.perf_counter() - t0)
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt as e:
+        raise SweepInterrupted(out, 128 + (sigterm[0] if sigterm else signal.SIGINT)) from e
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        if tune_sigint is None:
+            del os.environ["TUNE_DISABLE_SIGINT_HANDLER"]
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_sigint
+    return _finish_sweep(results, space, out, scheduler, time.perf_counter() - t0)
 
 
 def _trainable(space: SearchSpace, out: Path, has_gpu: bool) -> Any:

@@ -238,3 +238,44 @@ def test_unusable_paths_and_empty_configs_are_one_line_errors(tmp_path, capsys, 
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and expected in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "empty.yaml", "space.yaml"]
+
+
+def test_a_ray_run_sent_sigterm_ends_with_splitrays_line_alone(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from splitray.runtime.context import CHECKPOINT_FILE
+
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        # Its own session, as `ray job submit` starts a job: SIGTERM reaches the driver alone.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "splitray.cli", "run", QUICKSTART, *TINY, "--set",
+             "schedule.phases=[{budget: 4, epochs: 50}]", "--set", "checkpoint.every_epochs=1",
+             "--engine", "ray", "--quiet", "--out", str(out)],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 120
+            while (not list(out.glob(f"*/{CHECKPOINT_FILE}")) and proc.poll() is None
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    printed = (tmp_path / "stderr.txt").read_text()
+    [run_dir] = list(out.iterdir())
+    assert code == EXIT_TERMINATED, printed[-2000:]
+    # Ray's C++ crash handler used to print a stack dump for the signal first.
+    assert printed.strip() == (
+        f"splitray: run interrupted; status 'interrupted' in {run_dir}; `splitray run --resume "
+        f"{run_dir}` continues it from its last checkpoint")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["reason"] == "stopped by SIGTERM"

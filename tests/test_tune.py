@@ -385,6 +385,42 @@ def test_a_diverging_trial_is_recorded_as_diverged_and_the_sweep_goes_on(
         {0.05: False, 1e9: True}
 
 
+class _StoppedTuner:
+    """A Tuner whose fit is stopped as a user stops a sweep: Ctrl-C, or SIGTERM to this process."""
+
+    def __init__(self, how: str) -> None:
+        self.how, self.sigint_handler_off = how, None
+
+    def fit(self) -> None:
+        import signal
+        import time
+
+        self.sigint_handler_off = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+        if self.how == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler interrupts this at once
+        raise AssertionError("SIGTERM did not stop the sweep")
+
+
+@pytest.mark.parametrize("how, code", [("ctrl-c", 130), ("sigterm", 143)])
+def test_ctrl_c_or_sigterm_stops_a_sweep_with_the_signals_exit_code(
+        tmp_path: Path, how: str, code: int) -> None:
+    import signal
+
+    space = sweep.load_space(write_space(tmp_path, {"train.lr": {"grid": [0.01]}}))
+    handler_before = signal.getsignal(signal.SIGTERM)
+    tuner = _StoppedTuner(how)
+    with pytest.raises(sweep.SweepInterrupted) as stopped:
+        sweep._fit(tuner, space, tmp_path, "fifo")
+    assert stopped.value.exit_code == code and stopped.value.out_dir == tmp_path
+    # Tune's own Ctrl-C handler is off while the trials run (it would return as if finished),
+    # and afterwards this process's handlers and environment are as they were.
+    assert tuner.sigint_handler_off == "1"
+    assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+
+
 def _epochs_checkpointed(trials_dir: Path) -> int:
     import torch
 
@@ -397,7 +433,7 @@ def _epochs_checkpointed(trials_dir: Path) -> int:
     return done
 
 
-def test_a_killed_sweep_resumes_with_every_trial_finished_and_no_duplicate_rows(
+def test_a_sweep_stopped_by_sigterm_says_how_to_resume_and_resumes_without_duplicate_rows(
         tmp_path: Path) -> None:
     import signal
     import subprocess
@@ -412,16 +448,22 @@ def test_a_killed_sweep_resumes_with_every_trial_finished_and_no_duplicate_rows(
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     command = [sys.executable, "-m", "splitray.cli", "tune"]
     # One trial at a time: when the driver dies, one trial is part-way, the other not started.
-    proc = subprocess.Popen([*command, str(path), "--out", str(out), "--max-concurrent", "1"],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while (_epochs_checkpointed(out / "trials") < 2 and proc.poll() is None
-           and time.monotonic() < deadline):
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-    proc.wait()
-    assert not (out / "sweep.json").exists(), "the sweep ended before it could be killed"
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        proc = subprocess.Popen(
+            [*command, str(path), "--out", str(out), "--max-concurrent", "1"], env=env,
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 240
+        while (_epochs_checkpointed(out / "trials") < 2 and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        # As `timeout` does: the driver and the Ray processes it started all get the signal.
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert not (out / "sweep.json").exists(), "the sweep ended before it could be stopped"
+    printed = (tmp_path / "stderr.txt").read_text()
+    assert code == 128 + signal.SIGTERM, printed[-2000:]
+    assert f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it" in printed
+    assert "SIGTERM received" not in printed  # Ray's C++ crash handler stays quiet
 
     resumed = subprocess.run([*command, "--resume", str(out)], env=env, capture_output=True,
                              text=True, timeout=600)

@@ -195,6 +195,24 @@ def run_id_for(cfg: ExperimentConfig) -> str:
     return f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{digest}"
 
 
+def start_ray(address: str | None, quiet: bool) -> None:
+    """Start or join the Ray cluster at `address` (None: a local one) from this driver. `quiet`:
+    Ray's own info and warning lines (its start, token authentication) stay out of the driver's
+    output; errors and the actors' output still show."""
+    import threading
+
+    import ray
+
+    ray.init(address=address, log_to_driver=True,
+             logging_level=logging.ERROR if quiet else logging.INFO)
+    if threading.current_thread() is threading.main_thread():
+        # Ray's C++ core installs a crash handler for SIGTERM over Ray's Python one: it prints a
+        # stack dump and, when the signal reaches the driver alone (`ray job stop`), the driver
+        # aborted (exit 134) without ending the run. Installing the Python handler again
+        # replaces the C++ one: the run ends `interrupted` with splitray's line alone.
+        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+
+
 def _ray_peers(p: Prepared, quiet: bool = False) -> Peers:
     import ray
 
@@ -203,10 +221,7 @@ def _ray_peers(p: Prepared, quiet: bool = False) -> Peers:
 
     cfg = p.cfg
     if not ray.is_initialized():
-        # quiet: Ray's own info and warning lines (its start, token authentication) stay out of
-        # the driver's output; errors and the actors' output still show.
-        ray.init(address=cfg.engine.ray_address, log_to_driver=True,
-                 logging_level=logging.ERROR if quiet else logging.INFO)
+        start_ray(cfg.engine.ray_address, quiet)
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     num_gpus = {"auto": 1 if gpus >= 1 else 0, "0": 0, "1": 1}[cfg.server.num_gpus]
