@@ -72,11 +72,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_split_points(args: argparse.Namespace) -> int:
-    from splitray.models import MODEL_NAMES, build_model, format_split_points_table, split_points
+    from splitray.models import (
+        MODEL_NAMES,
+        build_model,
+        format_split_points_table,
+        min_input_px,
+        split_points,
+    )
 
     if args.model not in MODEL_NAMES:
         raise ConfigError(f"MODEL: {args.model!r} is not allowed; choose one of "
                           f"{', '.join(MODEL_NAMES)}")
+    if args.num_classes < 1:
+        raise ConfigError(f"--num-classes: {args.num_classes} is not allowed; must be >= 1")
     try:
         shape = tuple(int(v) for v in args.input_shape.split(","))
     except ValueError:
@@ -84,6 +92,9 @@ def _cmd_split_points(args: argparse.Namespace) -> int:
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"--input-shape: {args.input_shape!r} is not allowed; expected C,H,W "
                           "such as 3,32,32")
+    if min(shape[1:]) < min_input_px(args.model):
+        raise ConfigError(f"--input-shape: {args.input_shape!r} is not allowed; {args.model} "
+                          f"needs height and width >= {min_input_px(args.model)}")
     model = build_model(args.model, num_classes=args.num_classes, input_shape=shape)
     points = split_points(model, shape)
     if args.format == "json":
@@ -224,13 +235,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     import yaml
 
     from splitray.config import load_config
-    from splitray.metrics import write_text
+    from splitray.metrics import check_output_file, write_text
     from splitray.planning import format_plan, plan_and_baseline, resolved_config
 
+    if args.grid and args.write:
+        raise ConfigError("--write is not allowed with --grid; plan one point (--set) to write it")
+    if not args.grid and (args.csv or args.plot):
+        raise ConfigError("--csv and --plot are only allowed with --grid")
+    for flag, path in (("--write", args.write), ("--csv", args.csv), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, flag)
     if args.grid:
         return _plan_grid(args)
-    if args.csv or args.plot:
-        raise ConfigError("--csv and --plot are only allowed with --grid")
     cfg = load_config(args.config, args.set)
     best, baseline = plan_and_baseline(cfg, args.objective)
     print(format_plan(best))
@@ -252,8 +268,6 @@ def _plan_grid(args: argparse.Namespace) -> int:
     from splitray.metrics import write_text
     from splitray.planning import format_grid, grid_values, plan_grid
 
-    if args.write:
-        raise ConfigError("--write is not allowed with --grid; plan one point (--set) to write it")
     axes = [grid_values(text) for text in args.grid]
     data = load_config(args.config, args.set).to_dict()
     total = math.prod(len(values) for _, values in axes)

@@ -24,6 +24,7 @@ EVALS_TABLE = "evals.parquet"
 CLIENT_EVALS_TABLE = "client_evals.parquet"
 PARAM_PREFIX = "param."  # a sweep's tables carry each trial's parameter values as param.<key>
 RUN_CONFIG_FILE = "config.yaml"  # a run directory's resolved config
+SWEEP_FILE = "sweep.json"  # in a sweep directory, written when the sweep ends: each trial's outcome
 
 # Column -> (arrow type, meaning with unit). One row per client step.
 STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
@@ -277,16 +278,39 @@ def check_output_dir(path: str, flag: str) -> None:
 
     if "://" in path:
         return
+    problem = _unwritable_dir(Path(path))
+    if problem:
+        raise ConfigError(f"{flag}: {path!r} is not allowed; {problem}")
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """As `check_output_dir`, for the file `path`: its folder is created if needed, or
+    ConfigError names `flag` when the file could not be written there."""
+    from splitray.config import ConfigError
+
+    if "://" in path:
+        return
     local = Path(path)
+    if local.is_dir():
+        raise ConfigError(f"{flag}: {path!r} is not allowed; it is a directory, not a file")
+    problem = _unwritable_dir(local.parent)
+    if problem:
+        raise ConfigError(f"{flag}: {path!r} is not allowed; its folder {str(local.parent)!r}: "
+                          f"{problem}")
+
+
+def _unwritable_dir(local: Path) -> str | None:
+    """Why the local directory `local` cannot hold output (after creating it if needed), or
+    None when it can."""
     if local.exists() and not local.is_dir():
-        raise ConfigError(f"{flag}: {path!r} is not allowed; it is a file, not a directory")
+        return "it is a file, not a directory"
     try:
         local.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"{flag}: {path!r} is not allowed; it cannot hold output "
-                          f"({e.strerror or e})") from None
+        return f"it cannot hold output ({e.strerror or e})"
     if not os.access(local, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag}: {path!r} is not allowed; it cannot hold output (not writable)")
+        return "it cannot hold output (not writable)"
+    return None
 
 
 def join_path(base: str, name: str) -> str:

@@ -586,7 +586,8 @@ def candidate_splits(cfg: ExperimentConfig, costs: list[SplitCosts]) -> list[int
     allowed = cfg.plan.split_layers
     picked = [k for k, c in enumerate(costs)
               if (c.split_layer in allowed if allowed is not None else c.client_trains)]
-    if not picked:
+    known = {c.split_layer for c in costs}
+    if not picked or (allowed is not None and not set(allowed) <= known):
         valid = ", ".join(str(c.split_layer) for c in costs)
         raise ConfigError(f"plan.split_layers: {allowed!r} is not allowed; {cfg.model.name} can "
                           f"split at {valid}")

@@ -50,6 +50,7 @@ from splitray.config import (
 from splitray.metrics import (
     EVAL_COLUMNS,
     RUN_TABLES,
+    SWEEP_FILE,
     check_output_dir,
     param_cell,
     param_cells,
@@ -530,7 +531,7 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     if "://" in str(out_dir):
         raise ConfigError(f"--out: {str(out_dir)!r} is not allowed; give a local directory")
     out = Path(out_dir).resolve()
-    if (out / "sweep.json").exists() or (out / SWEEP_SETTINGS).exists():
+    if (out / SWEEP_FILE).exists() or (out / SWEEP_SETTINGS).exists():
         raise ConfigError(f"--out: {str(out_dir)!r} already holds a sweep; choose a new directory "
                           "(or continue it with splitray tune --resume)")
     check_output_dir(str(out_dir), "--out")
@@ -581,6 +582,11 @@ def resume_sweep(out_dir: str | Path) -> SweepResult:
     if not (out / SWEEP_SETTINGS).is_file() or not tune.Tuner.can_restore(str(experiment)):
         raise ConfigError(f"--resume: {str(out_dir)!r} is not allowed; it holds no sweep that "
                           f"Tune can continue ({SWEEP_SETTINGS} and tune/{TUNE_EXPERIMENT}/)")
+    if (out / SWEEP_FILE).is_file():
+        ended = json.loads((out / SWEEP_FILE).read_text())["trials"]
+        if all(t["status"] != "failed" for t in ended):  # Tune retries failed ones on a resume
+            raise ConfigError(f"--resume: {str(out_dir)!r} is not allowed; the sweep has finished "
+                              f"(no trial failed, {SWEEP_FILE}): there is nothing to continue")
     settings = _read_yaml(out / SWEEP_SETTINGS, "--resume")
     params = {str(k): _check_domain(str(k), v) for k, v in settings["space"].items()}
     space = SearchSpace(settings["source"], settings["base"], params, settings["metric"],
@@ -648,7 +654,7 @@ def _finish_sweep(results: Any, space: SearchSpace, out: Path, scheduler: str,
                     "params": t.params, "epochs": t.epochs, "final_metric": t.final_metric}
                    for t in trials],
     }
-    write_text(json.dumps(sweep, indent=2) + "\n", str(out / "sweep.json"))
+    write_text(json.dumps(sweep, indent=2) + "\n", str(out / SWEEP_FILE))
     return SweepResult(str(out), trials, evals, steps, space.metric, space.mode, best, wall_s)
 
 

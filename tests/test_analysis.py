@@ -294,6 +294,23 @@ def test_analyze_writes_all_files(runs_dir: Path) -> None:
     assert sorted(load(str(runs_dir)).runs()) == ["a", "b", "c", "d"]
 
 
+def test_a_folders_nested_runs_are_named_as_left_out(runs_dir: Path, tmp_path: Path) -> None:
+    write_run(runs_dir / "more" / "run_e", "e", RUNS["a"])  # a folder of runs inside the folder
+    write_run(runs_dir / "sweeps" / "s1", "s1", RUNS["a"])  # as splitray tune --out runs/sweeps/s1
+    (runs_dir / "sweeps" / "s1" / "sweep.json").write_text("{}")
+    (runs_dir / "sweeps_of_nothing" / "empty").mkdir(parents=True)
+    analyze(str(runs_dir))  # its analysis/ folder holds no runs: not named on the second pass
+    results = load(str(runs_dir))
+    assert sorted(results.runs()) == ["a", "b", "c", "d"]
+    assert results.left_out == [str(runs_dir / "more"), str(runs_dir / "sweeps")]
+    md = (runs_dir / "analysis" / "summary.md").read_text()
+    assert (f"Left out, each a sweep or a folder of runs to analyze on its own: "
+            f"{runs_dir / 'more'}, {runs_dir / 'sweeps'}.") in md
+    a_file = runs_dir / "run_a" / "config.yaml"
+    with pytest.raises(FileNotFoundError, match=f"^{a_file} is a file; give a run, sweep or "):
+        load(str(a_file))
+
+
 def test_accuracy_by_device_pools_each_groups_last_evaluation(runs_dir: Path) -> None:
     assert load(str(runs_dir)).client_evals.empty  # runs of schema < 4: no per-client rows
     assert accuracy_by_device(load(str(runs_dir)).client_evals).empty

@@ -28,6 +28,12 @@ def test_split_points_table_and_bad_input(capsys):
     assert "MODEL: 'vgg99' is not allowed" in capsys.readouterr().err
     assert main(["split-points", "vgg11", "--input-shape", "3,32"]) == 2
     assert "--input-shape: '3,32' is not allowed" in capsys.readouterr().err
+    # Numbers the model cannot take: one line, not the model builder's traceback.
+    assert main(["split-points", "tiny_cnn", "--input-shape", "3,4,4"]) == 2
+    assert capsys.readouterr().err.strip() == ("splitray: error: --input-shape: '3,4,4' is not "
+                                               "allowed; tiny_cnn needs height and width >= 8")
+    assert main(["split-points", "vgg11", "--num-classes", "0"]) == 2
+    assert "--num-classes: 0 is not allowed" in capsys.readouterr().err
 
 
 def test_profiles_and_schema_document_what_configs_and_tables_hold(capsys):

@@ -261,6 +261,17 @@ def test_plan_grid_prints_a_row_per_combination_and_writes_csv(tmp_path, capsys)
     assert main(["plan", str(path), "--grid", "clients.cpu_share=1", "--write", "x.yaml"]) == 2
     assert main(["plan", str(path), "--csv", str(rows)]) == 2
     assert "--csv and --plot are only allowed with --grid" in capsys.readouterr().err
+    # An output file whose folder cannot be made: one line, before anything is planned.
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    for flag in ("--csv", "--plot"):
+        assert main(["plan", str(path), "--grid", "clients.cpu_share=1", flag,
+                     str(blocked / "out")]) == 2
+        assert capsys.readouterr() == ("", f"splitray: error: {flag}: '{blocked / 'out'}' is "
+                                           f"not allowed; its folder '{blocked}': it is a file, "
+                                           "not a directory\n")
+    assert main(["plan", str(path), "--write", str(tmp_path)]) == 2
+    assert "it is a directory, not a file" in capsys.readouterr().err
 
 
 def test_planned_allocation_gives_other_algorithms_shares_at_their_split(tmp_path):

@@ -353,6 +353,9 @@ def test_by_default_the_planner_keeps_the_raw_input_on_the_device():
     assert 0 not in trains and {c.split_layer for c in plan(default).clients} <= trains
     with pytest.raises(ConfigError, match="plan.split_layers"):
         plan(make_cfg([5e6], plan={"split_layers": [99]}))
+    # One split point the model lacks is refused too, not dropped beside valid ones.
+    with pytest.raises(ConfigError, match=r"plan.split_layers: \[1, 99\] is not allowed"):
+        plan(make_cfg([5e6], plan={"split_layers": [1, 99]}))
 
 
 def test_edgesplit_experiment_plans_at_least_half_the_best_single_split_round():

@@ -383,6 +383,12 @@ def test_a_diverging_trial_is_recorded_as_diverged_and_the_sweep_goes_on(
     steps = pd.read_parquet(out / "steps.parquet")
     assert steps.groupby("param.train.lr")["loss"].apply(lambda x: x.isna().any()).to_dict() == \
         {0.05: False, 1e9: True}
+    # No trial failed, so there is nothing for --resume to continue: bad input, sweep.json kept.
+    assert main(["tune", "--resume", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"splitray: error: --resume: {str(out)!r} is not allowed; the sweep has finished (no "
+        "trial failed, sweep.json): there is nothing to continue")
+    assert json.loads((out / "sweep.json").read_text()) == meta
 
 
 class _StoppedTuner:

@@ -70,6 +70,9 @@ def analyze(path: str, out_dir: str | None = None,
     title = f"# splitray results: {path}\n\n"
     if target_accuracy is not None:
         title += f"Target test accuracy: {target_accuracy:g}.\n\n"
+    if results.left_out:
+        title += (f"Left out, each a sweep or a folder of runs to analyze on its own: "
+                  f"{', '.join(results.left_out)}.\n\n")
     text = title + markdown_table(summary) + "\n"
     by_device = accuracy_by_device(results.client_evals, results.key, results.params)
     (out / "by_device.csv").unlink(missing_ok=True)  # an earlier analysis's, into the same out

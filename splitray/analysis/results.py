@@ -19,6 +19,7 @@ from splitray.metrics import (
     RUN_CONFIG_FILE,
     STEP_COLUMNS,
     STEPS_TABLE,
+    SWEEP_FILE,
     join_path,
     param_cells,
     read_bytes,
@@ -26,7 +27,6 @@ from splitray.metrics import (
     table_exists,
 )
 
-SWEEP_FILE = "sweep.json"
 # Step columns added since schema version 1, with the value they have in an older run.
 ADDED_COLUMNS: dict[str, object] = {
     "client_state": "A", "bytes_model_up": 0, "bytes_model_down": 0, "client_flops": float("nan"),
@@ -41,13 +41,15 @@ class Results:
     """Step, eval and per-client eval rows of one or more runs; `key` names the column that
     identifies a run, `params` the param.<key> columns that tell the runs apart (a sweep's
     parameters; for a folder of runs, the config keys whose values differ). Runs written before
-    schema version 4 have no per-client rows."""
+    schema version 4 have no per-client rows. `left_out`: a folder's subdirectories that hold
+    runs of their own one level down (a sweep, a folder of runs), not loaded with it."""
 
     steps: pd.DataFrame
     evals: pd.DataFrame
     key: str
     params: list[str] = field(default_factory=list)
     client_evals: pd.DataFrame = field(default_factory=pd.DataFrame)
+    left_out: list[str] = field(default_factory=list)
 
     def runs(self) -> list:
         """Run identifiers in the order they first appear in the eval table."""
@@ -168,7 +170,10 @@ def _load_runs(path: str, run_dirs: list[str]) -> Results:
 def load(path: str) -> Results:
     """Load results from a run dir, a dir of run dirs or a sweep dir (local path or URI)."""
     path = str(path)
-    if _file_type(path) != pafs.FileType.Directory:
+    kind = _file_type(path)
+    if kind == pafs.FileType.File:
+        raise FileNotFoundError(f"{path} is a file; give a run, sweep or results directory")
+    if kind != pafs.FileType.Directory:
         raise FileNotFoundError(f"results directory not found: {path}")
     evals_path = join_path(path, EVALS_TABLE)
     if _is_file(join_path(path, SWEEP_FILE)):
@@ -178,10 +183,19 @@ def load(path: str) -> Results:
         if _is_file(evals_path) and "trial_id" in _column_names(evals_path):
             return _load_sweep(path)
         return _load_runs(path, [path])
-    run_dirs = [join_path(path, name) for name in _subdir_names(path)]
+    subdirs = [join_path(path, name) for name in _subdir_names(path)]
     # A run killed or diverged before its first evaluation has no evals yet: not a result.
-    run_dirs = [d for d in run_dirs if table_exists(join_path(d, EVALS_TABLE))]
+    run_dirs = [d for d in subdirs if table_exists(join_path(d, EVALS_TABLE))]
     if not run_dirs:
         raise FileNotFoundError(f"no splitray results in {path}: expected {EVALS_TABLE} and "
                                 f"{STEPS_TABLE} there or in its subdirectories")
-    return _load_runs(path, run_dirs)
+    results = _load_runs(path, run_dirs)
+    results.left_out = [d for d in subdirs if d not in run_dirs and _holds_runs(d)]
+    return results
+
+
+def _holds_runs(path: str) -> bool:
+    """Whether `path` is a sweep or a folder of runs (what `load` reads there)."""
+    return _is_file(join_path(path, SWEEP_FILE)) or any(
+        table_exists(join_path(join_path(path, name), EVALS_TABLE))
+        for name in _subdir_names(path))
