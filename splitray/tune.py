@@ -111,8 +111,9 @@ class SweepResult:
 
 
 class SweepInterrupted(Exception):
-    """Ctrl-C or SIGTERM (`timeout`, `ray job stop`) stopped a sweep; Tune saved its state, so
-    `splitray tune --resume out_dir` continues it. `exit_code` is the shell's for the signal."""
+    """Ctrl-C or SIGTERM (`timeout`, `ray job stop`) stopped a sweep; `splitray tune --resume
+    out_dir` continues it from Tune's last state and the trials' checkpoints. `exit_code` is the
+    shell's for the signal."""
 
     def __init__(self, out_dir: Path, exit_code: int) -> None:
         super().__init__(f"sweep in {out_dir} interrupted")
