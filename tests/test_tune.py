@@ -464,7 +464,13 @@ def test_a_sweep_stopped_by_sigterm_says_how_to_resume_and_resumes_without_dupli
             time.sleep(0.01)
         # As `timeout` does: the driver and the Ray processes it started all get the signal.
         os.killpg(proc.pid, signal.SIGTERM)
-        code = proc.wait(timeout=60)
+        try:
+            code = proc.wait(timeout=60)
+        finally:
+            try:  # whatever of it is left
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     assert not (out / "sweep.json").exists(), "the sweep ended before it could be stopped"
     printed = (tmp_path / "stderr.txt").read_text()
     assert code == 128 + signal.SIGTERM, printed[-2000:]
