@@ -137,14 +137,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, SweepInterrupted) as e:
         print(f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it",
               file=sys.stderr)
-        if isinstance(e, SweepInterrupted) and e.exit_code == EXIT_TERMINATED:
+        code = e.exit_code if isinstance(e, SweepInterrupted) else EXIT_INTERRUPTED
+        if code == EXIT_TERMINATED:
             # `timeout` signals the whole process group, so the Ray processes this driver
             # started are gone too, and Ray's exit would wait a minute for them. Tune's state
             # and the trials' checkpoints are on disk; the Ray processes share this one's fate.
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(EXIT_TERMINATED)
-        return e.exit_code if isinstance(e, SweepInterrupted) else EXIT_INTERRUPTED
+            os._exit(code)
+        return code
     print(format_summary(result))
     # As a run that fails: a script or `ray job submit` sees that a trial needs looking at.
     return EXIT_FAILED if any(t.status == "failed" for t in result.trials) else 0
