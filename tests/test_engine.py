@@ -15,7 +15,7 @@ from fused import assert_same_results, run_fused
 from splitray.compression import payload_nbytes
 from splitray.config import ConfigError, load_config
 from splitray.metrics import RUN_TABLES
-from splitray.runtime import context, run_experiment
+from splitray.runtime import context, orchestrator, run_experiment
 from splitray.runtime.orchestrator import forwards_beside_server, prepare, start_peers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -236,7 +236,7 @@ def test_heterogeneous_schemes_through_ray_equal_the_fused_trainer(algorithm):
     assert_same_results(engine, fused)
 
 
-def test_client_actors_run_forwards_ahead_only_on_cpus_the_server_leaves():
+def test_client_actors_run_forwards_ahead_only_on_cpus_the_server_leaves(monkeypatch):
     # Beside a server step whose threads fill the cores a forward makes both wait on each other.
     assert forwards_beside_server(8, 2, 2, 1) == 0     # 2 cores, a 2-CPU server: none ahead
     assert forwards_beside_server(8, 2, 1, 1) == 1
@@ -244,14 +244,21 @@ def test_client_actors_run_forwards_ahead_only_on_cpus_the_server_leaves():
     assert forwards_beside_server(8, 16, 2, 4) == 3    # 4-thread forwards: 3 fit on 14 CPUs
     assert forwards_beside_server(8, 2, 0, 1) == 2     # a GPU server leaves every CPU
     assert forwards_beside_server(8, math.inf, 2, 1) == 8   # a Tune trial's bundles
-    # The 2-CPU test cluster, a 1-CPU server: one forward ahead; engine.prefetch overrides.
-    for prefetch, expected in ((None, 1), (3, 3)):
-        extra = {} if prefetch is None else {"engine.prefetch": prefetch}
+
+    def prefetch(**extra: object) -> int:
         cfg = load_config(overrides=small(**{"clients.count": 2, "clients.num_cpus": 0.5,
                                              "model.name": "tiny_cnn", "model.split_layer": 3,
                                              **extra}))
         peers = start_peers(prepare(cfg), "ray")
         try:
-            assert peers.prefetch == expected
+            return peers.prefetch
         finally:
             peers.stop()
+
+    # The 2-CPU test cluster, a 1-CPU server: one forward ahead; engine.prefetch overrides.
+    assert prefetch() == 1
+    assert prefetch(**{"engine.prefetch": 3}) == 3
+    # Ray's CPUs are logical: on a one-node cluster declaring more CPUs than the node's cores
+    # (here one core under the 2-CPU cluster), the 1-CPU server leaves no core for a forward.
+    monkeypatch.setattr(orchestrator.os, "sched_getaffinity", lambda pid: {0})
+    assert prefetch() == 0
