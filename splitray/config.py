@@ -258,8 +258,8 @@ class EngineConfig:
     # Client forwards the Ray engine runs ahead of the server. None: 2 per pool worker; with an
     # actor each, as many as fit on the CPUs the server leaves free (on a one-node cluster, of
     # the node's cores: Ray's CPUs are logical and may be declared above them). 0 serialises the
-    # forwards
-    # with the server's steps: faster when a step alone fills the machine's cores (see the README).
+    # forwards with the server's steps: faster when a step alone fills the machine's cores (see
+    # the README).
     prefetch: int | None = field(default=None, metadata=_range(0))
 
 

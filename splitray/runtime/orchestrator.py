@@ -275,9 +275,11 @@ def _ray_peers(p: Prepared, quiet: bool = False) -> Peers:
                       .remote(client_threads, i, cfg), f"client {i}", data)
               for i in range(cfg.clients.count)]
     server_cpus = 0.0 if num_gpus else cfg.server.num_cpus
+    if trial is None:
+        cpus = min(cpus, _one_node_cores())
     return Peers(list(actors), server, get_ray, [server, *actors],
                  prefetch=_prefetch(cfg, forwards_beside_server(
-                     len(actors), min(cpus, _one_node_cores()), server_cpus, client_threads)))
+                     len(actors), cpus, server_cpus, client_threads)))
 
 
 def _one_node_cores() -> float:
@@ -301,9 +303,9 @@ def forwards_beside_server(clients: int, cluster_cpus: float, server_cpus: float
                            client_threads: int) -> int:
     """Client actors' forwards to run ahead of the server by default: as many as fit on the CPUs
     the server's step leaves free (server_cpus 0 for a GPU server; cluster_cpus at most the
-    node's cores when the cluster is one node). Beside a step whose threads
-    fill the cores, a forward makes both wait at their OpenMP barriers: 8 client actors on 2
-    cores ran at 0.82 of the fused trainer with every forward ahead, 0.93 with none."""
+    node's cores when the cluster is one node). Beside a step whose threads fill the cores, a
+    forward makes both wait at their OpenMP barriers: 8 client actors on 2 cores ran at 0.82 of
+    the fused trainer with every forward ahead, 0.93 with none."""
     if math.isinf(cluster_cpus):  # a Tune trial's placement group: each actor has its CPUs
         return clients
     return min(clients, max(0, math.floor((cluster_cpus - server_cpus) / client_threads + 1e-9)))
