@@ -289,9 +289,11 @@ def _one_node_cores() -> float:
     import ray
 
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    if len(nodes) == 1 and nodes[0]["NodeID"] == ray.get_runtime_context().get_node_id():
+    if len(nodes) != 1 or nodes[0]["NodeID"] != ray.get_runtime_context().get_node_id():
+        return math.inf
+    if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process is allowed on
         return len(os.sched_getaffinity(0))
-    return math.inf
+    return os.cpu_count() or math.inf  # macOS has no affinity call
 
 
 def _prefetch(cfg: ExperimentConfig, default: int) -> int:
