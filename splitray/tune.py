@@ -107,7 +107,7 @@ class SweepResult:
     metric: str
     mode: str
     best_trial_id: str | None
-    wall_time_s: float
+    wall_time_s: float  # all attempts': the first run and every --resume
 
 
 class SweepInterrupted(Exception):
@@ -600,6 +600,12 @@ def resume_sweep(out_dir: str | Path) -> SweepResult:
     return _fit(tuner, space, out, settings["scheduler"])
 
 
+def _earlier_attempts_s(out: Path) -> list[float]:
+    """Wall seconds of the sweep's interrupted attempts, as `_fit` recorded them in settings.yaml."""
+    return [float(s) for s in read_yaml((out / SWEEP_SETTINGS).read_text())
+            .get("interrupted_attempts_s", [])]
+
+
 def _fit(tuner: Any, space: SearchSpace, out: Path, scheduler: str) -> SweepResult:
     """Run the sweep's trials and write its tables; raise SweepInterrupted if Ctrl-C or SIGTERM
     stopped it. Both stop it at once (Tune's own Ctrl-C handler would save and return as if the
@@ -619,6 +625,10 @@ def _fit(tuner: Any, space: SearchSpace, out: Path, scheduler: str) -> SweepResu
     try:
         results = tuner.fit()
     except KeyboardInterrupt as e:
+        settings = read_yaml((out / SWEEP_SETTINGS).read_text())
+        settings["interrupted_attempts_s"] = [*settings.get("interrupted_attempts_s", []),
+                                              round(time.perf_counter() - t0, 3)]
+        write_text(yaml.safe_dump(settings, sort_keys=False), str(out / SWEEP_SETTINGS))
         raise SweepInterrupted(out, 128 + (sigterm[0] if sigterm else signal.SIGINT)) from e
     finally:
         if on_main_thread:
@@ -627,7 +637,8 @@ def _fit(tuner: Any, space: SearchSpace, out: Path, scheduler: str) -> SweepResu
             del os.environ["TUNE_DISABLE_SIGINT_HANDLER"]
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_sigint
-    return _finish_sweep(results, space, out, scheduler, time.perf_counter() - t0)
+    attempts_s = [*_earlier_attempts_s(out), round(time.perf_counter() - t0, 3)]
+    return _finish_sweep(results, space, out, scheduler, attempts_s)
 
 
 def _trainable(space: SearchSpace, out: Path, has_gpu: bool) -> Any:
@@ -642,21 +653,24 @@ def _trainable(space: SearchSpace, out: Path, has_gpu: bool) -> Any:
 
 
 def _finish_sweep(results: Any, space: SearchSpace, out: Path, scheduler: str,
-                  wall_s: float) -> SweepResult:
-    """Record each trial's outcome, combine the trials' tables and write sweep.json."""
+                  attempts_s: list[float]) -> SweepResult:
+    """Record each trial's outcome, combine the trials' tables and write sweep.json
+    (`attempts_s`: the wall seconds of the first run and of each resume)."""
     trials = _records(results, space, out / "trials")
     keys = list(space.params)
     evals, steps = combine_trials(out, trials, keys)
     best = _best(trials, space.mode)
     sweep = {
         "space": space.path, "metric": space.metric, "mode": space.mode, "scheduler": scheduler,
-        "params": keys, "best_trial_id": best, "wall_time_s": wall_s,
+        "params": keys, "best_trial_id": best, "wall_time_s": sum(attempts_s),
+        "attempts_wall_time_s": attempts_s,
         "trials": [{"trial_id": t.trial_id, "status": t.status, "error": t.error,
                     "params": t.params, "epochs": t.epochs, "final_metric": t.final_metric}
                    for t in trials],
     }
     write_text(json.dumps(sweep, indent=2) + "\n", str(out / SWEEP_FILE))
-    return SweepResult(str(out), trials, evals, steps, space.metric, space.mode, best, wall_s)
+    return SweepResult(str(out), trials, evals, steps, space.metric, space.mode, best,
+                       sum(attempts_s))
 
 
 def format_summary(result: SweepResult) -> str:

@@ -417,9 +417,16 @@ def test_ctrl_c_or_sigterm_stops_a_sweep_with_the_signals_exit_code(
     space = sweep.load_space(write_space(tmp_path, {"train.lr": {"grid": [0.01]}}))
     handler_before = signal.getsignal(signal.SIGTERM)
     tuner = _StoppedTuner(how)
+    (tmp_path / "settings.yaml").write_text("scheduler: fifo\ninterrupted_attempts_s: [2.5]\n")
     with pytest.raises(sweep.SweepInterrupted) as stopped:
         sweep._fit(tuner, space, tmp_path, "fifo")
     assert stopped.value.exit_code == code and stopped.value.out_dir == tmp_path
+    # The attempt's wall seconds join the earlier attempts', for the resume's sweep.json.
+    settings = yaml.safe_load((tmp_path / "settings.yaml").read_text())
+    assert settings["scheduler"] == "fifo"
+    assert settings["interrupted_attempts_s"][0] == 2.5
+    assert len(settings["interrupted_attempts_s"]) == 2
+    assert 0 <= settings["interrupted_attempts_s"][1] < 60
     # Tune's own Ctrl-C handler is off while the trials run (it would return as if finished),
     # and afterwards this process's handlers and environment are as they were.
     assert tuner.sigint_handler_off == "1"
@@ -455,6 +462,7 @@ def test_a_sweep_stopped_by_sigterm_says_how_to_resume_and_resumes_without_dupli
     command = [sys.executable, "-m", "splitray.cli", "tune"]
     # One trial at a time: when the driver dies, one trial is part-way, the other not started.
     with (tmp_path / "stderr.txt").open("w") as stderr:
+        started = time.monotonic()
         proc = subprocess.Popen(
             [*command, str(path), "--out", str(out), "--max-concurrent", "1"], env=env,
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -476,12 +484,19 @@ def test_a_sweep_stopped_by_sigterm_says_how_to_resume_and_resumes_without_dupli
     assert code == 128 + signal.SIGTERM, printed[-2000:]
     assert f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it" in printed
     assert "SIGTERM received" not in printed  # Ray's C++ crash handler stays quiet
+    stopped_after_s = time.monotonic() - started
+    interrupted_s = yaml.safe_load((out / "settings.yaml").read_text())["interrupted_attempts_s"]
+    assert len(interrupted_s) == 1 and 0 < interrupted_s[0] < stopped_after_s
 
     resumed = subprocess.run([*command, "--resume", str(out)], env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     meta = json.loads((out / "sweep.json").read_text())
     assert [t["status"] for t in meta["trials"]] == ["finished", "finished"]
+    # The sweep's wall time counts the interrupted attempt too, not only the resume.
+    assert meta["attempts_wall_time_s"][0] == interrupted_s[0]
+    assert len(meta["attempts_wall_time_s"]) == 2
+    assert meta["wall_time_s"] == pytest.approx(sum(meta["attempts_wall_time_s"]))
     steps = pd.read_parquet(out / "steps.parquet")
     key = ["trial_id", "client_id", "epoch", "step"]
     assert not steps.duplicated(key).any()
