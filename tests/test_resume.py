@@ -119,3 +119,14 @@ def test_a_checkpoint_from_before_a_table_existed_keeps_none_of_its_parts(tmp_pa
     drop_parts_after(run_dir, {STEPS_TABLE: 1, EVALS_TABLE: 2})
     assert [len(table_parts(os.path.join(run_dir, name))) for name in
             (STEPS_TABLE, EVALS_TABLE, CLIENT_EVALS_TABLE)] == [1, 2, 0]
+
+
+def test_an_empty_checkpoint_file_is_a_one_line_error(tmp_path):
+    from splitray.config import ConfigError
+    from splitray.runtime.context import load_tensors
+
+    empty = tmp_path / "checkpoint.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"is not a checkpoint splitray can load safely "
+                                          r"\(EOFError: \)$"):
+        load_tensors(str(empty), "checkpoint")

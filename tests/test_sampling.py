@@ -177,3 +177,30 @@ def test_cancelling_a_transfer_gives_its_share_of_a_shared_medium_back():
 def test_sampling_settings_that_cannot_work_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         _config(**overrides)
+
+
+def test_a_nan_loss_stops_the_run_even_when_its_step_is_dropped_after_the_server_trained(
+        tmp_path, monkeypatch):
+    import dataclasses
+
+    from splitray.roles import ServerRole
+    from splitray.runtime import RunDiverged
+
+    # A gradient of 4 kB at 20 kbit/s is 1.6 s on the link: client 0 leaves half-way through,
+    # after the server has trained on its payload (and its update stands).
+    links = ("[{kind: constant, up_bps: 1e6, down_bps: 2e4, latency_s: 0.0}]")
+    first = _run(**{"clients.count": 2, "network.links": links})
+    row = first.steps[(first.steps["client_id"] == 0) & (first.steps["round"] == 0)].iloc[0]
+    leave_s = row["sim_time_s"] - row["sim_client_backward_s"] - row["sim_downlink_s"] / 2
+    trace = tmp_path / "online.csv"
+    trace.write_text(f"client_id,start_s,end_s\n0,0,{leave_s}\n1,0,1e9\n")
+    original = ServerRole.step
+
+    def step(self, payload, client_id, step):
+        grad, info = original(self, payload, client_id, step)
+        return grad, dataclasses.replace(info, loss=math.nan) if client_id == 0 else info
+
+    monkeypatch.setattr(ServerRole, "step", step)
+    with pytest.raises(RunDiverged, match=r"epoch 0 step 0 \(client 0\)"):
+        _run(**{"clients.count": 2, "network.links": links, "availability.kind": "file",
+                "availability.path": str(trace)})

@@ -260,3 +260,50 @@ def test_a_broadcast_goes_down_once_on_a_shared_medium_and_the_backwards_wait_fo
         broadcast=lambda: Broadcast(0.0, nbytes))}
     assert times[0].end_s == pytest.approx(2.0 + nbytes * 8 / cap_bps)
     assert times[1].end_s == pytest.approx(2.0 + nbytes * 8 / (cap_bps / 2))
+
+
+def test_the_clock_ends_where_the_last_step_ended_not_at_a_later_offline_time():
+    # A step that finishes before its client would go offline leaves that time behind unused,
+    # and so does a step dropped before its forward would have ended: the next round starts
+    # when the last step ended.
+    tl = timeline({0: ConstantLink(8e6, 8e6, 0.0)})
+    [(_, kept)] = tl.run([StepJob(0, 0.0, forward_s=0.5, bytes_up=0, offline_s=5000.0)],
+                         serve_fixed(0.25, 0, 0.25))
+    assert kept.dropped == "" and kept.end_s == pytest.approx(1.0)
+    assert tl.now_s == pytest.approx(1.0)
+    tl = timeline({0: ConstantLink(8e6, 8e6, 0.0)})
+    [(_, cut)] = tl.run([StepJob(0, 0.0, forward_s=100.0, bytes_up=0, offline_s=1.0)],
+                        serve_fixed(0.25, 0, 0.25))
+    assert cut.dropped == "offline" and cut.end_s == 1.0 and tl.now_s == 1.0
+
+
+def test_going_offline_while_the_model_download_is_within_the_links_latency_drops_the_step():
+    # 1,000 bytes at 8 kbit/s drain at 1 s, and arrive 1 s of latency later; offline at 1.5 s.
+    tl = timeline({0: ConstantLink(8e3, 8e3, 1.0)})
+    job = StepJob(0, 0.0, forward_s=0.5, bytes_up=0, bytes_model_down=1000, offline_s=1.5)
+    [(_, t)] = tl.run([job], serve_fixed(0.0, 0, 0.0))
+    assert (t.dropped, t.cut, t.cut_share) == ("offline", "model_down", 1.0)
+    assert t.end_s == 1.5 and t.model_down_s == 1.5 and t.client_compute_s == 0.0
+
+
+def test_a_step_dropped_after_the_server_went_idle_still_lets_the_broadcast_go():
+    # Client 0's payload (nothing) is served at once; client 1's is cut on the link at 0.5 s,
+    # after the server went idle: the broadcast goes then, and client 0's backward follows it.
+    tl = timeline({0: ConstantLink(8e3, 8e3, 0.0), 1: ConstantLink(8e3, 8e3, 0.0)})
+    jobs = [StepJob(0, 0.0, bytes_up=0), StepJob(1, 0.0, bytes_up=1000, offline_s=0.5)]
+    times = {job.client_id: t for job, t in tl.run(jobs, serve_fixed(0.1, 0, 0.2),
+                                                    broadcast=lambda: Broadcast(0.3, 0))}
+    assert sorted(times) == [0, 1]
+    assert times[1].dropped == "offline" and times[1].end_s == 0.5
+    assert times[0].dropped == "" and times[0].end_s == pytest.approx(0.5 + 0.3 + 0.2)
+
+
+def test_a_step_without_a_gradient_cut_in_its_model_upload_spends_no_time_in_backward():
+    # Async SL's kind of step: no gradient comes down, the model goes up after the server is done.
+    tl = timeline({0: ConstantLink(8e3, 8e3, 0.0)})
+    job = StepJob(0, 0.0, forward_s=0.5, bytes_up=0, learn=False, bytes_model_up=1000,
+                  offline_s=1.0)
+    [(_, t)] = tl.run([job], serve_fixed(0.25, 0, 0.0))
+    assert (t.dropped, t.cut, t.cut_share) == ("offline", "model_up", pytest.approx(0.25))
+    assert t.client_backward_s == 0.0 and t.downlink_s == 0.0
+    assert t.model_up_s == pytest.approx(0.25) and t.client_compute_s == pytest.approx(0.5)

@@ -83,8 +83,9 @@ def load_tensors(path: str, what: str) -> dict:
     try:
         return torch.load(io.BytesIO(read_bytes(path)), weights_only=True)
     except Exception as e:  # truncated, or not plain tensors and values
+        first_line = str(e).partition("\n")[0][:120]  # empty for an empty file's EOFError
         raise ConfigError(f"{path} is not a {what} splitray can load safely "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+                          f"({type(e).__name__}: {first_line})") from None
 
 
 class RunDiverged(RuntimeError):
@@ -94,7 +95,8 @@ class RunDiverged(RuntimeError):
 
 
 class RunFailed(RuntimeError):
-    """More actors died than `faults.max_failures` allows; the run can go on with --resume."""
+    """The run cannot go on: more actors died than `faults.max_failures` allows (it can go on
+    with --resume), or no client is online again for the rest of the availability trace."""
 
     run_dir: str | None = None
 
@@ -462,8 +464,9 @@ class RunContext:
         as it arrives and, once all are in, the first m positions once for all at their mean;
         that gradient goes down as one broadcast, charged to the lowest client id's row.
         A step whose client goes offline before it ends, or whose payload arrives after the
-        first `keep_first`, is dropped (see `splitray.runtime.timeline`): no client update, the
-        bytes sent counted, its row's `dropped` says why.
+        first `keep_first`, is dropped (see `splitray.runtime.timeline`): no client update (but
+        a step cut in its model upload has run its backward: its weights stay out of the
+        average), the bytes sent counted, its row's `dropped` says why.
         With FLOP-timed compute every step's cost is known beforehand, so the driver does not
         wait for the clients' backwards: the next round's forwards queue right behind them, and
         their reports fill the rows at the next `settle`.
@@ -627,7 +630,8 @@ class RunContext:
             if i in bwd and b is None:
                 self._unsettled.append((rows[-1], bwd[i], backward_flops))
         self.rows[STEPS_TABLE] += rows
-        diverged = next((r for r in rows if not r["dropped"] and not math.isfinite(r["loss"])),
+        # Every step the server trained on, dropped afterwards or not (its update stands).
+        diverged = next((r for r in rows if r["batch_size"] and not math.isfinite(r["loss"])),
                         None)
         if diverged is not None:
             self.settle()

@@ -108,6 +108,7 @@ class _Progress:
     marks: list[float] | None = None  # the times its phases ended so far (for a dropped step)
     sending: int | None = None     # the handle of its transfer on the link, if one is
     offline: bool = False          # its client went offline while it was at the server
+    begun: bool = False
     ended: bool = False
 
 
@@ -242,6 +243,7 @@ class Timeline:
             nonlocal unserved
             if p.work is None:
                 unserved += 1
+                push(self.now_s, "server", p, _SERVER)  # the last one out may start a broadcast
             p.ended = True
             self.client_free_s[p.job.client_id] = self.now_s
             done.append((p.rank, p.job, _dropped_times(p, self.now_s, dropped, cut, cut_share)))
@@ -257,6 +259,8 @@ class Timeline:
                 drop(p, "offline")  # still computing its forward
             elif p.marks:
                 p.offline = True  # at the server or in its backward: ends at its next send
+            elif p.begun:  # its model download has drained and is within the link's latency
+                drop(p, "offline", "model_down")
             # not begun: it begins offline and drops then
 
         def finish(p: _Progress) -> None:
@@ -320,14 +324,16 @@ class Timeline:
                 push(delivery.arrival_s, what, p)
                 continue
             t, _, _, kind, p = heapq.heappop(events)
+            if kind != "server" and isinstance(p, _Progress) and p.ended:
+                # A dropped step's later events, or the time a finished step's client would
+                # have gone offline: neither moves the clock, which says when the last step ended.
+                continue
             self.now_s = max(self.now_s, t)
             job = p.job if isinstance(p, _Progress) else None
-            if kind != "server" and isinstance(p, _Progress) and p.ended:
-                continue  # a dropped step's later events
             if kind == "offline":
                 go_offline(p)
             elif kind == "begin":
-                p.start_s = t
+                p.start_s, p.begun = t, True
                 if t >= job.offline_s:
                     drop(p, "offline")
                 elif job.bytes_model_down:
@@ -377,6 +383,7 @@ class Timeline:
                 if job.learn:
                     send(p, "down", p.work.bytes_down, "gradient")
                 else:
+                    mark(p)  # no gradient download: that phase ends here
                     after_backward(p)
             elif kind == "gradient":
                 p.gradient_here = True
