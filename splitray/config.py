@@ -344,6 +344,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: {value!r} is not allowed; expected a number")
+        if not math.isfinite(value):  # NaN would pass every bound check below
+            raise ConfigError(f"{path}: {value!r} is not allowed; expected a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str | int) or isinstance(value, bool):

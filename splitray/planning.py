@@ -32,6 +32,7 @@ from splitray.data.loaders import (
     IMAGEFOLDER_DEFAULT_IMAGE_SIZE,
     STL10_IMAGE_SIZE,
     SYNTHETIC_DEFAULT_IMAGE_SIZE,
+    SYNTHETIC_DEFAULT_SAMPLES,
 )
 from splitray.models import build_model, min_input_px
 from splitray.models.flops import MEASURE_BATCH, _measure_unit, flop_counter
@@ -225,14 +226,25 @@ def averages_whole_models(cfg: ExperimentConfig) -> bool:
     return cfg.train.algorithm == "edgesplit" and cfg.edgesplit.every_rounds != 0
 
 
+# Training samples of each dataset when data.train_samples is unset (ImageFolder's: unknown).
+TRAIN_SAMPLES = {"synthetic": SYNTHETIC_DEFAULT_SAMPLES["train"], "cifar10": 50_000,
+                 "cifar100": 50_000, "stl10": 5_000}
+
+
 def rounds_per_average(cfg: ExperimentConfig) -> int:
     """Rounds between two of EdgeSplit's averages: edgesplit.every_rounds, else the rounds of an
-    epoch (the steps of an even shard, capped by train.steps_per_epoch)."""
+    epoch (the steps of an even shard, capped by train.steps_per_epoch; with clients.per_round as
+    many rounds as all clients' steps need, as `RunContext.round_count` counts them)."""
     if cfg.edgesplit.every_rounds:
         return cfg.edgesplit.every_rounds
-    samples = cfg.data.train_samples or 50_000
+    samples = cfg.data.train_samples or TRAIN_SAMPLES.get(cfg.data.name)
+    if samples is None:
+        raise ConfigError(f"data.train_samples: None is not allowed when the planner prices an "
+                          f"average every epoch on {cfg.data.name} data; give the sample count")
     steps = max(1, samples // cfg.clients.count // cfg.train.batch_size)
-    return min(steps, cfg.train.steps_per_epoch or steps)
+    steps = min(steps, cfg.train.steps_per_epoch or steps)
+    per_round = cfg.clients.per_round
+    return math.ceil(steps * cfg.clients.count / per_round) if per_round else steps
 
 
 def _model_table(cfg: ExperimentConfig) -> tuple[Any, tuple]:
@@ -642,8 +654,16 @@ def predict(cfg: ExperimentConfig) -> Plan:
 
 def baseline_config(cfg: ExperimentConfig, split_layer: int) -> ExperimentConfig:
     """cfg as the baseline plans are measured against: parallel SL, every client split at
-    `split_layer`, network.shared divided in equal fixed shares."""
+    `split_layer` and sending the same fraction of its channels as a plan's client there (each
+    phase's budget scaled as `split_costs` scales it), network.shared divided in equal fixed
+    shares."""
     data = cfg.to_dict()
+    at_split = config_from_dict({**data, "clients": {**data["clients"],
+                                                     "split_layers": [split_layer]}})
+    reference, [channels, *_] = split_channels(at_split)
+    for phase in data["schedule"]["phases"]:
+        if phase["budget"] is not None:
+            phase["budget"] = scaled_budget(phase["budget"], reference, channels)
     data["train"]["algorithm"] = "parallel_sl"
     data["train"]["phi"] = 0.0
     data["model"]["split_layer"] = split_layer
@@ -656,18 +676,10 @@ def baseline_config(cfg: ExperimentConfig, split_layer: int) -> ExperimentConfig
 
 def best_single_split(cfg: ExperimentConfig) -> Plan:
     """The predicted round of parallel SL at the best single split point (among the planner's
-    candidates whose channels hold the schedule's budgets) with equal shares: what EdgeSplit and
-    EPSL are compared with."""
+    candidates) with equal shares: what EdgeSplit and EPSL are compared with."""
     costs = split_costs(cfg)
-    rounds, refused = [], []
-    for k in candidate_splits(cfg, costs):
-        try:
-            rounds.append(predict(baseline_config(cfg, costs[k].split_layer)))
-        except ConfigError as e:  # e.g. a budget above the channels at that split point
-            refused.append(e)
-    if not rounds:
-        raise refused[0]
-    return min(rounds, key=lambda p: p.round_s)
+    return min((predict(baseline_config(cfg, costs[k].split_layer))
+                for k in candidate_splits(cfg, costs)), key=lambda p: p.round_s)
 
 
 def default_objective(cfg: ExperimentConfig) -> str:
@@ -841,7 +853,7 @@ def planned_config(cfg: ExperimentConfig) -> ExperimentConfig:
     if cfg.train.algorithm == "edgesplit":
         return config_from_dict(resolved_config(cfg, plan(cfg, "edgesplit")))
     data = cfg.to_dict()
-    data["plan"]["split_layers"] = [cfg.model.split_layer]
+    data["plan"]["split_layers"] = [split_layer_of(cfg, 0)]  # one split point for all here
     return config_from_dict(resolved_config(cfg, plan(config_from_dict(data), "edgesplit")))
 
 

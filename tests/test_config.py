@@ -28,6 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
     ("schedule.phases[5].budget=8", "schedule.phases[5].budget: index 5 is out of range"),
     ("compression.delta=1e-3x", "compression.delta: '1e-3x' is not allowed; expected a number"),
     ("engine.prefetch=-1", "engine.prefetch: -1 is not allowed; must be >= 0"),
+    # NaN compares false with every bound, so it needs its own rule; so does infinity.
+    ("compression.lam=.nan", "compression.lam: nan is not allowed; expected a finite number"),
+    ("clients.cpu_share=.nan", "clients.cpu_share: nan is not allowed; expected a finite number"),
+    ("train.lr=.inf", "train.lr: inf is not allowed; expected a finite number"),
 ])
 def test_bad_values_name_field_value_and_rule(override, message):
     with pytest.raises(ConfigError) as info:

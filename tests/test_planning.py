@@ -17,6 +17,7 @@ from splitray.network import NetworkModel, build_link, get_device_profile
 from splitray.planning import (
     ClientPlan,
     Plan,
+    baseline_config,
     best_single_split,
     format_plan,
     grid_values,
@@ -369,14 +370,17 @@ def test_edgesplit_experiment_plans_at_least_half_the_best_single_split_round():
 
 
 def test_edge_comparison_runs_epsl_uncompressed_next_to_a_compressed_config():
-    """analysis/edge_comparison.py on a config with a channel budget: the baseline and EdgeSplit
-    keep it, EPSL (compression off, METHODS.md section 6) sends all channels in every phase."""
+    """analysis/edge_comparison.py on a config with a channel budget: EdgeSplit keeps it, the
+    baseline sends the same fraction (1/16) at its split point, EPSL (compression off, METHODS.md
+    section 6) sends all channels in every phase."""
     cfg = load_config(EDGESPLIT_YAML,
                       ["compression.enabled=true", "schedule.phases=[{epochs: 1, budget: 8}]"])
     baseline, edge, epsl = systems(cfg, [1.0])
-    for system in (baseline, edge):
-        assert system.cfg.compression.enabled
-        assert [p.budget for p in system.cfg.schedule.phases] == [8]
+    assert baseline.cfg.compression.enabled and edge.cfg.compression.enabled
+    assert [p.budget for p in edge.cfg.schedule.phases] == [8]
+    channels = {c.split_layer: c.shape[0] for c in split_costs(cfg)}
+    assert [p.budget for p in baseline.cfg.schedule.phases] == [
+        channels[baseline.cfg.model.split_layer] // 16]
     assert not epsl.cfg.compression.enabled
     assert [p.budget for p in epsl.cfg.schedule.phases] == [None]
     assert epsl.cfg.train.phi == 1.0
@@ -414,16 +418,50 @@ def test_edge_comparison_averages_each_devices_accuracy_over_seeds():
     np.testing.assert_allclose(out["test_accuracy"], [0.28, 0.22, 0.28])
 
 
-def test_the_baseline_skips_split_points_whose_channels_cannot_hold_the_schedules_budgets():
-    # The quickstart deprunes to 128 channels: vgg11_bn has 64 at splits 1-2, so the baseline
-    # (parallel SL with the schedule's budgets as given) cannot split there; the plan, whose
-    # budgets are fractions of each split point's channels, can.
-    cfg = load_config(str(EDGESPLIT_YAML.parent / "quickstart.yaml"))
-    best, baseline = plan_and_baseline(cfg)
-    channels = {c.split_layer: c.shape[0] for c in split_costs(cfg)}
-    assert channels[2] == 64 and baseline.clients[0].split_layer not in (1, 2)
-    assert channels[baseline.clients[0].split_layer] >= 128
-    assert best.round_s < baseline.round_s
-    with pytest.raises(ConfigError, match=r"budget: \d+ is not allowed; must be <="):
-        best_single_split(load_config(str(EDGESPLIT_YAML.parent / "quickstart.yaml"),
-                                      ["plan.split_layers=[1, 2]"]))
+def test_the_baseline_sends_the_plans_fraction_of_the_channels_at_every_split_point():
+    # Budget 8 is 1/16 of split 5's 128 channels; at split 3 (64 channels) the plan sends 4, and
+    # so must the baseline split there, or the comparison would favour the plan.
+    cfg = load_config(str(EDGESPLIT_YAML), ["compression.enabled=true",
+                                            "schedule.phases=[{epochs: 2, budget: 8}]"])
+    plan_sent = {c.split_layer: c.wire_shape for c in split_costs(cfg)}
+    for split_layer in (3, 5, 14):
+        baseline = baseline_config(cfg, split_layer)
+        sent = {c.split_layer: c.wire_shape for c in split_costs(baseline)}
+        assert sent[split_layer] == plan_sent[split_layer]
+    assert baseline_config(cfg, 3).schedule.phases[0].budget == 4
+    # The quickstart deprunes to 128 channels, all of split 5's: at splits 1-2 (64 channels)
+    # the baseline sends all 64, as the plan would.
+    quick = load_config(str(EDGESPLIT_YAML.parent / "quickstart.yaml"))
+    at_2 = baseline_config(quick, 2)
+    assert [p.budget for p in at_2.schedule.phases][-1] == 64
+    assert best_single_split(load_config(str(EDGESPLIT_YAML.parent / "quickstart.yaml"),
+                                         ["plan.split_layers=[1, 2]"])).round_s > 0
+
+
+def test_an_epochs_rounds_between_averages_follow_the_datasets_own_size():
+    from splitray.planning import rounds_per_average
+
+    # edgesplit.yaml: 8 clients at batch 32; synthetic data has 2,048 training samples unless
+    # data.train_samples says otherwise: 8 steps a client, 8 rounds an epoch.
+    every_epoch = ["edgesplit.every_rounds=null"]
+    assert rounds_per_average(load_config(str(EDGESPLIT_YAML), every_epoch)) == 8
+    unset = load_config(str(EDGESPLIT_YAML), [*every_epoch, "data.train_samples=null"])
+    assert rounds_per_average(unset) == 8
+    cifar = load_config(str(EDGESPLIT_YAML), [*every_epoch, "data.train_samples=null",
+                                              "data.name=cifar10"])
+    assert rounds_per_average(cifar) == 50_000 // 8 // 32
+    # Four clients a round take all 8 x 8 steps in 16 rounds, as the run counts them.
+    sampled = load_config(str(EDGESPLIT_YAML), [*every_epoch, "clients.per_round=4"])
+    assert rounds_per_average(sampled) == 16
+
+
+def test_planned_shares_keep_a_non_edgesplit_runs_own_split_point():
+    from splitray.planning import planned_config
+
+    cfg = load_config(str(EDGESPLIT_YAML), [
+        "train.algorithm=parallel_sl", "model.split_layer=5", "clients.split_layers=[3]",
+        "network.shared={kind: shared, up_bps: 5e6, down_bps: 12.5e6, latency_s: 0.003, "
+        "allocation: planned}"])
+    planned = planned_config(cfg)
+    assert planned.clients.split_layers == [3] * 8
+    assert planned.network.shared["allocation"] == "shares"
