@@ -137,6 +137,11 @@ class TrainConfig:
     # left, so the server averages like with like; shuffled: the shuffled shard, as parallel SL's
     phi_positions: str = field(default="by_class", metadata=_choices("by_class", "shuffled"))
 
+    def shared_positions(self) -> int:
+        """EPSL's m = ceil(phi * batch_size): the positions of each batch whose last-layer
+        gradients the server aggregates over the clients (0 for every other algorithm)."""
+        return math.ceil(self.phi * self.batch_size) if self.algorithm == "epsl" else 0
+
 
 @dataclass
 class VanillaConfig:

@@ -114,7 +114,8 @@ class ClientPlan:
 @dataclass(frozen=True)
 class Plan:
     """A plan for every client and its predicted round time: the slowest client's round_s, or
-    with EdgeSplit's averaging the mean round between two averages, their transfers included."""
+    with model averaging (SplitFed, EdgeSplit) the mean round between two averages, their
+    transfers included."""
 
     objective: str
     clients: tuple[ClientPlan, ...]
@@ -220,10 +221,12 @@ def _state_bytes(modules: list[torch.nn.Module | None]) -> int:
                for t in m.state_dict().values())
 
 
-def averages_whole_models(cfg: ExperimentConfig) -> bool:
-    """Whether cfg's run sends model weights over the network: EdgeSplit's whole-model average
-    (unless edgesplit.every_rounds is 0; its server-side average moves nothing)."""
-    return cfg.train.algorithm == "edgesplit" and cfg.edgesplit.every_rounds != 0
+def sends_weights(cfg: ExperimentConfig) -> bool:
+    """Whether cfg's run sends client parts over the network to average them: SplitFed's, and
+    EdgeSplit's whole-model average (unless edgesplit.every_rounds is 0; its server-side average
+    moves nothing)."""
+    algorithm = cfg.train.algorithm
+    return algorithm == "splitfed" or (algorithm == "edgesplit" and cfg.edgesplit.every_rounds != 0)
 
 
 # Training samples of each dataset when data.train_samples is unset (ImageFolder's: unknown).
@@ -232,11 +235,14 @@ TRAIN_SAMPLES = {"synthetic": SYNTHETIC_DEFAULT_SAMPLES["train"], "cifar10": 50_
 
 
 def rounds_per_average(cfg: ExperimentConfig) -> int:
-    """Rounds between two of EdgeSplit's averages: edgesplit.every_rounds, else the rounds of an
-    epoch (the steps of an even shard, capped by train.steps_per_epoch; with clients.per_round as
-    many rounds as all clients' steps need, as `RunContext.round_count` counts them)."""
-    if cfg.edgesplit.every_rounds:
-        return cfg.edgesplit.every_rounds
+    """Rounds between two averages: splitfed.every_rounds (SplitFed) or edgesplit.every_rounds,
+    else the rounds of an epoch (the steps of an even shard, capped by train.steps_per_epoch; with
+    clients.per_round as many rounds as all clients' steps need, as `RunContext.round_count`
+    counts them)."""
+    every_rounds = (cfg.splitfed.every_rounds if cfg.train.algorithm == "splitfed"
+                    else cfg.edgesplit.every_rounds)
+    if every_rounds:
+        return every_rounds
     samples = cfg.data.train_samples or TRAIN_SAMPLES.get(cfg.data.name)
     if samples is None:
         raise ConfigError(f"data.train_samples: None is not allowed when the planner prices an "
@@ -406,8 +412,8 @@ def device_profiles(cfg: ExperimentConfig) -> tuple[list[DeviceProfile], DeviceP
 
 def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceProfile],
            server: DeviceProfile, medium: SharedMedium, averages: bool) -> _Times:
-    """Every client's seconds at every split point; `averages`: EdgeSplit's model averaging, whose
-    transfers are charged to the rounds between two averages."""
+    """Every client's seconds at every split point; `averages`: model averaging (SplitFed's,
+    EdgeSplit's), whose transfers are charged to the rounds between two averages."""
     b, share = cfg.train.batch_size, cfg.clients.cpu_share
 
     def client_s(flops: list[float]) -> np.ndarray:
@@ -423,8 +429,7 @@ def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceP
         server_s=per_client([compute_time_s(b * c.server_flops_per_sample, server) for c in costs]),
         server_forward_s=per_client([compute_time_s(b * c.server_forward_flops_per_sample, server)
                                      for c in costs]),
-        shared_fraction=(math.ceil(cfg.train.phi * b) / b if cfg.train.algorithm == "epsl"
-                         else 0.0),
+        shared_fraction=cfg.train.shared_positions() / b,
         up_s=per_client([8.0 * c.up_bytes(b) / medium.rate_bps("up") for c in costs]),
         down_s=per_client([8.0 * c.down_bytes(b) / medium.rate_bps("down") for c in costs]),
         latency_up_s=delay_s, latency_down_s=delay_s,
@@ -622,7 +627,7 @@ def plan(cfg: ExperimentConfig, objective: str = "edgesplit") -> Plan:
     costs = split_costs(cfg)
     picked = candidate_splits(cfg, costs)
     costs = [costs[k] for k in picked]
-    times = _times(cfg, costs, devices, server, medium, averages=averages_whole_models(cfg))
+    times = _times(cfg, costs, devices, server, medium, averages=sends_weights(cfg))
     n = len(devices)
     if objective == "edgesplit":
         columns, shares, wait, passes = _plan_edgesplit(times)
@@ -643,7 +648,7 @@ def predict(cfg: ExperimentConfig) -> Plan:
     medium = shared_medium(cfg)
     devices, server = device_profiles(cfg)
     costs = split_costs(cfg)
-    times = _times(cfg, costs, devices, server, medium, averages=averages_whole_models(cfg))
+    times = _times(cfg, costs, devices, server, medium, averages=sends_weights(cfg))
     n = len(devices)
     column_of = {c.split_layer: k for k, c in enumerate(costs)}
     columns = np.array([column_of[split_layer_of(cfg, i)] for i in range(n)])
@@ -844,6 +849,11 @@ def planned_config(cfg: ExperimentConfig) -> ExperimentConfig:
     other algorithm the shares at its model.split_layer. Else cfg itself."""
     if not asks_for_plan(cfg):
         return cfg
+    if cfg.train.algorithm == "vanilla_sl":
+        raise ConfigError("network.shared: allocation 'planned' is not allowed with "
+                          "train.algorithm vanilla_sl; the planner shares the access point among "
+                          "clients that send at once, and vanilla SL's take turns (give shares, "
+                          "or leave allocation out for processor sharing)")
     if cfg.network.shared is None:
         raise ConfigError("clients.split_layers: None is not allowed for edgesplit with own links "
                           "(network.links); give each client's split point, or set "

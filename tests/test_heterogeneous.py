@@ -4,6 +4,7 @@ on the fused local engine."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -355,6 +356,21 @@ def test_epsl_phi_needs_uncompressed_activations():
         tiny(**{"train.algorithm": "epsl", "train.phi": 0.5, "compression.enabled": "true"})
     with pytest.raises(ConfigError, match="train.phi: 0.5 is not allowed with train.algorithm"):
         tiny(**{"train.phi": 0.5})
+
+
+EPSL_YAML = Path(__file__).resolve().parents[1] / "experiments" / "epsl.yaml"
+
+
+def test_epsl_needs_every_batch_to_hold_the_shared_positions():
+    # A skewed split of 512 samples leaves client 6 with 14, fewer than the 16 shared positions of
+    # a 32-sample batch at phi 0.5: the server could not average position 15 over every client.
+    epsl = ["train.phi=0.5", "data.partition=dirichlet", "data.dirichlet_alpha=0.1",
+            "data.train_samples=512"]
+    with pytest.raises(ConfigError, match=r"train.phi: 0.5 is not allowed with these shards; EPSL "
+                                          r"aggregates the first 16 positions of every batch, "
+                                          r"and client 6's batch holds only its 14 samples"):
+        prepare(load_config(EPSL_YAML, epsl))
+    prepare(load_config(EPSL_YAML, [*epsl, "train.phi=0.4"]))  # 13
 
 
 @pytest.mark.parametrize("phi", [0.0, 1.0])

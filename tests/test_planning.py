@@ -465,3 +465,25 @@ def test_planned_shares_keep_a_non_edgesplit_runs_own_split_point():
     planned = planned_config(cfg)
     assert planned.clients.split_layers == [3] * 8
     assert planned.network.shared["allocation"] == "shares"
+
+
+def test_planned_shares_price_splitfeds_weight_transfers_and_refuse_vanilla_sl():
+    from splitray.planning import planned_config, predict, rounds_per_average
+
+    medium = ("network.shared={kind: shared, up_bps: 5e6, down_bps: 12.5e6, latency_s: 0.003, "
+              "allocation: planned}")
+
+    def planned(algorithm: str, *more: str):
+        return planned_config(load_config(str(EDGESPLIT_YAML), [
+            medium, "model.split_layer=5", f"train.algorithm={algorithm}", *more]))
+
+    parallel, splitfed = predict(planned("parallel_sl")), predict(planned("splitfed"))
+    # SplitFed's client parts go up and come down once an epoch (8 rounds here): its mean round
+    # carries an eighth of those transfers, which parallel SL never sends.
+    assert rounds_per_average(planned("splitfed")) == 8
+    assert rounds_per_average(planned("splitfed", "splitfed.every_rounds=2")) == 2
+    assert splitfed.round_s > parallel.round_s
+    assert predict(planned("splitfed", "splitfed.every_rounds=2")).round_s > splitfed.round_s
+    with pytest.raises(ConfigError, match="allocation 'planned' is not allowed with "
+                                          "train.algorithm vanilla_sl"):
+        planned("vanilla_sl")

@@ -26,7 +26,6 @@ epsl`) 0.708 by class, 0.602 shuffled, phi = 0 0.774.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from splitray.algorithms import parallel_sl
@@ -36,6 +35,6 @@ if TYPE_CHECKING:
 
 
 def run(ctx: RunContext) -> None:
-    shared_positions = math.ceil(ctx.cfg.train.phi * ctx.cfg.train.batch_size)
+    shared_positions = ctx.cfg.train.shared_positions()
     for plan in ctx.epochs():
         parallel_sl.train_epoch(ctx, plan, shared_positions)

@@ -147,6 +147,14 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
                       shards_per_client=cfg.data.shards_per_client, seed=cfg.seed)
     if any(len(p) < 1 for p in parts):
         raise ConfigError(f"clients.count: {n} is not allowed; some clients get no training data")
+    shared = cfg.train.shared_positions()
+    smallest = min(range(n), key=lambda i: len(parts[i]))
+    if len(parts[smallest]) < shared:
+        raise ConfigError(
+            f"train.phi: {cfg.train.phi} is not allowed with these shards; EPSL aggregates the "
+            f"first {shared} positions of every batch, and client {smallest}'s batch holds only "
+            f"its {len(parts[smallest])} samples (raise data.train_samples or lower train.phi, "
+            "train.batch_size or the partition's skew)")
     if n > len(test):
         raise ConfigError(f"data.test_samples: {len(test)} test samples are not allowed for "
                           f"{n} clients; every client evaluates on its own slice, give >= {n}")
