@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -120,9 +121,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     if (args.space is None) == (args.resume is None):
         raise ConfigError("tune: give a space file or --resume SWEEP_DIR, not both or neither")
-    if args.quiet and args.resume is not None:
-        raise ConfigError("--quiet is not allowed with --resume; a sweep goes on with the output "
-                          "it started with (Tune keeps it)")
+    if args.resume is not None:
+        # Each flag's default is None, so that one given is told from one left out.
+        options = {"--quiet": args.quiet or None, "--num-samples": args.num_samples,
+                   "--scheduler": args.scheduler, "--max-concurrent": args.max_concurrent,
+                   "--max-failures": args.max_failures, "--out": args.out}
+        given = [flag for flag, value in options.items() if value is not None]
+        if given:
+            raise ConfigError(f"{given[0]} is not allowed with --resume; a sweep goes on in its own "
+                              "directory with the options it started with (Tune keeps them)")
     if args.resume is None:
         space = load_space(args.space)
     out = args.resume or args.out or str(
@@ -132,8 +139,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             result = resume_sweep(args.resume)
         else:
             result = run_sweep(space, out, num_samples=args.num_samples,
-                               scheduler=args.scheduler, max_concurrent=args.max_concurrent,
-                               max_failures=args.max_failures, verbose=0 if args.quiet else 1)
+                               scheduler=args.scheduler or "fifo",
+                               max_concurrent=args.max_concurrent,
+                               max_failures=args.max_failures or 0,
+                               verbose=0 if args.quiet else 1)
     except (KeyboardInterrupt, SweepInterrupted) as e:
         print(f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it",
               file=sys.stderr)
@@ -180,19 +189,22 @@ def _parse_pair(flag: str, text: str | None, kind: type, sep: str) -> tuple | No
         parts = [kind(p) for p in text.split(sep)] if sep in text else [kind(text)] * 2
     except ValueError:
         parts = []
-    if len(parts) != 2 or parts[0] > parts[1] or parts[0] < 0:
+    if (len(parts) != 2 or not all(math.isfinite(p) for p in parts) or parts[0] > parts[1]
+            or parts[0] < 0):
         example = "3 or 3-5" if kind is int else "0.5,2.0"
-        raise ConfigError(f"{flag}: {text!r} is not allowed; give e.g. {example} (low <= high)")
+        raise ConfigError(f"{flag}: {text!r} is not allowed; give e.g. {example} (finite, "
+                          "0 <= low <= high)")
     return tuple(parts)
 
 
 def _timeline(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from splitray.analysis import load
-    from splitray.analysis.report import markdown_table
+    from splitray.analysis.report import markdown_table, output_dir
     from splitray.analysis.timeline import lane_summary, plot_timeline
+    from splitray.metrics import check_output_dir, join_path
 
+    if args.target_accuracy is not None:
+        raise ConfigError("--target-accuracy is not allowed with --timeline")
     rounds = _parse_pair("--round", args.round, int, "-")
     if args.window is not None and "," not in args.window:
         raise ConfigError(f"--window: {args.window!r} is not allowed; give two times, e.g. 0.5,2.0")
@@ -200,13 +212,14 @@ def _timeline(args: argparse.Namespace) -> int:
     if rounds and window:
         raise ConfigError("--round and --window are not allowed together; choose one")
     try:
+        out = output_dir(args.path, args.out)
         results = load(args.path)
         runs = results.runs()
         if len(runs) != 1:
             raise ValueError(f"{args.path} holds {len(runs)} runs; --timeline draws one run "
                              "directory")
-        out = Path(args.out or Path(args.path) / "analysis") / "timeline.png"
-        written = plot_timeline(results.steps, str(out), rounds, window)
+        check_output_dir(out, "--out")
+        written = plot_timeline(results.steps, join_path(out, "timeline.png"), rounds, window)
         lanes, label = lane_summary(results.steps, rounds, window)
         print(f"simulated seconds of each lane, {label}:")
         print(markdown_table(lanes.round(4)))
@@ -366,12 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--num-samples", type=int, default=None, metavar="N",
                     help="samples drawn from the space, each grid point repeated this often "
                          "[the file's num_samples, else 1]")
-    tn.add_argument("--scheduler", choices=("fifo", "asha"), default="fifo",
+    tn.add_argument("--scheduler", choices=("fifo", "asha"), default=None,
                     help="fifo: run every trial to the end; asha: stop weak trials early "
                          "(grace period 1 epoch, on the file's metric) [fifo]")
     tn.add_argument("--max-concurrent", type=int, default=None, metavar="K",
                     help="at most K trials at once [as many as the cluster fits]")
-    tn.add_argument("--max-failures", type=int, default=0, metavar="N",
+    tn.add_argument("--max-failures", type=int, default=None, metavar="N",
                     help="retry a failed trial up to N times, from its last checkpoint [0]")
     tn.add_argument("--quiet", action="store_true",
                     help="only the final summary: no Tune status tables, no Ray info or warning "

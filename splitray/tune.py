@@ -59,7 +59,7 @@ from splitray.metrics import (
     write_table,
     write_text,
 )
-from splitray.planning import split_channels
+from splitray.planning import asks_for_plan, device_profiles, shared_medium, split_channels
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SPACE_FILE_KEYS = ("base", "set", "metric", "mode", "num_samples", "space")
@@ -232,6 +232,23 @@ def _validation_samples(space: SearchSpace) -> list[dict[str, Any]]:
     return samples + [dict(zip(keys, c, strict=True)) for c in combinations if len(keys) > 1]
 
 
+def _check_trial(cfg: ExperimentConfig) -> None:
+    """What a run checks from its config before loading data: the model's split table, the
+    device profiles and the network links (only the shared medium where the planner is to
+    choose split points or shares)."""
+    from splitray.runtime.orchestrator import network_model
+
+    split_channels(cfg)
+    device_profiles(cfg)
+    if asks_for_plan(cfg):
+        shared_medium(cfg)
+        return
+    try:
+        network_model(cfg)
+    except FileNotFoundError:
+        pass  # a missing trace file, like missing data, fails the trial that meets it
+
+
 def _load_space_unprefixed(path: Path) -> SearchSpace:
     raw = _read_yaml(path, "space")
     if not isinstance(raw, dict):
@@ -280,7 +297,7 @@ def _load_space_unprefixed(path: Path) -> SearchSpace:
     space = SearchSpace(str(path), base, params, metric, mode, num_samples)
     for sample in _validation_samples(space):
         try:
-            split_channels(trial_config(base, sample))  # the model's split table too
+            _check_trial(trial_config(base, sample))
         except ConfigError as e:
             msg = str(e)
             if len(sample) > 1:
@@ -310,14 +327,21 @@ def trial_bundles(cfg: ExperimentConfig, has_gpu: bool,
                   cluster_cpus: float = math.inf) -> list[dict[str, float]]:
     """Placement-group bundles of one trial: the driver, the server, then one per client actor
     (or per pool worker, when the clients are state on a pool: see `engine.clients`)."""
-    from splitray.runtime.pool import pool_size, uses_pool
-
     gpus = {"auto": 1 if has_gpu else 0, "0": 0, "1": 1}[cfg.server.num_gpus]
     server = {"CPU": cfg.server.num_cpus, **({"GPU": float(gpus)} if gpus else {})}
-    cpus = cluster_cpus - TRIAL_DRIVER_CPUS
-    processes = pool_size(cfg, cpus) if uses_pool(cfg, cpus) else cfg.clients.count
+    _, processes = _client_processes(cfg, cluster_cpus)
     return [{"CPU": TRIAL_DRIVER_CPUS}, server,
             *({"CPU": cfg.clients.num_cpus} for _ in range(processes))]
+
+
+def _client_processes(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[bool, int]:
+    """Whether a trial's clients run on a pool, and its client bundles: pool workers or clients."""
+    from splitray.runtime.pool import pool_size, uses_pool
+
+    cpus = cluster_cpus - TRIAL_DRIVER_CPUS
+    if uses_pool(cfg, cpus):
+        return True, pool_size(cfg, cpus)
+    return False, cfg.clients.count
 
 
 def trial_resources(base: dict, has_gpu: bool, config: dict,
@@ -456,12 +480,14 @@ def _check_fits(space: SearchSpace, cluster: dict[str, float], has_gpu: bool) ->
         cfg = trial_config(space.base, sample)
         need = sum(b.get("CPU", 0.0) for b in trial_bundles(cfg, has_gpu, cpus))
         if need > cpus + 1e-9:
+            on_pool, processes = _client_processes(cfg, cpus)
+            clients = (f"{processes} pool worker{'s' if processes > 1 else ''} x "
+                       f"{cfg.clients.num_cpus:g} for {cfg.clients.count} clients" if on_pool
+                       else f"{processes} clients x {cfg.clients.num_cpus:g}")
             raise ConfigError(
                 f"{space.path}: a trial needs {need:g} CPUs (driver {TRIAL_DRIVER_CPUS:g} + "
-                f"server {cfg.server.num_cpus:g} + {cfg.clients.count} clients x "
-                f"{cfg.clients.num_cpus:g}) "
-                f"but the Ray cluster has {cpus:g}; lower clients.num_cpus or server.num_cpus "
-                "(Ray resources are logical)")
+                f"server {cfg.server.num_cpus:g} + {clients}) but the Ray cluster has {cpus:g}; "
+                "lower clients.num_cpus or server.num_cpus (Ray resources are logical)")
         if cfg.server.num_gpus == "1" and not has_gpu:
             raise ConfigError(f"{space.path}: server.num_gpus: '1' is not allowed; the Ray "
                               "cluster has no GPU")

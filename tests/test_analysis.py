@@ -24,6 +24,7 @@ from splitray.analysis import (
     summary_table,
 )
 from splitray.analysis.plots import client_accuracy_figure, run_label
+from splitray.cli import EXIT_CONFIG_ERROR, main
 from splitray.metrics import CLIENT_EVAL_COLUMNS, EVAL_COLUMNS, STEP_COLUMNS, write_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -96,10 +97,9 @@ TRIALS = {  # trial_id -> (epsilon, phases, run_id from RUNS)
 }
 
 
-@pytest.fixture
-def sweep_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "sweep"
-    root.mkdir()
+def write_sweep(root: Path) -> Path:
+    """A sweep directory as `splitray tune` writes it: combined tables and sweep.json."""
+    root.mkdir(parents=True)
     evals, steps = [], []
     for trial_id, (eps, phases, run_id) in TRIALS.items():
         extra = {"trial_id": trial_id, "param.compression.epsilon": eps,
@@ -112,6 +112,11 @@ def sweep_dir(tmp_path: Path) -> Path:
     (root / "sweep.json").write_text(json.dumps(
         {"params": ["compression.epsilon", "schedule.phases"], "trials": trials}))
     return root
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    return write_sweep(tmp_path / "sweep")
 
 
 def all_evals() -> pd.DataFrame:
@@ -443,3 +448,73 @@ def test_a_run_with_no_evaluation_yet_is_left_out_and_part_files_load(tmp_path: 
     results = load(str(root))
     assert sorted(results.runs()) == ["done", "parts"]
     assert len(results.evals[results.evals["run_id"] == "parts"]) == len(RUNS["c"])
+
+
+def test_a_sweep_inside_a_folder_of_runs_is_left_out_not_read_as_runs(runs_dir: Path) -> None:
+    write_sweep(runs_dir / "sweep1")
+    (write_sweep(runs_dir / "sweep2") / "sweep.json").unlink()  # known by its trial_id column
+    results = load(str(runs_dir))
+    assert sorted(results.runs()) == ["a", "b", "c", "d"] and results.params == []
+    assert results.left_out == [str(runs_dir / "sweep1"), str(runs_dir / "sweep2")]
+    md = Path(analyze(str(runs_dir))["summary_md"]).read_text()
+    assert f"{runs_dir / 'sweep1'}, {runs_dir / 'sweep2'}." in md
+
+
+def test_a_run_rolled_back_to_its_start_is_not_a_result(runs_dir: Path) -> None:
+    rolled = runs_dir / "rolled"  # its table folders are there, their part files dropped
+    for table in ("evals.parquet", "steps.parquet", "client_evals.parquet"):
+        (rolled / table).mkdir(parents=True)
+    (rolled / "config.yaml").write_text("name: deprune\nseed: 1\n")
+    results = load(str(runs_dir))
+    assert sorted(results.runs()) == ["a", "b", "c", "d"] and results.params == []
+    assert results.left_out == []
+
+
+def test_a_sweep_whose_every_trial_failed_says_it_has_no_trial_rows(tmp_path: Path,
+                                                                     capsys) -> None:
+    root = tmp_path / "failed"
+    root.mkdir()
+    write_table([], EVAL_COLUMNS, str(root / "evals.parquet"))  # as combine_trials writes them
+    write_table([], STEP_COLUMNS, str(root / "steps.parquet"))
+    write_table([], CLIENT_EVAL_COLUMNS, str(root / "client_evals.parquet"))
+    trials = [{"trial_id": t, "status": "failed", "error": "RuntimeError: boom"} for t in TRIALS]
+    (root / "sweep.json").write_text(json.dumps({"params": [], "trials": trials}))
+    with pytest.raises(ValueError, match="has no trial rows: every trial failed"):
+        load(str(root))
+    assert main(["analyze", str(root)]) == EXIT_CONFIG_ERROR
+    assert capsys.readouterr().err.strip() == (
+        f"splitray: error: sweep {root} has no trial rows: every trial failed (sweep.json names "
+        "each error)")
+    assert not (root / "analysis").exists()
+
+
+def test_analyze_bad_out_and_timeline_flags_are_one_line_errors(runs_dir: Path, tmp_path: Path,
+                                                                 capsys, monkeypatch) -> None:
+    run_a = runs_dir / "run_a"
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    monkeypatch.chdir(tmp_path)  # where a URI collapsed into a local path would be written
+    cases = [
+        (["--out", str(a_file)], f"--out: '{a_file}' is not allowed; it is a file, not a directory"),
+        (["--out", str(a_file / "sub")], f"--out: '{a_file / 'sub'}' is not allowed; it cannot hold"),
+        (["--timeline", "--out", str(a_file)], f"--out: '{a_file}' is not allowed; it is a file"),
+        (["--timeline", "--out", str(a_file / "sub")], f"--out: '{a_file / 'sub'}' is not allowed"),
+        (["--timeline", "--window", "0,inf"], "--window: '0,inf' is not allowed; give e.g. 0.5,2.0"),
+        (["--timeline", "--window", "nan,1"], "--window: 'nan,1' is not allowed"),
+        (["--timeline", "--target-accuracy", "0.5"],
+         "--target-accuracy is not allowed with --timeline"),
+    ]
+    for flags, expected in cases:
+        assert main(["analyze", str(run_a), *flags]) == EXIT_CONFIG_ERROR, flags
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("splitray: error: "), err
+        assert expected in err, err
+    for flags in ([], ["--timeline"]):  # a URI's results need a local --out
+        assert main(["analyze", run_a.as_uri(), *flags]) == EXIT_CONFIG_ERROR
+        err = capsys.readouterr().err.strip()
+        assert err == (f"splitray: error: results at {run_a.as_uri()!r} are not local; pass a "
+                       "local out_dir (--out)"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "runs"]
+    assert not (run_a / "analysis").exists()
+    assert main(["analyze", run_a.as_uri(), "--timeline", "--out", str(tmp_path / "t")]) == 0
+    assert (tmp_path / "t" / "timeline.png").read_bytes()[:8] == PNG_MAGIC

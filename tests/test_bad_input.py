@@ -135,6 +135,13 @@ CASES = [
     ("space: malformed yaml", ["tune", "{root}/space_broken.yaml"], "is not valid YAML"),
     ("quiet resumed sweep", ["tune", "--resume", "{root}", "--quiet"],
      "--quiet is not allowed with --resume"),
+    # A resumed sweep goes on with the options it started with; the cases add --out last.
+    *[(f"resumed sweep with {flag}", ["tune", "--resume", "{root}", *value], f"{flag} is not "
+       "allowed with --resume; a sweep goes on in its own directory with the options it started")
+      for flag, value in (("--max-failures", ["--max-failures", "2"]),
+                          ("--scheduler", ["--scheduler", "fifo"]),
+                          ("--num-samples", ["--num-samples", "3"]),
+                          ("--max-concurrent", ["--max-concurrent", "1"]), ("--out", []))],
 ]
 
 

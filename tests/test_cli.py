@@ -64,3 +64,25 @@ def test_quiet_run_on_ray_prints_only_its_summary(tmp_path):
     assert "Started a local Ray instance" not in done.stderr, done.stderr
     assert "Token authentication is enabled" not in done.stderr, done.stderr
     assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["done"]
+
+
+def test_tune_without_options_passes_their_defaults(monkeypatch, capsys):
+    import types
+
+    import splitray.tune
+
+    seen = {}
+
+    def run_sweep(space, out, **options):
+        seen.update(options)
+        return types.SimpleNamespace(trials=[])
+
+    monkeypatch.setattr(splitray.tune, "load_space", lambda path: "space")
+    monkeypatch.setattr(splitray.tune, "run_sweep", run_sweep)
+    monkeypatch.setattr(splitray.tune, "format_summary", lambda result: "summary")
+    assert main(["tune", "space.yaml", "--out", "sweep"]) == 0
+    assert seen == {"num_samples": None, "scheduler": "fifo", "max_concurrent": None,
+                    "max_failures": 0, "verbose": 1}
+    assert main(["tune", "space.yaml", "--out", "sweep", "--scheduler", "asha", "--max-failures",
+                 "2", "--quiet"]) == 0
+    assert seen["scheduler"] == "asha" and seen["max_failures"] == 2 and seen["verbose"] == 0

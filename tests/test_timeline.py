@@ -210,9 +210,9 @@ def test_config_shares_give_one_line_errors():
     shared = "{kind: shared, up_bps: 8e6, down_bps: 8e6, allocation: shares, shares: %s}"
     net = _prepared(**{"network.shared": shared % "[0.5, 0.25, 0.25]"}).network
     assert [net.share(i) for i in range(3)] == [0.5, 0.25, 0.25]
-    with pytest.raises(ConfigError, match=r"^network: shares: 2 given for the 3 clients"):
+    with pytest.raises(ConfigError, match=r"^network.shared: shares: 2 given for the 3 clients"):
         _prepared(**{"network.shared": shared % "[0.5, 0.5]"})
-    with pytest.raises(ConfigError, match=r"^network: shares=\[0.9, 0.2, 0.1\] sum to 1.2"):
+    with pytest.raises(ConfigError, match=r"^network.shared: shares=\[0.9, 0.2, 0.1\] sum to 1.2"):
         _prepared(**{"network.shared": shared % "[0.9, 0.2, 0.1]"})
 
 

@@ -128,6 +128,14 @@ def test_the_example_space_is_valid() -> None:
     ({"model.split_layer": {"choice": [3, 9]}}, "model.split_layer", "split points 0..5"),
     ({"model.split_layer": {"randint": [2, 7]}}, "model.split_layer: 6", "split points 0..5"),
     ({"model.split_layer": {"randint": [1, 5]}}, "model.split_layer: 1", "<= 3"),
+    ({"network.shared": {"choice": ["lte", {"kind": "bogus"}]}}, "network.shared",
+     "kind='bogus' is not allowed"),
+    ({"network.shared": {"choice": [{"kind": "shared", "up_bps": 0, "down_bps": 1e6}]}},
+     "network.shared", "up_bps=0.0 must be > 0 bit/s"),
+    ({"clients.devices": {"choice": [["laptop_cpu"], [{"name": "x"}]]}}, "clients.devices",
+     "device profile 'x' is unknown"),
+    ({"server.device": {"choice": [{"name": "y"}]}}, "server.device",
+     "device profile 'y' is unknown"),
 ])
 def test_bad_space_fails_with_one_line_naming_the_key(tmp_path: Path, space: dict, key: str,
                                                       words: str) -> None:
@@ -151,6 +159,28 @@ def test_values_valid_alone_but_not_together_fail_before_any_trial(tmp_path: Pat
         "space: model.split_layer=3, schedule.phases[0].budget=32 together give "
         "schedule.phases[0].budget: 32 is not allowed; must be <= 16, the channels at split 3 "
         "of tiny_cnn")
+
+
+def test_links_are_built_for_each_candidate_as_the_run_builds_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    two = {"kind": "shared", "up_bps": 1e6, "down_bps": 1e6, "allocation": "shares",
+           "shares": [0.5, 0.5]}
+    path = write_space(tmp_path, {"clients.count": {"grid": [2, 3]}}, set={"network.shared": two})
+    with pytest.raises(ConfigError) as err:
+        sweep.load_space(path)
+    assert str(err.value).endswith("clients.count: 3 gives network.shared: shares: 2 given for "
+                                   "the 3 clients of the medium; give one share per client")
+    own = write_space(tmp_path, {"network.links": {"choice": [["lte"], [{"kind": "constant"}]]}},
+                      set={"network.shared": None})
+    with pytest.raises(ConfigError, match=r"network.links: link spec of kind 'constant' is "
+                                          r"missing required key '(up|down)_bps'"):
+        sweep.load_space(own)
+    assert main(["tune", str(own), "--out", str(tmp_path / "sweep")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    # The planner divides a medium with `allocation: planned`: its capacity alone is checked.
+    planned = write_space(tmp_path, {"train.lr": {"grid": [0.1]}},
+                          set={"network.shared": {**two, "allocation": "planned"}})
+    sweep.load_space(planned)
 
 
 def test_bad_file_level_entries(tmp_path: Path) -> None:
@@ -214,6 +244,18 @@ def test_a_trial_too_big_for_the_cluster_fails_before_any_trial(tmp_path: Path) 
     # With engine.clients auto the 7 clients that do not fit as actors share a worker pool.
     auto = sweep.load_space(write_space(tmp_path, {"clients.count": {"grid": [2, 7]}}))
     sweep._check_fits(auto, {"CPU": 2.0}, has_gpu=False)
+
+
+def test_a_pool_trial_too_big_for_the_cluster_counts_its_pool_workers(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"base": str(REPO / "experiments" / "many_clients.yaml"),
+                                    "set": {"server.num_cpus": 4},
+                                    "space": {"train.lr": {"grid": [0.02]}}}))
+    space = sweep.load_space(path)
+    with pytest.raises(ConfigError) as err:
+        sweep._check_fits(space, {"CPU": 2.0}, has_gpu=False)
+    assert "needs 5.25 CPUs (driver 0.25 + server 4 + 1 pool worker x 1 for 1000 clients) " \
+           "but the Ray cluster has 2;" in str(err.value)
 
 
 def test_param_cells_and_error_lines() -> None:

@@ -17,7 +17,7 @@ from splitray.analysis.plots import (
 )
 from splitray.analysis.results import load
 from splitray.analysis.summary import accuracy_by_device, summary_table
-from splitray.metrics import join_path
+from splitray.metrics import check_output_dir, join_path
 
 PLOTS = {
     "accuracy_vs_bytes": plot_accuracy_vs_bytes,
@@ -46,6 +46,18 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def output_dir(path: str, out_dir: str | None) -> str:
+    """The local directory an analysis of `path` writes into: `out_dir`, else `<path>/analysis`;
+    ValueError where that is a URI."""
+    if out_dir is None:
+        if "://" in path:
+            raise ValueError(f"results at {path!r} are not local; pass a local out_dir (--out)")
+        return join_path(path, "analysis")
+    if "://" in str(out_dir):
+        raise ValueError(f"out_dir={out_dir!r} must be a local directory")
+    return str(out_dir)
+
+
 def analyze(path: str, out_dir: str | None = None,
             target_accuracy: float | None = None) -> dict[str, str]:
     """Load results at `path`, write summary.csv, summary.md and the figures; when the runs
@@ -55,16 +67,11 @@ def analyze(path: str, out_dir: str | None = None,
     Outputs go to `out_dir` (default `<path>/analysis`), which must be a local directory.
     """
     path = str(path)
-    if out_dir is None:
-        if "://" in path:
-            raise ValueError(f"results at {path!r} are not local; pass a local out_dir")
-        out_dir = join_path(path, "analysis")
-    if "://" in str(out_dir):
-        raise ValueError(f"out_dir={out_dir!r} must be a local directory")
+    out_dir = output_dir(path, out_dir)
     results = load(path)
     summary = summary_table(results, target_accuracy)
+    check_output_dir(out_dir, "--out")  # after loading: a missing `path` gets no analysis/ in it
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     written = {"summary_csv": str(out / "summary.csv"), "summary_md": str(out / "summary.md")}
     summary.to_csv(written["summary_csv"], index=False)
     title = f"# splitray results: {path}\n\n"

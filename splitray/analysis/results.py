@@ -25,6 +25,7 @@ from splitray.metrics import (
     read_bytes,
     read_table,
     table_exists,
+    table_parts,
 )
 
 # Step columns added since schema version 1, with the value they have in an older run.
@@ -112,9 +113,21 @@ def _param_columns(evals: pd.DataFrame) -> list[str]:
 
 
 def _load_sweep(path: str) -> Results:
+    evals_path = join_path(path, EVALS_TABLE)
+    # With no trial rows the combined tables are written without trial_id or param columns.
+    if _has_part(evals_path) and read_table(evals_path).empty:
+        raise ValueError(f"sweep {path} has no trial rows: {_why_no_trial_rows(path)}")
     steps, evals, client_evals = _load_tables(path, "trial_id")
     return Results(steps=steps, evals=evals, key="trial_id", params=_param_columns(evals),
                    client_evals=client_evals)
+
+
+def _why_no_trial_rows(path: str) -> str:
+    sweep_file = join_path(path, SWEEP_FILE)
+    trials = json.loads(read_bytes(sweep_file)).get("trials", []) if _is_file(sweep_file) else []
+    if trials and all(t.get("status") == "failed" for t in trials):
+        return f"every trial failed ({SWEEP_FILE} names each error)"
+    return "no trial reached its first evaluation"
 
 
 def _run_settings(run_dir: str) -> dict[str, Any]:
@@ -175,17 +188,14 @@ def load(path: str) -> Results:
         raise FileNotFoundError(f"{path} is a file; give a run, sweep or results directory")
     if kind != pafs.FileType.Directory:
         raise FileNotFoundError(f"results directory not found: {path}")
-    evals_path = join_path(path, EVALS_TABLE)
-    if _is_file(join_path(path, SWEEP_FILE)):
+    if _is_sweep(path):
         return _load_sweep(path)
-    if table_exists(evals_path) or table_exists(join_path(path, STEPS_TABLE)):
-        # A sweep's tables carry trial_id even if its sweep.json is missing.
-        if _is_file(evals_path) and "trial_id" in _column_names(evals_path):
-            return _load_sweep(path)
+    if table_exists(join_path(path, EVALS_TABLE)) or table_exists(join_path(path, STEPS_TABLE)):
         return _load_runs(path, [path])
     subdirs = [join_path(path, name) for name in _subdir_names(path)]
-    # A run killed or diverged before its first evaluation has no evals yet: not a result.
-    run_dirs = [d for d in subdirs if table_exists(join_path(d, EVALS_TABLE))]
+    # A run killed or diverged before its first evaluation has no evals yet, and one rolled back
+    # to its start has empty table folders: neither is a result. A sweep is analysed on its own.
+    run_dirs = [d for d in subdirs if _has_part(join_path(d, EVALS_TABLE)) and not _is_sweep(d)]
     if not run_dirs:
         raise FileNotFoundError(f"no splitray results in {path}: expected {EVALS_TABLE} and "
                                 f"{STEPS_TABLE} there or in its subdirectories")
@@ -194,8 +204,20 @@ def load(path: str) -> Results:
     return results
 
 
+def _has_part(table: str) -> bool:
+    """Whether a table is one Parquet file or a directory with at least one part file."""
+    return _is_file(table) or bool(table_parts(table))
+
+
+def _is_sweep(path: str) -> bool:
+    """Whether `path` holds a sweep's combined tables: its sweep.json, or (that file missing)
+    evals with a trial_id column."""
+    evals_path = join_path(path, EVALS_TABLE)
+    return _is_file(join_path(path, SWEEP_FILE)) or (
+        _is_file(evals_path) and "trial_id" in _column_names(evals_path))
+
+
 def _holds_runs(path: str) -> bool:
     """Whether `path` is a sweep or a folder of runs (what `load` reads there)."""
-    return _is_file(join_path(path, SWEEP_FILE)) or any(
-        table_exists(join_path(join_path(path, name), EVALS_TABLE))
-        for name in _subdir_names(path))
+    return _is_sweep(path) or any(_has_part(join_path(join_path(path, name), EVALS_TABLE))
+                                  for name in _subdir_names(path))

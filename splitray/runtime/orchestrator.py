@@ -161,9 +161,9 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     test_parts = np.array_split(np.arange(len(test)), n)
     devices, server_device = device_profiles(cfg)
     try:
-        network = NetworkModel(_links(cfg), seed=cfg.seed)
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(f"network: {e}") from None
+        network = network_model(cfg)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{_network_key(cfg)}: {e}") from None
     return Prepared(cfg, train, test, parts, test_parts, train.num_classes, input_shape,
                     num_channels, client_channels, devices, server_device, network,
                     _availability(cfg))
@@ -180,6 +180,19 @@ def _availability(cfg: ExperimentConfig) -> Availability:
         except (OSError, ValueError) as e:
             raise ConfigError(f"availability.path: {a.path!r} is not allowed; {e}") from None
     return Availability.always_online(n)
+
+
+def network_model(cfg: ExperimentConfig) -> NetworkModel:
+    """cfg's network as a run builds it; a ConfigError naming the key for a bad link spec (a
+    missing trace file raises FileNotFoundError, as missing data does)."""
+    try:
+        return NetworkModel(_links(cfg), seed=cfg.seed)
+    except ValueError as e:
+        raise ConfigError(f"{_network_key(cfg)}: {e}") from None
+
+
+def _network_key(cfg: ExperimentConfig) -> str:
+    return "network.shared" if cfg.network.shared is not None else "network.links"
 
 
 def _links(cfg: ExperimentConfig) -> dict[int, Link]:
