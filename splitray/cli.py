@@ -138,11 +138,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if args.resume is not None:
             result = resume_sweep(args.resume)
         else:
+            given = {"scheduler": args.scheduler, "max_failures": args.max_failures}
             result = run_sweep(space, out, num_samples=args.num_samples,
-                               scheduler=args.scheduler or "fifo",
-                               max_concurrent=args.max_concurrent,
-                               max_failures=args.max_failures or 0,
-                               verbose=0 if args.quiet else 1)
+                               max_concurrent=args.max_concurrent, verbose=0 if args.quiet else 1,
+                               **{k: v for k, v in given.items() if v is not None})
     except (KeyboardInterrupt, SweepInterrupted) as e:
         print(f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it",
               file=sys.stderr)

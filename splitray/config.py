@@ -451,6 +451,13 @@ def _check_semantics(cfg: ExperimentConfig) -> None:
         raise ConfigError("train.algorithm: 'epsl' is not allowed with availability, "
                           "over_selection or round_deadline_s; its aggregated gradient waits for "
                           "every client of the round (clients.per_round alone is allowed)")
+    shared = cfg.network.shared
+    if (cfg.train.algorithm == "vanilla_sl" and isinstance(shared, dict)
+            and shared.get("allocation") == "planned"):
+        raise ConfigError("network.shared: allocation 'planned' is not allowed with "
+                          "train.algorithm vanilla_sl; the planner shares the access point among "
+                          "clients that send at once, and vanilla SL's take turns (give shares, "
+                          "or leave allocation out for processor sharing)")
     if cfg.clients.over_selection > 1 and cfg.clients.per_round is None:
         raise ConfigError(f"clients.over_selection: {cfg.clients.over_selection!r} is not allowed "
                           "without clients.per_round (the payloads to keep)")

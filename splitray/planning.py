@@ -236,9 +236,8 @@ TRAIN_SAMPLES = {"synthetic": SYNTHETIC_DEFAULT_SAMPLES["train"], "cifar10": 50_
 
 def rounds_per_average(cfg: ExperimentConfig) -> int:
     """Rounds between two averages: splitfed.every_rounds (SplitFed) or edgesplit.every_rounds,
-    else the rounds of an epoch (the steps of an even shard, capped by train.steps_per_epoch; with
-    clients.per_round as many rounds as all clients' steps need, as `RunContext.round_count`
-    counts them)."""
+    else the rounds of an epoch (the steps of an even shard, capped by train.steps_per_epoch; the
+    planner's round holds every client, so clients.per_round is not modelled)."""
     every_rounds = (cfg.splitfed.every_rounds if cfg.train.algorithm == "splitfed"
                     else cfg.edgesplit.every_rounds)
     if every_rounds:
@@ -248,9 +247,7 @@ def rounds_per_average(cfg: ExperimentConfig) -> int:
         raise ConfigError(f"data.train_samples: None is not allowed when the planner prices an "
                           f"average every epoch on {cfg.data.name} data; give the sample count")
     steps = max(1, samples // cfg.clients.count // cfg.train.batch_size)
-    steps = min(steps, cfg.train.steps_per_epoch or steps)
-    per_round = cfg.clients.per_round
-    return math.ceil(steps * cfg.clients.count / per_round) if per_round else steps
+    return min(steps, cfg.train.steps_per_epoch or steps)
 
 
 def _model_table(cfg: ExperimentConfig) -> tuple[Any, tuple]:
@@ -437,7 +434,7 @@ def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceP
                                if averages else 0.0 for c in costs]),
         model_down_s=per_client([8.0 * c.client_weights_bytes / medium.rate_bps("down")
                                  if averages else 0.0 for c in costs]),
-        period=rounds_per_average(cfg))
+        period=rounds_per_average(cfg) if averages else 1)
 
 
 def _bisect(feasible: Callable[[float], bool], lo: float, hi: float) -> float:
@@ -849,11 +846,6 @@ def planned_config(cfg: ExperimentConfig) -> ExperimentConfig:
     other algorithm the shares at its model.split_layer. Else cfg itself."""
     if not asks_for_plan(cfg):
         return cfg
-    if cfg.train.algorithm == "vanilla_sl":
-        raise ConfigError("network.shared: allocation 'planned' is not allowed with "
-                          "train.algorithm vanilla_sl; the planner shares the access point among "
-                          "clients that send at once, and vanilla SL's take turns (give shares, "
-                          "or leave allocation out for processor sharing)")
     if cfg.network.shared is None:
         raise ConfigError("clients.split_layers: None is not allowed for edgesplit with own links "
                           "(network.links); give each client's split point, or set "

@@ -626,10 +626,14 @@ def resume_sweep(out_dir: str | Path) -> SweepResult:
     return _fit(tuner, space, out, settings["scheduler"])
 
 
-def _earlier_attempts_s(out: Path) -> list[float]:
-    """Wall seconds of the sweep's interrupted attempts, as `_fit` recorded them in settings.yaml."""
-    return [float(s) for s in read_yaml((out / SWEEP_SETTINGS).read_text())
-            .get("interrupted_attempts_s", [])]
+def _record_attempt(out: Path, wall_s: float) -> list[float]:
+    """Add an attempt's wall seconds to settings.yaml, where a resume finds them; returns every
+    attempt's so far (the first run and each resume, interrupted or ended)."""
+    settings = read_yaml((out / SWEEP_SETTINGS).read_text())
+    settings["attempts_wall_time_s"] = [*settings.get("attempts_wall_time_s", []),
+                                        round(wall_s, 3)]
+    write_text(yaml.safe_dump(settings, sort_keys=False), str(out / SWEEP_SETTINGS))
+    return settings["attempts_wall_time_s"]
 
 
 def _fit(tuner: Any, space: SearchSpace, out: Path, scheduler: str) -> SweepResult:
@@ -651,10 +655,7 @@ def _fit(tuner: Any, space: SearchSpace, out: Path, scheduler: str) -> SweepResu
     try:
         results = tuner.fit()
     except KeyboardInterrupt as e:
-        settings = read_yaml((out / SWEEP_SETTINGS).read_text())
-        settings["interrupted_attempts_s"] = [*settings.get("interrupted_attempts_s", []),
-                                              round(time.perf_counter() - t0, 3)]
-        write_text(yaml.safe_dump(settings, sort_keys=False), str(out / SWEEP_SETTINGS))
+        _record_attempt(out, time.perf_counter() - t0)
         raise SweepInterrupted(out, 128 + (sigterm[0] if sigterm else signal.SIGINT)) from e
     finally:
         if on_main_thread:
@@ -663,7 +664,7 @@ def _fit(tuner: Any, space: SearchSpace, out: Path, scheduler: str) -> SweepResu
             del os.environ["TUNE_DISABLE_SIGINT_HANDLER"]
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_sigint
-    attempts_s = [*_earlier_attempts_s(out), round(time.perf_counter() - t0, 3)]
+    attempts_s = _record_attempt(out, time.perf_counter() - t0)
     return _finish_sweep(results, space, out, scheduler, attempts_s)
 
 

@@ -66,7 +66,7 @@ def test_quiet_run_on_ray_prints_only_its_summary(tmp_path):
     assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["done"]
 
 
-def test_tune_without_options_passes_their_defaults(monkeypatch, capsys):
+def test_tune_leaves_options_not_given_to_run_sweeps_defaults(monkeypatch, capsys):
     import types
 
     import splitray.tune
@@ -81,8 +81,7 @@ def test_tune_without_options_passes_their_defaults(monkeypatch, capsys):
     monkeypatch.setattr(splitray.tune, "run_sweep", run_sweep)
     monkeypatch.setattr(splitray.tune, "format_summary", lambda result: "summary")
     assert main(["tune", "space.yaml", "--out", "sweep"]) == 0
-    assert seen == {"num_samples": None, "scheduler": "fifo", "max_concurrent": None,
-                    "max_failures": 0, "verbose": 1}
+    assert seen == {"num_samples": None, "max_concurrent": None, "verbose": 1}
     assert main(["tune", "space.yaml", "--out", "sweep", "--scheduler", "asha", "--max-failures",
                  "2", "--quiet"]) == 0
     assert seen["scheduler"] == "asha" and seen["max_failures"] == 2 and seen["verbose"] == 0

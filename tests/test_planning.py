@@ -434,8 +434,10 @@ def test_the_baseline_sends_the_plans_fraction_of_the_channels_at_every_split_po
     quick = load_config(str(EDGESPLIT_YAML.parent / "quickstart.yaml"))
     at_2 = baseline_config(quick, 2)
     assert [p.budget for p in at_2.schedule.phases][-1] == 64
-    assert best_single_split(load_config(str(EDGESPLIT_YAML.parent / "quickstart.yaml"),
-                                         ["plan.split_layers=[1, 2]"])).round_s > 0
+    # Before, the schedule's 128 channels did not fit there and no baseline could be planned.
+    only_shallow = best_single_split(load_config(str(EDGESPLIT_YAML.parent / "quickstart.yaml"),
+                                                 ["plan.split_layers=[1, 2]"]))
+    assert only_shallow.clients[0].split_layer in (1, 2)
 
 
 def test_an_epochs_rounds_between_averages_follow_the_datasets_own_size():
@@ -450,9 +452,9 @@ def test_an_epochs_rounds_between_averages_follow_the_datasets_own_size():
     cifar = load_config(str(EDGESPLIT_YAML), [*every_epoch, "data.train_samples=null",
                                               "data.name=cifar10"])
     assert rounds_per_average(cifar) == 50_000 // 8 // 32
-    # Four clients a round take all 8 x 8 steps in 16 rounds, as the run counts them.
+    # The planner's round holds every client: sampling does not change its count.
     sampled = load_config(str(EDGESPLIT_YAML), [*every_epoch, "clients.per_round=4"])
-    assert rounds_per_average(sampled) == 16
+    assert rounds_per_average(sampled) == 8
 
 
 def test_planned_shares_keep_a_non_edgesplit_runs_own_split_point():
@@ -487,3 +489,17 @@ def test_planned_shares_price_splitfeds_weight_transfers_and_refuse_vanilla_sl()
     with pytest.raises(ConfigError, match="allocation 'planned' is not allowed with "
                                           "train.algorithm vanilla_sl"):
         planned("vanilla_sl")
+
+
+def test_only_a_plan_that_prices_averages_needs_the_datasets_size():
+    from splitray.planning import planned_config
+
+    medium = ("network.shared={kind: shared, up_bps: 5e6, down_bps: 12.5e6, latency_s: 0.003, "
+              "allocation: planned}")
+    folder = ["data.name=imagefolder", "data.train_samples=null", "data.image_size=32", medium]
+    # Parallel SL moves no weights: an ImageFolder of unknown size plans as any other data.
+    planned = planned_config(load_config(str(EDGESPLIT_YAML), [*folder, "train.algorithm=parallel_sl"]))
+    assert planned.network.shared["allocation"] == "shares"
+    with pytest.raises(ConfigError, match="data.train_samples: None is not allowed when the "
+                                          "planner prices an average every epoch on imagefolder"):
+        planned_config(load_config(str(EDGESPLIT_YAML), [*folder, "train.algorithm=splitfed"]))

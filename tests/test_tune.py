@@ -459,16 +459,16 @@ def test_ctrl_c_or_sigterm_stops_a_sweep_with_the_signals_exit_code(
     space = sweep.load_space(write_space(tmp_path, {"train.lr": {"grid": [0.01]}}))
     handler_before = signal.getsignal(signal.SIGTERM)
     tuner = _StoppedTuner(how)
-    (tmp_path / "settings.yaml").write_text("scheduler: fifo\ninterrupted_attempts_s: [2.5]\n")
+    (tmp_path / "settings.yaml").write_text("scheduler: fifo\nattempts_wall_time_s: [2.5]\n")
     with pytest.raises(sweep.SweepInterrupted) as stopped:
         sweep._fit(tuner, space, tmp_path, "fifo")
     assert stopped.value.exit_code == code and stopped.value.out_dir == tmp_path
     # The attempt's wall seconds join the earlier attempts', for the resume's sweep.json.
     settings = yaml.safe_load((tmp_path / "settings.yaml").read_text())
     assert settings["scheduler"] == "fifo"
-    assert settings["interrupted_attempts_s"][0] == 2.5
-    assert len(settings["interrupted_attempts_s"]) == 2
-    assert 0 <= settings["interrupted_attempts_s"][1] < 60
+    assert settings["attempts_wall_time_s"][0] == 2.5
+    assert len(settings["attempts_wall_time_s"]) == 2
+    assert 0 <= settings["attempts_wall_time_s"][1] < 60
     # Tune's own Ctrl-C handler is off while the trials run (it would return as if finished),
     # and afterwards this process's handlers and environment are as they were.
     assert tuner.sigint_handler_off == "1"
@@ -527,7 +527,7 @@ def test_a_sweep_stopped_by_sigterm_says_how_to_resume_and_resumes_without_dupli
     assert f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it" in printed
     assert "SIGTERM received" not in printed  # Ray's C++ crash handler stays quiet
     stopped_after_s = time.monotonic() - started
-    interrupted_s = yaml.safe_load((out / "settings.yaml").read_text())["interrupted_attempts_s"]
+    interrupted_s = yaml.safe_load((out / "settings.yaml").read_text())["attempts_wall_time_s"]
     assert len(interrupted_s) == 1 and 0 < interrupted_s[0] < stopped_after_s
 
     resumed = subprocess.run([*command, "--resume", str(out)], env=env, capture_output=True,

@@ -13,8 +13,9 @@ sends weights after). A job that sends nothing (`bytes_up=None`) asks the server
 its cache; a job that does not learn (`learn=False`) ends when the server is done.
 
 Dropped steps. A client that goes offline (`offline_s`) loses its link, not its processor: at
-that moment a step still computing its forward ends, dropped, and a transfer of the step still
-on the link is cut (`Traffic.cancel`: the share of its bytes sent counts, the link is free again);
+that moment a step still computing its forward (or whose model download has left the link but
+not yet arrived) ends, dropped, and a transfer of the step still on the link is cut
+(`Traffic.cancel`: the share of its bytes sent counts, the link is free again);
 a step whose payload is at the server goes on until it needs the link again and ends there. A
 payload that never arrives is not served; a gradient that never arrives is not applied (the
 server's own update stands). With `keep_first` k, the server takes the first k payloads to
