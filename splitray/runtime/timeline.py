@@ -109,7 +109,7 @@ class _Progress:
     marks: list[float] | None = None  # the times its phases ended so far (for a dropped step)
     sending: int | None = None     # the handle of its transfer on the link, if one is
     offline: bool = False          # its client went offline while it was at the server
-    begun: bool = False
+    begun: bool = False            # its begin event has come (a model download may be under way)
     ended: bool = False
 
 
