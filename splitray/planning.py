@@ -568,13 +568,16 @@ def _epsl_parts(times: _Times, cut: int, shares: np.ndarray
                 ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """§6's round at one cut, in parts: each client's upload end, the server's work for all
     (each batch's own positions, the shared positions' forward, then their one aggregated
-    backward), each client's gradient download (its unicast, or the broadcast of the shared
-    positions at the whole capacity, whichever ends later) and its backward with latency."""
+    backward), each client's gradient download (its unicast at its share; with shared
+    positions, the broadcast of their gradient at the whole capacity once every unicast has
+    drained) and its backward with latency."""
     f = times.shared_fraction
     upload = times.forward_s[:, cut] + times.up_s[:, cut] / shares + times.latency_up_s
     server_all = float(np.sum(times.server_s[:, cut] * (1 - f) + times.server_forward_s[:, cut] * f)
                        + times.server_s[0, cut] * f)
-    download = np.maximum(times.down_s[:, cut] * (1 - f) / shares, times.down_s[0, cut] * f)
+    download = times.down_s[:, cut] * (1 - f) / shares
+    if f > 0:
+        download = np.full_like(download, download.max() + times.down_s[0, cut] * f)
     return upload, server_all, download, times.backward_s[:, cut] + times.latency_down_s
 
 
@@ -583,8 +586,11 @@ def _plan_epsl(times: _Times) -> tuple[int, np.ndarray]:
     best: tuple[float, int, np.ndarray] | None = None
     f = times.shared_fraction
     for cut in range(times.forward_s.shape[1]):
+        tail_s = times.backward_s[:, cut] + times.latency_down_s
+        # With a broadcast every backward waits for it, after the last unicast: the tails no
+        # longer depend on the shares.
         shares = _epsl_shares(times.forward_s[:, cut] + times.latency_up_s, times.up_s[:, cut],
-                              times.backward_s[:, cut] + times.latency_down_s,
+                              tail_s if f == 0 else np.zeros_like(tail_s),
                               times.down_s[:, cut] * (1 - f) + 1e-12)
         upload, server_all, download, tail = _epsl_parts(times, cut, shares)
         round_s = float(upload.max() + server_all + (download + tail).max())

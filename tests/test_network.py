@@ -279,11 +279,16 @@ def test_load_mahimahi_trace_and_bad_files(tmp_path):
         ("float", "1.5\n"),
         ("zero_period", "0\n0\n"),
         ("text", "a\n"),
+        ("too_large", "1\n99999999999999999999\n"),
     ]:
         bad = tmp_path / name
         bad.write_text(text)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=name):
             load_mahimahi_trace(bad)
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe1\n")
+    with pytest.raises(ValueError, match="binary: not a list of integer ms timestamps"):
+        load_mahimahi_trace(binary)
     with pytest.raises(FileNotFoundError):
         load_mahimahi_trace(tmp_path / "missing.up")
     with pytest.raises(ValueError):

@@ -13,6 +13,7 @@ from splitray.network import (
     NetworkModel,
     SharedMedium,
     TraceLink,
+    Transfer,
     load_mahimahi_trace,
 )
 from splitray.runtime.timeline import Broadcast, ServerWork, StepJob, Timeline
@@ -260,6 +261,25 @@ def test_a_broadcast_goes_down_once_on_a_shared_medium_and_the_backwards_wait_fo
         broadcast=lambda: Broadcast(0.0, nbytes))}
     assert times[0].end_s == pytest.approx(2.0 + nbytes * 8 / cap_bps)
     assert times[1].end_s == pytest.approx(2.0 + nbytes * 8 / (cap_bps / 2))
+
+
+def test_a_broadcast_on_fixed_shares_waits_for_the_unicasts_and_holds_the_whole_medium():
+    # Shares of 1/2 each of 1 MB/s down: two 2 MB unicasts from 0 s drain at 4 s. A 1 MB
+    # broadcast sent at 0 s takes both shares once they are idle: 4 s to 5 s, never more than
+    # the medium's capacity in flight; a later unicast of client 0 queues behind it.
+    medium = SharedMedium(8e6, 8e6, 0.0, allocation="shares", shares=[0.5, 0.5])
+    traffic = NetworkModel(dict.fromkeys(range(2), medium)).traffic()
+    for client_id in range(2):
+        traffic.start("down", Transfer(client_id, 0.0, 2_000_000))
+    cast = traffic.start("down", Transfer(0, 0.0, 1_000_000), to_all=True)
+    later = traffic.start("down", Transfer(0, 4.5, 500_000))
+    drained = {}
+    while not traffic.idle():
+        delivery = traffic.pop()
+        drained[delivery.handle] = delivery.drained_s
+    assert drained[cast] == pytest.approx(5.0)
+    assert drained[later] == pytest.approx(6.0)
+    assert sorted(drained.values())[:2] == [pytest.approx(4.0)] * 2
 
 
 def test_the_clock_ends_where_the_last_step_ended_not_at_a_later_offline_time():

@@ -153,10 +153,9 @@ class SharedMedium(_FixedRates):
 
 @functools.lru_cache(maxsize=32)
 def _load_trace_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
-    text = Path(path).read_text()
     try:
-        timestamps_ms = np.array(text.split(), dtype=np.int64)
-    except ValueError as err:
+        timestamps_ms = np.array(Path(path).read_text().split(), dtype=np.int64)
+    except (ValueError, OverflowError) as err:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"mahimahi trace {path}: not a list of integer ms timestamps") from err
     _check_timestamps(timestamps_ms, f"mahimahi trace {path}")
     timestamps_ms.setflags(write=False)
@@ -285,6 +284,14 @@ class TraceLink:
         first = max(schedule.first_at_or_after(start_ms), next_free)
         last = first + -(-nbytes // MAHIMAHI_PACKET_BYTES) - 1
         return (schedule.time_ms(last) - self.offset_ms) / 1e3, last + 1
+
+    def cut(self, direction: str, now_s: float, first: int, end: int) -> int:
+        """The opportunities [first, end) of a payload cut at `now_s`: the index of the first
+        one after `now_s`, so those before it were used and the rest are free again."""
+        schedule = self.up if direction == "up" else self.down
+        after = schedule.first_at_or_after(math.floor(now_s * 1e3 + _START_TOLERANCE_MS) + 1
+                                           + self.offset_ms)
+        return min(max(after, first), end)
 
     def describe(self) -> str:
         """Short human-readable summary."""

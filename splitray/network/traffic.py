@@ -6,7 +6,8 @@ a drain time is fixed when the transfer starts. A shared medium splits its capac
 the clients with a transfer in flight: every start and every drain changes the rate of the others,
 so its next drain is recomputed (in virtual airtime, O(log n) per event); the shares are per
 client and direction, so a client sending both ways on a half-duplex medium holds two. A medium
-with fixed shares (`allocation: shares`) is instead a FIFO link per client at its share.
+with fixed shares (`allocation: shares`) is instead a FIFO link per client at its share, and a
+broadcast on it takes every share once the clients' queues are idle.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from splitray.network.links import ConstantLink, SharedMedium, TraceLink, Transfer
+from splitray.network.links import (
+    MAHIMAHI_PACKET_BYTES,
+    ConstantLink,
+    SharedMedium,
+    TraceLink,
+    Transfer,
+)
 
 if TYPE_CHECKING:
     from splitray.network.model import NetworkModel
@@ -117,13 +124,15 @@ class Traffic:
         self._own_state: dict[tuple[int, str], float | int] = {}  # busy-until s / next trace index
         self._flows: dict[tuple[int, str], _SharedFlow] = {}
         self._started: dict[int, tuple[str, Transfer, int]] = {}  # direction, transfer, queue
+        self._trace_slots: dict[int, tuple[int, int]] = {}  # [first, end) opportunities in use
         self._next_handle = 0
 
     def start(self, direction: str, transfer: Transfer, to_all: bool = False) -> int:
         """Begin `transfer` at its start_s; returns a handle its Delivery will carry.
 
         `to_all`: a broadcast on the shared medium of `transfer.client_id`, sent once for every
-        client on it: a flow of its own (processor sharing) or all the medium's shares together.
+        client on it: a flow of its own (processor sharing), or all the medium's shares together
+        once every client's transfers before it have drained (fixed shares).
         """
         self.network.check(direction, transfer)
         handle = self._next_handle
@@ -144,16 +153,27 @@ class Traffic:
         else:  # FIFO per client: an own link, or a fixed share of a medium
             key = (client, "both" if isinstance(link, SharedMedium) and link.half_duplex
                    else direction)
-            if isinstance(link, SharedMedium):
-                share = (sum(self.network.share(c) for c, other in self.network.links.items()
-                             if other is link) if to_all else self.network.share(client))
+            if isinstance(link, SharedMedium) and to_all:
+                # Every share at once, so it waits until each client's queue on the medium is
+                # idle and holds them all until it drains.
+                keys = [(c, key[1]) for c, other in self.network.links.items() if other is link]
+                drained_s, _ = link.drain_share(
+                    direction, transfer.start_s, transfer.nbytes,
+                    max(self._own_state.get(k, -math.inf) for k in keys),
+                    sum(self.network.share(c) for c, _ in keys))
+                self._own_state.update(dict.fromkeys(keys, drained_s))
+            elif isinstance(link, SharedMedium):
                 drained_s, self._own_state[key] = link.drain_share(
                     direction, transfer.start_s, transfer.nbytes,
-                    self._own_state.get(key, -math.inf), share)
+                    self._own_state.get(key, -math.inf), self.network.share(client))
             else:
                 idle = -math.inf if isinstance(link, ConstantLink) else 0
                 drained_s, self._own_state[key] = link.drain_one(
                     direction, transfer.start_s, transfer.nbytes, self._own_state.get(key, idle))
+                if isinstance(link, TraceLink):
+                    end = int(self._own_state[key])
+                    self._trace_slots[handle] = (
+                        end - -(-transfer.nbytes // MAHIMAHI_PACKET_BYTES), end)
             heapq.heappush(self._own, (drained_s, handle))
         return handle
 
@@ -177,6 +197,7 @@ class Traffic:
         if handle < 0:
             raise RuntimeError("no transfer in flight")
         direction, transfer, queue_client = self._started.pop(handle)
+        self._trace_slots.pop(handle, None)
         if flow is None:
             heapq.heappop(self._own)
         else:
@@ -187,7 +208,8 @@ class Traffic:
     def cancel(self, handle: int, now_s: float) -> float:
         """Stop a transfer in flight at `now_s` (its sender went offline); returns the share of
         its bytes sent by then. A shared channel re-splits at once; an own link or a fixed share
-        is free from now (a trace link's slots already taken stay taken)."""
+        is free from now, and a trace link's opportunities after `now_s` are free again (the
+        packets at those before it count as sent)."""
         direction, transfer, queue_client = self._started.pop(handle)
         link = self.network.link(transfer.client_id)
         if transfer.nbytes and isinstance(link, SharedMedium) \
@@ -202,7 +224,15 @@ class Traffic:
         heapq.heapify(self._own)
         key = (queue_client, "both" if isinstance(link, SharedMedium) and link.half_duplex
                else direction)
-        if not isinstance(link, TraceLink) and self._own_state.get(key) == drained_s:
+        if isinstance(link, TraceLink):
+            if not transfer.nbytes:
+                return 1.0
+            first, end = self._trace_slots.pop(handle)
+            sent_end = link.cut(direction, now_s, first, end)
+            if self._own_state.get(key) == end:  # the link's last transfer
+                self._own_state[key] = sent_end
+            return min((sent_end - first) * MAHIMAHI_PACKET_BYTES / transfer.nbytes, 1.0)
+        if self._own_state.get(key) == drained_s:
             self._own_state[key] = now_s  # the link's last transfer: free from now
         span_s = drained_s - transfer.start_s
         return 1.0 if span_s <= 0 else min(max((now_s - transfer.start_s) / span_s, 0.0), 1.0)
@@ -224,7 +254,7 @@ class Traffic:
     def restore(self, state: dict) -> None:
         """Return the links to a `checkpoint()`, idle: transfers in flight (of steps a fault
         cut short) are dropped."""
-        self._own, self._started = [], {}
+        self._own, self._started, self._trace_slots = [], {}, {}
         self._own_state = {(c, d): v for c, d, v in state["own"]}
         self._flows = {}
         for client_id, direction, airtime_s, last_s in state["flows"]:
