@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 4  # 4: run directories hold client_evals.parquet
+SCHEMA_VERSION = 5  # 4: run directories hold client_evals.parquet; 5: steps' cut column
 STEPS_TABLE = "steps.parquet"  # in a run directory: a directory of part files
 EVALS_TABLE = "evals.parquet"
 CLIENT_EVALS_TABLE = "client_evals.parquet"
@@ -43,6 +43,8 @@ STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "batch_size": (pa.int32(), "samples the server trained on in the step (0: dropped before)"),
     "dropped": (pa.string(), "why the step was dropped: offline (the client left during it) or "
                              "late (over-selection: not among the first payloads); empty: not"),
+    "cut": (pa.string(), "the transfer an offline step's client cut: model_down, up, down or "
+                         "model_up (sent or arrived in part); empty: none"),
     "lr": (pa.float64(), "learning rate used in the step"),
     "bytes_up": (pa.int64(), "payload bytes client -> server (activations, indices, labels, scale)"),
     "bytes_down": (pa.int64(), "payload bytes server -> client (gradient, scale)"),

@@ -328,6 +328,20 @@ def test_epsl_server_flops_and_downlink_bytes_follow_the_aggregation_formula(phi
         assert (downlink_done >= server_done.max() - 1e-9).all()
 
 
+def test_epsl_on_own_links_counts_the_broadcast_on_every_link_it_crosses():
+    # Without a shared medium the "broadcast" is one transfer per client: each row carries it.
+    cfg = tiny(**{"train.algorithm": "epsl", "train.phi": 0.5, "network.shared": "null",
+                  "network.links": "[{kind: constant, up_bps: 1e7, down_bps: 1e6}]"})
+    steps = run_experiment(cfg, out_dir=None, engine="local", progress=False).steps
+    b, m = cfg.train.batch_size, math.ceil(0.5 * cfg.train.batch_size)
+    unicast = Payload.from_tensor(torch.zeros(b - m, 16, 8, 8), "fp32").nbytes
+    broadcast = Payload.from_tensor(torch.zeros(m, 16, 8, 8), "fp32").nbytes
+    assert (steps["bytes_down"] == unicast + broadcast).all()
+    # The time each client's downlink took is what its bytes take at 1 Mbit/s.
+    assert steps["sim_downlink_s"].to_numpy() == pytest.approx(
+        8 * (unicast + broadcast) / 1e6, rel=1e-6)
+
+
 @pytest.mark.parametrize("positions", ["by_class", "shuffled"])
 def test_epsl_batches_hold_the_same_class_at_each_position_on_every_client(positions):
     cfg = tiny(**{"train.algorithm": "epsl", "train.phi": 1, "train.phi_positions": positions,
@@ -373,7 +387,7 @@ def test_epsl_needs_every_batch_to_hold_the_shared_positions():
     prepare(load_config(EPSL_YAML, [*epsl, "train.phi=0.4"]))  # 13
 
 
-@pytest.mark.parametrize("phi", [0.0, 1.0])
+@pytest.mark.parametrize("phi", [0.0, 0.5, 1.0])
 def test_epsl_planned_cut_and_shares_give_the_predicted_round(phi):
     cfg = tiny(**{"train.algorithm": "epsl", "train.phi": phi,
                   "network.shared": "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.005, "

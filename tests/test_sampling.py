@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from splitray.availability import Availability
 from splitray.config import ConfigError, load_config
-from splitray.network import NetworkModel, Transfer, build_link
+from splitray.network import (
+    MAHIMAHI_PACKET_BYTES,
+    NetworkModel,
+    TraceLink,
+    Transfer,
+    build_link,
+)
 from splitray.roles import ClientRole
 from splitray.runtime import run_experiment
 
@@ -155,6 +162,33 @@ def test_a_round_deadline_cuts_the_steps_that_would_end_after_it():
     assert duration.to_numpy() == pytest.approx(step_s / 2)
 
 
+def test_per_round_above_the_client_count_draws_everyone_and_keeps_every_step():
+    steps = _run(**{"clients.count": 2, "clients.per_round": 5}).steps
+    assert len(steps) == 2 * 3 * 2  # clients x steps_per_epoch x epochs
+    assert (steps.groupby("round")["client_id"].nunique() == 2).all()
+
+
+def test_a_splitfed_average_cut_in_the_links_latency_comes_down_again(tmp_path):
+    # Averages every 2 rounds on links with 1 s of latency. Client 0 goes offline (for 1 ms)
+    # after the round-2 download of the average has left the link but before it arrived: it
+    # never got the average, so its next step downloads it again.
+    overrides = {"train.algorithm": "splitfed", "splitfed.every_rounds": 2,
+                 "clients.per_round": 2, "clients.count": 2, "train.steps_per_epoch": 4,
+                 "schedule.phases": "[{epochs: 1}]",
+                 "network.links": "[{kind: constant, up_bps: 8e6, down_bps: 8e6, latency_s: 1.0}]"}
+    steps = _run(**overrides).steps
+    row = steps[(steps["round"] == 2) & (steps["client_id"] == 0)].iloc[0]
+    assert row["bytes_model_down"] > 0
+    leave_s = row["sim_start_s"] + row["bytes_model_down"] * 8 / 8e6 + 0.5
+    trace = tmp_path / "online.csv"
+    trace.write_text(f"client_id,start_s,end_s\n0,0,{leave_s}\n0,{leave_s + 0.001},1e9\n"
+                     "1,0,1e9\n")
+    steps = _run(**overrides, **{"availability.kind": "file", "availability.path": trace}).steps
+    client = steps[steps["client_id"] == 0].set_index("round")
+    assert (client.loc[2, "dropped"], client.loc[2, "cut"]) == ("offline", "model_down")
+    assert client.loc[3, "bytes_model_down"] == row["bytes_model_down"]
+
+
 def test_cancelling_a_transfer_gives_its_share_of_a_shared_medium_back():
     network = NetworkModel(dict.fromkeys(range(2), build_link(
         {"kind": "shared", "up_bps": 8e3, "down_bps": 8e3, "latency_s": 0.0})))
@@ -166,6 +200,21 @@ def test_cancelling_a_transfer_gives_its_share_of_a_shared_medium_back():
     assert traffic.cancel(a, 1.0) == pytest.approx(0.5)
     delivery = traffic.pop()
     assert delivery.transfer.client_id == 1 and delivery.drained_s == pytest.approx(1.5)
+    assert traffic.idle()
+
+
+def test_cancelling_a_transfer_on_a_trace_link_counts_its_packets_and_frees_the_rest():
+    # Opportunities at 1-10 ms and at 1,000 ms, every 1,000 ms. A 25-packet upload from 0 s
+    # would take the opportunities up to 2,003 ms; cut at 0.5 s it has sent 10 packets (not the
+    # 0.5 / 2.003 of its time), and the link's later opportunities are free again: a one-packet
+    # upload at 2 s drains at the opportunity at 2,000 ms, not behind the unsent packets.
+    timestamps_ms = np.array([*range(1, 11), 1000])
+    network = NetworkModel({0: TraceLink(timestamps_ms, timestamps_ms)})
+    traffic = network.traffic()
+    cut = traffic.start("up", Transfer(0, 0.0, 25 * MAHIMAHI_PACKET_BYTES))
+    assert traffic.cancel(cut, 0.5) == pytest.approx(10 / 25)
+    traffic.start("up", Transfer(0, 2.0, MAHIMAHI_PACKET_BYTES))
+    assert traffic.pop().drained_s == pytest.approx(2.0)
     assert traffic.idle()
 
 

@@ -69,7 +69,9 @@ def train(ctx: RunContext, every_rounds: int | None, server_parts: bool,
             uploaded = set()
             for row in rows:
                 i = row["client_id"]
-                if row["bytes_model_down"] == planned_down[i]:  # the average came down
+                # The average came down (its bytes all left, and none still in the link's
+                # latency when the client went offline).
+                if row["bytes_model_down"] == planned_down[i] and row["cut"] != "model_down":
                     state.needs_average[i] = False
                 if not row["dropped"]:
                     state.trained[i] += 1

@@ -34,6 +34,7 @@ ADDED_COLUMNS: dict[str, object] = {
     "server_flops": float("nan"), "sim_model_down_s": 0.0, "sim_client_backward_s": float("nan"),
     "sim_model_up_s": 0.0,  # version 2
     "dropped": "",  # version 3
+    "cut": "",  # version 5
 }
 
 

@@ -398,7 +398,7 @@ class RunContext:
         """Rounds in an epoch whose clients have `steps` steps each: the most steps, or with
         clients.per_round as many rounds as all the steps need at that many per round."""
         per_round = self.cfg.clients.per_round
-        return math.ceil(sum(steps) / per_round) if per_round else max(steps)
+        return math.ceil(sum(steps) / min(per_round, len(steps))) if per_round else max(steps)
 
     def rounds(self, steps: list[int]) -> Iterator[Round]:
         """The epoch's rounds. Unsampled, every client with steps left takes part and the round
@@ -589,7 +589,8 @@ class RunContext:
         if dropped:
             get([self.clients[i].call(ClientRole.drop_step) for i in dropped])
         self.settle()  # the last round's backwards, done by now (this round's forwards followed)
-        charged = min(gradients, default=None)  # the row that carries the broadcast
+        # The rows that carry the broadcast: one per transfer the timeline sent.
+        charged = {ids[0] for ids in timeline.broadcast_groups(gradients)}
         wall = self.wall_s()
         for job, t in timed:
             s, i = job.tag, job.client_id
@@ -600,7 +601,7 @@ class RunContext:
                                    s.bytes_model_up])
             model_down, bytes_up, bytes_down, model_up = sent
             server_flops = srv.flops if srv else 0.0
-            if i == charged and aggregated:
+            if i in charged and aggregated:
                 bytes_down += aggregated[0].bytes_down
                 server_flops += aggregated[0].flops
             self.cum_bytes_up += bytes_up + model_up
@@ -613,7 +614,7 @@ class RunContext:
                 "device": self.devices[i], "epoch": plan.epoch, "step": s.step, "round": self.round,
                 "client_state": s.state, "phase": plan.phase,
                 "budget": self.client_budget(i, budget), "split_layer": self.split_layers[i],
-                "batch_size": srv.batch_size if srv else 0, "dropped": t.dropped,
+                "batch_size": srv.batch_size if srv else 0, "dropped": t.dropped, "cut": t.cut,
                 "lr": plan.lr, "bytes_up": bytes_up, "bytes_down": bytes_down,
                 "bytes_model_up": model_up, "bytes_model_down": model_down,
                 "client_flops": (f.flops if f else 0.0) + backward_flops,

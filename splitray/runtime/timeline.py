@@ -172,6 +172,15 @@ class Timeline:
             return host_s * self.measured_scale
         return compute_time_s(flops, device, share)
 
+    def broadcast_groups(self, client_ids: Iterable[int]) -> list[list[int]]:
+        """The clients a broadcast reaches with one transfer each, each group in id order: all
+        those on one shared medium together, a client on its own link alone."""
+        groups: dict[int, list[int]] = {}
+        for i in sorted(client_ids):
+            link = self.network.link(i)
+            groups.setdefault(id(link) if isinstance(link, SharedMedium) else -1 - i, []).append(i)
+        return list(groups.values())
+
     def client_compute_s(self, client_id: int, flops: float, host_s: float) -> float:
         return self._compute_s(flops, host_s, self.client_devices[client_id], self.cpu_share)
 
@@ -290,17 +299,12 @@ class Timeline:
             push(self.now_s + p.backward_s, "backward_done", p)
 
         def send_broadcast(nbytes: int) -> None:
-            learners = [p for p in served if p.job.learn]
-            by_medium: dict[int, list[_Progress]] = {}
-            for p in learners:
-                link = self.network.link(p.job.client_id)
-                by_medium.setdefault(id(link) if isinstance(link, SharedMedium) else
-                                     -1 - p.job.client_id, []).append(p)
-            for key, group in by_medium.items():
-                first = min(group, key=lambda p: p.job.client_id).job.client_id
-                handle = self.traffic.start("down", Transfer(first, self.now_s, nbytes),
-                                            to_all=key >= 0)
-                in_flight[handle] = (group, "broadcast")
+            learners = {p.job.client_id: p for p in served if p.job.learn}
+            for ids in self.broadcast_groups(learners):
+                to_all = isinstance(self.network.link(ids[0]), SharedMedium)
+                handle = self.traffic.start("down", Transfer(ids[0], self.now_s, nbytes),
+                                            to_all=to_all)
+                in_flight[handle] = ([learners[i] for i in ids], "broadcast")
 
         def after_backward(p: _Progress) -> None:
             mark(p)
