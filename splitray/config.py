@@ -88,9 +88,11 @@ class CompressionConfig:
     mask: str = field(default="sigmoid", metadata=_choices("sigmoid", "sigmoid_squared"))
     encoder_sigmoid: bool = False
     filter_init: str = field(default="zeros", metadata=_choices("zeros", "authors"))
-    # "paper": the module as arXiv 2311.05739 §3.1 states it; "authors": amudvari/VCCprune exactly
+    # "paper": the module as arXiv 2311.05739 §3.1 states it; "authors": amudvari/VCCprune's code
     # (sent = sigmoid(f^)^3 x sigmoid(BN(conv)) with the sigmoid(f^)^2 mask constant for autograd,
-    # BN momentum 0.03 eps 1e-4, raw-f^ resets at 0.9); implies, and ignores, the three above
+    # BN momentum 0.03 eps 1e-4, raw-f^ resets at 0.9) but for two differences: the wire codec
+    # rounds after the mask, not before it, and exactly B channels go (ranked by f^, where their
+    # np.partition on tied masks can let more through); implies, and ignores, the three above
     variant: str = field(default="paper", metadata=_choices("paper", "authors"))
     epsilon: float = field(default=1.0, metadata=_range(0))
     delta: float = field(default=0.001, metadata=_range(0, lo_open=True))

@@ -689,6 +689,18 @@ def test_codec_edge_cases(codec: str) -> None:
         decode(arr, codec, None if is_scaled(codec) else 1.0)
 
 
+@pytest.mark.parametrize("codec", ["fp8_e4m3", "fp8_e5m2", "int8"])
+def test_scaled_codecs_keep_a_tensor_with_a_tiny_max_abs_finite(codec: str) -> None:
+    # A confident server's gradient: zeros and one value near float32's subnormal range, where
+    # max-abs / the format's largest value would round the scale to a subnormal or 0.
+    t = torch.zeros(2, 4, 3, 3)
+    t[0, 0, 0, 0] = 3e-41
+    arr, scale = encode(t, codec)
+    decoded = decode(arr, codec, scale, tuple(t.shape))
+    assert torch.isfinite(decoded).all()
+    assert (decoded.abs() <= 1e-40).all() and (decoded.flatten()[1:] == 0).all()
+
+
 def test_fp32_wire_does_not_alias_input() -> None:
     t = torch.ones(3)
     arr, _ = encode(t, "fp32")

@@ -67,6 +67,9 @@ def _max_finite(codec: str) -> float:
     return _INT8_MAX if codec == "int8" else float(torch.finfo(dtype).max)
 
 
+_SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+
+
 def encode(t: Tensor, codec: str) -> tuple[np.ndarray, float | None]:
     """Cast ``t`` to the codec's wire format: (C-contiguous numpy array, scale or None).
 
@@ -83,7 +86,10 @@ def encode(t: Tensor, codec: str) -> tuple[np.ndarray, float | None]:
             raise ValueError(f"codec {codec} needs a finite tensor, got max-abs {amax}")
         max_finite = _max_finite(codec)
         # The scale travels as float32; use its float32 value here too so decode inverts exactly.
-        scale = float(np.float32(amax / max_finite)) if amax > 0 else 1.0
+        # At least float32's smallest normal number: a max-abs below ~1e-38 times the format's
+        # largest value would round the scale to a subnormal or 0 (and decode to NaN).
+        scale = (max(float(np.float32(amax / max_finite)), _SMALLEST_NORMAL) if amax > 0
+                 else 1.0)
         scaled = (t.to(torch.float32) / scale).clamp_(-max_finite, max_finite)
         if codec == "int8":
             scaled = scaled.round_()

@@ -70,8 +70,10 @@ def encoded_shape(
 class Compressor(nn.Module):
     """Client side: resolution encoder + learnable channel filter f + top-B selection (paper §3.1).
 
-    The paper's form is the default. ``variant="authors"`` reproduces amudvari/VCCprune exactly and
-    ignores ``mask``, ``encoder_sigmoid`` and ``filter_init`` (partial options kept for ablations).
+    The paper's form is the default. ``variant="authors"`` follows amudvari/VCCprune's code and
+    ignores ``mask``, ``encoder_sigmoid`` and ``filter_init`` (partial options kept for ablations),
+    but for two differences: the wire codec rounds after the mask (theirs rounds to fp16 before
+    it), and exactly B channels go (their np.partition on tied masks can let more through).
     """
 
     def __init__(
