@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from splitray.config import ConfigError, load_config
+from splitray.config import ConfigError, load_config, parse_override
 from splitray.metrics import (
     INFERENCE_COLUMNS,
     INFERENCE_TABLE,
@@ -33,6 +33,11 @@ from splitray.network import SharedMedium, Transfer, compute_time_s
 from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.context import MODEL_FORMAT, load_tensors
 from splitray.runtime.orchestrator import Prepared, prepare, start_peers
+
+# What `infer --set` may change: where the saved models run and what they are tested on, never
+# the models themselves (their architecture, split points or client count).
+WHAT_IF_KEYS = ("network", "clients.devices", "clients.cpu_share", "server", "data.root",
+                "data.test_samples", "engine")
 
 
 @dataclass
@@ -97,6 +102,11 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
     with a deadline, `chosen` marks each client's budget. Writes RUN_DIR/inference.parquet."""
     if deadline_ms is not None and not deadline_ms > 0:
         raise ConfigError(f"--deadline-ms: {deadline_ms!r} is not allowed; give a number > 0")
+    for text in overrides or []:
+        key = parse_override(text)[0]
+        if not any(key == k or key.startswith((f"{k}.", f"{k}[")) for k in WHAT_IF_KEYS):
+            raise ConfigError(f"--set {key}: not allowed with infer, which serves the models the "
+                              f"run saved as they are; change only {', '.join(WHAT_IF_KEYS)}")
     model_set = load_model_set(run_dir)
     cfg = load_config(join_path(run_dir, RUN_CONFIG_FILE), overrides)
     prepared = prepare(cfg)

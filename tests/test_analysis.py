@@ -228,6 +228,15 @@ def test_load_errors(tmp_path: Path, runs_dir: Path) -> None:
     write_table(step_rows("x", RUNS["a"]), STEP_COLUMNS, str(bad / "steps.parquet"))
     with pytest.raises(ValueError, match="evals.parquet has no rows"):
         load(str(bad))
+    (bad / "evals.parquet").unlink()  # a run killed before its first evaluation: no parts
+    (bad / "evals.parquet").mkdir()
+    with pytest.raises(ValueError, match=r"evals.parquet has no rows \(did its run stop"):
+        load(str(bad))
+    broken = tmp_path / "broken"
+    write_run(broken / "one", "one", RUNS["a"])
+    write_run(broken / "two", "two", RUNS["b"], config="seed: [unclosed\n")
+    with pytest.raises(ValueError, match="config.yaml is not valid YAML"):
+        load(str(broken))
     (runs_dir / "run_a" / "steps.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="steps.parquet"):
         load(str(runs_dir))

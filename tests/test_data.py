@@ -13,6 +13,7 @@ from PIL import Image
 
 from splitray.data import (
     ArrayDataset,
+    DataFileError,
     class_cycle_order,
     load_dataset,
     partition,
@@ -397,6 +398,16 @@ def test_stl10_binary_layout(tmp_path: Path) -> None:
     (folder / "test_X.bin").write_bytes(b"\0" * 100)
     with pytest.raises(ValueError, match="bytes"):
         load_dataset("stl10", "test", root=tmp_path)
+    np.array([1, 11, 5, 2], np.uint8).tofile(folder / "train_y.bin")
+    with pytest.raises(DataFileError, match="train_y.bin holds a label outside 1..10"):
+        load_dataset("stl10", root=tmp_path)
+
+
+def test_cifar_labels_outside_the_classes_are_a_data_file_error(tmp_path: Path) -> None:
+    _write_cifar(tmp_path / "cifar-10-batches-py", {"test_batch": 4}, "labels", 11)
+    with pytest.raises(DataFileError, match=r"test_batch is not a readable cifar10 batch file "
+                                            r"\(ValueError: labels outside 0..9\)"):
+        load_dataset("cifar10", "test", root=tmp_path)
 
 
 def test_imagefolder(tmp_path: Path) -> None:
@@ -411,7 +422,12 @@ def test_imagefolder(tmp_path: Path) -> None:
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
     train = load_dataset("imagefolder", root=tmp_path, image_size=16)
     assert train.images.shape == (9, 3, 16, 16) and train.num_classes == 3
-    assert train.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # Mixed in a fixed order, not class by class: a contiguous slice (a client's test slice)
+    # holds several classes.
+    assert sorted(train.labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(len(set(train.labels[k:k + 3].tolist())) > 1 for k in (0, 3, 6))
+    assert load_dataset("imagefolder", root=tmp_path, image_size=16).labels.tolist() == \
+        train.labels.tolist()
     # Each image is its class colour (JPEG is lossy, so allow some error).
     for img, label in zip(train.images, train.labels, strict=True):
         expected = torch.tensor(list(colours.values())[label], dtype=torch.float32)

@@ -85,6 +85,10 @@ def test_a_slower_link_gets_a_smaller_budget(prune_run, capsys):
     assert chosen.loc[1, "budget"] == 2 and chosen.loc[1, "predicted_latency_ms"] > 15.0
     assert "no budget fits the deadline for client(s) 1: each gets its smallest" in \
         format_inference(table, 15.0)
+    # What would change the saved models is refused before anything is served.
+    for override in ("model.split_layer=4", "clients.count=3", "compression.epsilon=0.5"):
+        with pytest.raises(ConfigError, match=f"--set {override.split('=')[0]}: not allowed"):
+            infer(str(prune_run), engine="local", write=False, overrides=[override])
 
 
 class _RunsCode:

@@ -9,8 +9,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import yaml
 
-from splitray.config import read_yaml
+from splitray.config import read_yaml, yaml_problem
 from splitray.metrics import (
     CLIENT_EVALS_TABLE,
     EVAL_COLUMNS,
@@ -82,14 +83,14 @@ def _read_checked(path: str, columns: dict, key: str) -> pd.DataFrame:
     if not table_exists(path):
         raise FileNotFoundError(f"missing results table: {path}")
     df = read_table(path)
+    if df.empty:  # e.g. an empty directory of part files
+        raise ValueError(f"{path} has no rows (did its run stop before writing any?)")
     for column, value in ADDED_COLUMNS.items():  # runs written by an older splitray
         if column in columns and column not in df.columns:
             df[column] = value
-    missing = [c for c in [*columns, key] if c not in df.columns]
+    missing = [c for c in dict.fromkeys([*columns, key]) if c not in df.columns]
     if missing:
         raise ValueError(f"{path} lacks columns {missing} of the splitray schema")
-    if df.empty:
-        raise ValueError(f"{path} has no rows")
     return df
 
 
@@ -146,7 +147,10 @@ def _run_settings(run_dir: str) -> dict[str, Any]:
         else:
             settings[prefix.rstrip(".")] = node
 
-    walk("", read_yaml(read_bytes(path).decode()))
+    try:
+        walk("", read_yaml(read_bytes(path).decode()))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {yaml_problem(e)}") from None
     return settings
 
 

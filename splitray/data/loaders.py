@@ -187,6 +187,8 @@ def _load_cifar(
             labels.append(np.asarray(batch[label_key], dtype=np.int64))
             if len(images[-1]) != len(labels[-1]):
                 raise ValueError("image and label counts differ")
+            if labels[-1].size and not 0 <= labels[-1].min() <= labels[-1].max() < classes:
+                raise ValueError(f"labels outside 0..{classes - 1}")
         except Exception as e:  # truncated, corrupt or foreign: name the file, not the unpickler
             raise DataFileError(f"{name}: {path} is not a readable {name} batch file "
                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
@@ -215,8 +217,8 @@ def _load_stl10(
             raise FileNotFoundError(f"stl10: missing file {path}")
     labels = np.fromfile(y_path, dtype=np.uint8).astype(np.int64) - 1
     image_bytes = 3 * STL10_IMAGE_SIZE * STL10_IMAGE_SIZE
-    if labels.size and labels.min() < 0:
-        raise DataFileError(f"stl10: {y_path} holds a label 0; labels are 1..10")
+    if labels.size and not 0 <= labels.min() <= labels.max() < 10:
+        raise DataFileError(f"stl10: {y_path} holds a label outside 1..10")
     if x_path.stat().st_size != len(labels) * image_bytes:
         raise DataFileError(
             f"stl10: {x_path} holds {x_path.stat().st_size} bytes, expected "
@@ -270,6 +272,11 @@ def _load_imagefolder(
                 labels.append(class_index[class_dir.name])
     if not files:
         raise FileNotFoundError(f"imagefolder: no {IMAGE_EXTENSIONS} images under {split_dir}")
+    # Listed class by class; mixed in a fixed order, as CIFAR's files are, so that each
+    # client's contiguous test slice holds every class and not one or two.
+    mixed = np.random.default_rng(0).permutation(len(files))
+    files = [files[i] for i in mixed]
+    labels = [labels[i] for i in mixed]
     keep = _subsample(len(files), num_samples, seed, "imagefolder")
     if keep is not None:
         files = [files[i] for i in keep]
