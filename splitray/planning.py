@@ -569,15 +569,18 @@ def _epsl_parts(times: _Times, cut: int, shares: np.ndarray
     """§6's round at one cut, in parts: each client's upload end, the server's work for all
     (each batch's own positions, the shared positions' forward, then their one aggregated
     backward), each client's gradient download (its unicast at its share; with shared
-    positions, the broadcast of their gradient at the whole capacity once every unicast has
-    drained) and its backward with latency."""
+    positions, the broadcast of their gradient at the whole capacity once the aggregated
+    backward and every unicast are done, the unicasts having begun as their clients were
+    served, before the aggregated backward) and its backward with latency."""
     f = times.shared_fraction
     upload = times.forward_s[:, cut] + times.up_s[:, cut] / shares + times.latency_up_s
+    aggregated_s = float(times.server_s[0, cut] * f)
     server_all = float(np.sum(times.server_s[:, cut] * (1 - f) + times.server_forward_s[:, cut] * f)
-                       + times.server_s[0, cut] * f)
+                       + aggregated_s)
     download = times.down_s[:, cut] * (1 - f) / shares
     if f > 0:
-        download = np.full_like(download, download.max() + times.down_s[0, cut] * f)
+        download = np.full_like(download, max(download.max() - aggregated_s, 0.0)
+                                + times.down_s[0, cut] * f)
     return upload, server_all, download, times.backward_s[:, cut] + times.latency_down_s
 
 

@@ -387,9 +387,13 @@ def test_epsl_needs_every_batch_to_hold_the_shared_positions():
     prepare(load_config(EPSL_YAML, [*epsl, "train.phi=0.4"]))  # 13
 
 
-@pytest.mark.parametrize("phi", [0.0, 0.5, 1.0])
-def test_epsl_planned_cut_and_shares_give_the_predicted_round(phi):
-    cfg = tiny(**{"train.algorithm": "epsl", "train.phi": phi,
+@pytest.mark.parametrize("phi, server", [(0.0, "datacenter_gpu"), (0.5, "datacenter_gpu"),
+                                         (1.0, "datacenter_gpu"),
+                                         (0.5, "{name: slow, flops_per_s: 1e8}")])
+def test_epsl_planned_cut_and_shares_give_the_predicted_round(phi, server):
+    # A slow server: the unicasts overlap the later clients' server work and the aggregated
+    # backward, and the broadcast waits for both.
+    cfg = tiny(**{"train.algorithm": "epsl", "train.phi": phi, "server.device": server,
                   "network.shared": "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.005, "
                                     "allocation: planned}"})
     predicted = plan(cfg, "epsl")

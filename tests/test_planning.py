@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from analysis.edge_comparison import by_device, curves, systems
+from analysis.edgesplit_depth import device_mixes, speed_up_within_baseline_depth
 from splitray.config import ConfigError, config_from_dict, load_config
 from splitray.data.synthetic import make_synthetic
 from splitray.network import NetworkModel, build_link, get_device_profile
@@ -503,3 +504,14 @@ def test_only_a_plan_that_prices_averages_needs_the_datasets_size():
     with pytest.raises(ConfigError, match="data.train_samples: None is not allowed when the "
                                           "planner prices an average every epoch on imagefolder"):
         planned_config(load_config(str(EDGESPLIT_YAML), [*folder, "train.algorithm=splitfed"]))
+
+
+def test_edgesplit_depth_caps_every_split_point_at_the_baselines():
+    mixes = device_mixes(2, 10.0)
+    # Pairs of the six client profiles at least 10x apart in speed, slowest first.
+    assert ("raspberry_pi_4", "jetson_nano") in mixes and ("phone_midrange", "laptop_cpu") not in mixes
+    assert all(len(m) == 2 for m in mixes)
+    data = load_config(EDGESPLIT_YAML).to_dict()
+    devices = ("raspberry_pi_4", "jetson_xavier_nx") * 4
+    speed_up, split, splits = speed_up_within_baseline_depth(data, devices, 5e6)
+    assert split == 8 and max(splits) <= split and 1.0 <= speed_up < 2.0

@@ -130,3 +130,19 @@ def test_an_empty_checkpoint_file_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match=r"is not a checkpoint splitray can load safely "
                                           r"\(EOFError: \)$"):
         load_tensors(str(empty), "checkpoint")
+
+
+def test_a_run_written_by_another_schema_version_is_not_resumed(tmp_path):
+    import json
+
+    from splitray.config import ConfigError, load_config
+    from splitray.runtime import resume_experiment, run_experiment
+
+    settings = {**SETTINGS, "schedule.phases": "[{epochs: 1}]"}
+    cfg = load_config(QUICKSTART, [f"{k}={v}" for k, v in settings.items()])
+    run_dir = run_experiment(cfg, out_dir=str(tmp_path), engine="local", progress=False).run_dir
+    manifest = Path(run_dir) / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "schema_version": 4}))
+    with pytest.raises(ConfigError, match="its tables have schema version 4 and this splitray "
+                                          "writes version 5: run it again from the start"):
+        resume_experiment(run_dir, engine="local", progress=False)

@@ -82,7 +82,8 @@ def run(ctx: RunContext) -> None:
     for plan in ctx.epochs():
         budget, steps = ctx.begin_epoch(plan)
         # What this epoch's steps would cost with every client in state A, at this budget.
-        for full_bytes, full_flops in get([c.call(ClientRole.state_a_cost) for c in clients]):
+        for full_bytes, full_flops in ctx.each_client(
+                lambda i, c: c.call(ClientRole.state_a_cost)):
             s.bytes_all_a += full_bytes
             s.flops_all_a += full_flops
 

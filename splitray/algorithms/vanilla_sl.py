@@ -63,8 +63,8 @@ def run(ctx: RunContext) -> None:
                     bytes_model_up=model_nbytes if hands_on and k == len(turn) - 1 else 0)])
             state.holder = client
 
-        # The test set is encoded with the latest client part (evaluation is off the timeline).
+        # The test set is encoded with the latest client part (evaluation is off the timeline);
+        # the holder loads its own weights, unchanged.
         latest = clients[state.holder].call(ClientRole.get_weights)
-        get([c.call(ClientRole.set_weights, latest) for i, c in enumerate(clients)
-             if i != state.holder])
+        ctx.each_client(lambda i, c, w=latest: c.call(ClientRole.set_weights, w))
         ctx.evaluate(plan, budget)

@@ -87,7 +87,7 @@ def encode(t: Tensor, codec: str) -> tuple[np.ndarray, float | None]:
         max_finite = _max_finite(codec)
         # The scale travels as float32; use its float32 value here too so decode inverts exactly.
         # At least float32's smallest normal number: a max-abs below ~1e-38 times the format's
-        # largest value would round the scale to a subnormal or 0 (and decode to NaN).
+        # largest value would round the scale to a subnormal, or to 0, which decodes to NaN.
         scale = (max(float(np.float32(amax / max_finite)), _SMALLEST_NORMAL) if amax > 0
                  else 1.0)
         scaled = (t.to(torch.float32) / scale).clamp_(-max_finite, max_finite)

@@ -239,8 +239,9 @@ class _PacketSchedule:
 class TraceLink:
     """A client's own link replaying mahimahi up/down traces from simulated time 0.
 
-    A payload needs ceil(nbytes / 1500) opportunities at or after its start (an opportunity in
-    the start's millisecond counts); it drains at the last one. A client's transfers queue FIFO.
+    A payload needs ceil(nbytes / 1500) opportunities at or after its start (one at the start's
+    own millisecond counts when the start is a whole millisecond); it drains at the last one. A
+    client's transfers queue FIFO.
     """
 
     def __init__(

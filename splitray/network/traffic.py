@@ -207,9 +207,9 @@ class Traffic:
 
     def cancel(self, handle: int, now_s: float) -> float:
         """Stop a transfer in flight at `now_s` (its sender went offline); returns the share of
-        its bytes sent by then. A shared channel re-splits at once; an own link or a fixed share
-        is free from now, and a trace link's opportunities after `now_s` are free again (the
-        packets at those before it count as sent)."""
+        its bytes sent by then (on a trace link, the packets at its opportunities up to
+        `now_s`). A shared channel re-splits at once; an own link or a fixed share whose last
+        transfer this was is free from now, a trace link from its next opportunity."""
         direction, transfer, queue_client = self._started.pop(handle)
         link = self.network.link(transfer.client_id)
         if transfer.nbytes and isinstance(link, SharedMedium) \

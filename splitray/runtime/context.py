@@ -462,7 +462,8 @@ class RunContext:
         with `peers.prefetch` more ahead of it (Ray runs those in parallel).
         With `shared_positions` m > 0 (EPSL) the server trains each batch's positions from m on
         as it arrives and, once all are in, the first m positions once for all at their mean;
-        that gradient goes down as one broadcast, charged to the lowest client id's row.
+        that gradient goes down as one broadcast on each shared medium (one transfer per own
+        link: `Timeline.broadcast_groups`), charged to the lowest client id's row of each.
         A step whose client goes offline before it ends, or whose payload arrives after the
         first `keep_first`, is dropped (see `splitray.runtime.timeline`): no client update (but
         a step cut in its model upload has run its backward: its weights stay out of the

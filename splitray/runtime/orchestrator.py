@@ -32,6 +32,7 @@ from splitray.metrics import (
     EVALS_TABLE,
     RUN_CONFIG_FILE,
     RUN_TABLES,
+    SCHEMA_VERSION,
     STEPS_TABLE,
     check_output_dir,
     drop_parts_after,
@@ -538,6 +539,10 @@ def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True,
         raise ConfigError(f"--resume: {path} has checkpoint format {saved.get('format')!r}; "
                           f"this splitray reads format {CHECKPOINT_FORMAT}")
     previous = json.loads(read_bytes(join_path(run_dir, "manifest.json")))
+    if previous.get("schema_version") != SCHEMA_VERSION:  # a table holds one version's columns
+        raise ConfigError(f"--resume: {run_dir!r} is not allowed; its tables have schema version "
+                          f"{previous.get('schema_version')!r} and this splitray writes version "
+                          f"{SCHEMA_VERSION}: run it again from the start")
     if not finished_ok and previous.get("status") == "finished":
         raise ConfigError(f"--resume: {run_dir!r} is not allowed; the run has finished (status "
                           "'finished' in its manifest): there is nothing to continue")
