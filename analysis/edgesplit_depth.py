@@ -42,7 +42,7 @@ def speed_up_within_baseline_depth(data: dict, devices: tuple[str, ...], up_bps:
                                    ) -> tuple[float, int, list[int]]:
     """(baseline round / EdgeSplit round, the baseline's split, EdgeSplit's split points) for
     the config `data` with these devices and uplink, EdgeSplit capped at the baseline's split."""
-    data = {**data, "clients": {**data["clients"], "devices": list(devices)},
+    data = {**data, "clients": {**data["clients"], "devices": list(devices), "count": len(devices)},
             "network": {**data["network"],
                         "shared": {**data["network"]["shared"], "up_bps": up_bps}}}
     cfg = config_from_dict(data)

@@ -21,6 +21,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import time
 
 import ray
 import torch
@@ -36,6 +37,13 @@ def samples_per_s(steps) -> float:
     wall = (steps.loc[steps["round"] == last, "wall_time_s"].max()
             - steps.loc[steps["round"] == first, "wall_time_s"].max())
     return timed["batch_size"].sum() / wall
+
+
+def samples_per_epoch_s(steps, epoch_ends: list[float]) -> float:
+    """Throughput from the end of the first epoch to the end of the last, each epoch's
+    evaluation and checkpoint included (a checkpoint follows its epoch's last round)."""
+    return steps.loc[steps["epoch"] > steps["epoch"].min(), "batch_size"].sum() / (
+        epoch_ends[-1] - epoch_ends[0])
 
 
 def setting_parser(description: str) -> argparse.ArgumentParser:
@@ -113,8 +121,12 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, (cfg, engine) in variants.items():
                 out = tmp if args.checkpoint else None  # checkpoints live in run directories
-                steps = run_experiment(cfg, out_dir=out, engine=engine, progress=False).steps
-                rates[name].append(samples_per_s(steps))
+                epoch_ends: list[float] = []  # after each epoch's evaluation and checkpoint
+                steps = run_experiment(cfg, out_dir=out, engine=engine, progress=False,
+                                       on_epoch=lambda *_, ends=epoch_ends: ends.append(
+                                           time.perf_counter())).steps
+                rates[name].append(samples_per_epoch_s(steps, epoch_ends) if args.checkpoint
+                                   else samples_per_s(steps))
                 print(f"{name:7s} {rates[name][-1]:8.1f} samples/s")
     (a, rates_a), (b, rates_b) = rates.items()
     pairs = sorted(rb / ra for ra, rb in zip(rates_a, rates_b, strict=True))

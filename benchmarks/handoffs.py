@@ -39,6 +39,9 @@ def main() -> None:
     if args.clients != 1 or args.pool:
         parser.error("the hand-offs of one step are those of one client on its own actor: "
                      "--clients 1, no --pool")
+    # The run kills its actors at its end: they must have reported their last tasks by then
+    # (Ray's default, every second, loses the last second's steps).
+    os.environ.setdefault("RAY_task_events_report_interval_ms", "100")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     run_experiment(load_config(overrides=setting_overrides(args, epochs=1)), out_dir=None,
                    engine="ray", progress=False)
@@ -48,6 +51,8 @@ def main() -> None:
                           if e["cat"] == f"task::{task}")
              for name, task in TASKS.items()}
     steps = min(len(s) for s in spans.values())
+    if steps < args.steps:
+        print(f"Ray's timeline holds {steps} of the {args.steps} steps")
     if steps <= WARM_UP_STEPS + 1:
         raise SystemExit(f"the timeline holds {steps} steps; run more (--steps)")
     timed = range(WARM_UP_STEPS, steps - 1)

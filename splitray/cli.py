@@ -8,7 +8,7 @@ import math
 import os
 import sys
 
-from splitray.config import ConfigError
+from splitray.config import ConfigError, dump_yaml
 
 EXIT_CONFIG_ERROR = 2  # bad input: nothing ran, nothing was written
 EXIT_FAILED = 1        # the run failed (e.g. more actor deaths than faults.max_failures)
@@ -112,6 +112,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from splitray.tune import (
+        SWEEP_SETTINGS,
         SweepInterrupted,
         format_summary,
         load_space,
@@ -143,8 +144,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                                max_concurrent=args.max_concurrent, verbose=0 if args.quiet else 1,
                                **{k: v for k, v in given.items() if v is not None})
     except (KeyboardInterrupt, SweepInterrupted) as e:
-        print(f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it",
-              file=sys.stderr)
+        if (Path(out) / SWEEP_SETTINGS).is_file():  # written just before Tune begins
+            print(f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it",
+                  file=sys.stderr)
+        else:
+            print("splitray: sweep interrupted before it began", file=sys.stderr)
         code = e.exit_code if isinstance(e, SweepInterrupted) else EXIT_INTERRUPTED
         if code == EXIT_TERMINATED:
             # `timeout` signals the whole process group, so the Ray processes this driver
@@ -245,8 +249,6 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    import yaml
-
     from splitray.config import load_config
     from splitray.metrics import check_output_file, write_text
     from splitray.planning import format_plan, plan_and_baseline, resolved_config
@@ -267,7 +269,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
           f"equal shares: {baseline.round_s:.4f} s per round "
           f"({baseline.round_s / best.round_s:.2f}x the plan's)")
     if args.write:
-        write_text(yaml.safe_dump(resolved_config(cfg, best), sort_keys=False), args.write)
+        write_text(dump_yaml(resolved_config(cfg, best)), args.write)
         print(f"resolved config: {args.write} (splitray run {args.write})")
     return 0
 

@@ -18,18 +18,38 @@ _RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 _SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML with 1.2-style floats, so `4e6` and `1.0e-3` are numbers (PyYAML reads them as strings)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+# Numbers as YAML 1.2 reads them: `4e6` and `1.0e-3` are floats (PyYAML's 1.1 rules read them as
+# strings), and `010` or `12:30` are strings, not 1.1's octal 8 and base-60 750.
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+    |\.(?:nan|NaN|NAN))$""", re.X)
+_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
+_NUMBER_TAGS = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2-style numbers (above)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _NUMBER_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes every string that `_Loader` would read as a number (`"1e5"`) in quotes."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text that `read_yaml` reads back as `data`: how splitray writes configs and settings."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def read_yaml(text: str) -> Any:
@@ -209,7 +229,8 @@ class FaultsConfig:
 @dataclass
 class ClientsConfig:
     count: int = field(default=1, metadata=_range(1))
-    num_cpus: float = field(default=1.0, metadata=_range(0, lo_open=True))  # logical CPUs per client
+    # logical CPUs per client; Ray counts them in steps of 0.0001
+    num_cpus: float = field(default=1.0, metadata=_range(0.0001))
     devices: list[Any] = field(default_factory=lambda: ["laptop_cpu"])  # cycled over clients
     cpu_share: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))  # e.g. 0.4 core
     # Each client's split point, cycled over clients like devices; None: model.split_layer for all
@@ -247,7 +268,7 @@ class AvailabilityConfig:
 @dataclass
 class ServerConfig:
     device: Any = "server_cpu"
-    num_cpus: float = field(default=1.0, metadata=_range(0, lo_open=True))
+    num_cpus: float = field(default=1.0, metadata=_range(0.0001))
     num_gpus: str = field(default="auto", metadata=_choices("auto", "0", "1"))
 
 
@@ -273,7 +294,7 @@ class EngineConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    seed: int = field(default=0, metadata=_range(0))
+    seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
@@ -300,7 +321,7 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict())
 
 
 def split_layer_of(cfg: ExperimentConfig, client_id: int) -> int:
@@ -351,9 +372,13 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{path}: {value!r} is not allowed; expected a number")
-        if not math.isfinite(value):  # NaN would pass every bound check below
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number):  # NaN would pass every bound check below
             raise ConfigError(f"{path}: {value!r} is not allowed; expected a finite number")
-        return float(value)
+        return number
     if tp is str:
         if not isinstance(value, str | int) or isinstance(value, bool):
             raise ConfigError(f"{path}: {value!r} is not allowed; expected a string")
@@ -394,6 +419,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
         if name not in data:
             continue
         sub = f"{path}.{name}" if path else name
+        if "choices" in f.metadata and not isinstance(data[name], str | int | None):
+            raise ConfigError(f"{sub}: {data[name]!r} is not allowed; choose one of "
+                              f"{', '.join(f.metadata['choices'])}")
         value = _convert(data[name], hints[name], sub)
         _check_field(f, value, sub, data[name])
         kwargs[name] = value
@@ -501,7 +529,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = read_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: {raw!r} is not valid YAML ({e.problem})") from None
+        raise ConfigError(f"--set {key}: {raw!r} is not valid YAML ({yaml_problem(e)})") from None
     return key.strip(), value
 
 
@@ -543,27 +571,40 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = copy.deepcopy(value)
 
 
+def _config_text(path: str) -> str:
+    """The text of a config file: a local path, or a URI (a run's config.yaml in an object store,
+    which `--resume` and `infer` read)."""
+    if "://" in path:
+        from splitray.metrics import read_bytes
+
+        try:
+            return read_bytes(path).decode()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"config: {path!r} cannot be read ({e})") from None
+    p = Path(path)
+    if not p.is_file():
+        # `splitray run quickstart`: name the experiment file it probably meant
+        near = Path("experiments") / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+        hint = f" (did you mean {near}?)" if near.is_file() and near != p else ""
+        raise ConfigError(f"config: {path!r} is not a file{hint}")
+    return p.read_text()
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> ExperimentConfig:
     """Read a YAML config (or start from `base`), apply `a.b=c` overrides, validate."""
     data: dict = copy.deepcopy(base) if base else {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            # `splitray run quickstart`: name the experiment file it probably meant
-            near = Path("experiments") / (p.name if p.suffix in (".yaml", ".yml")
-                                          else f"{p.name}.yaml")
-            hint = f" (did you mean {near}?)" if near.is_file() and near != p else ""
-            raise ConfigError(f"config: {str(p)!r} is not a file{hint}")
+        shown = repr(str(path))
         try:
-            loaded = read_yaml(p.read_text())
+            loaded = read_yaml(_config_text(str(path)))
         except yaml.YAMLError as e:
-            raise ConfigError(f"config: {str(p)!r} is not valid YAML: {yaml_problem(e)}") from None
+            raise ConfigError(f"config: {shown} is not valid YAML: {yaml_problem(e)}") from None
         if loaded is None:
-            raise ConfigError(f"config: {str(p)!r} is empty; start from a file in experiments/, "
+            raise ConfigError(f"config: {shown} is empty; start from a file in experiments/, "
                               "e.g. experiments/quickstart.yaml")
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config: {str(p)!r} must hold a mapping at the top level")
+            raise ConfigError(f"config: {shown} must hold a mapping at the top level")
         data.update(loaded)
     for text in overrides or []:
         set_dotted(data, *parse_override(text))

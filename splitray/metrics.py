@@ -150,13 +150,17 @@ def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
 def atomic_output(path: str) -> Iterator[pa.NativeFile]:
     """A binary stream whose file appears at `path` only once complete. Local paths and file://
     URIs are written under a hidden temporary name (readers of a table directory skip names
-    starting with '.') and moved into place; object stores replace whole objects on close."""
+    starting with '.') and moved into place. For object stores the bytes gather in memory and
+    go up in one piece once the writer returns (closing a stream stores whatever it holds, so a
+    write cut short would leave a truncated object)."""
     fs, p = _filesystem(path)
     parent, name = p.rsplit("/", 1) if "/" in p else (".", p)
     fs.create_dir(parent, recursive=True)
     if fs.type_name != "local":
+        buffer = pa.BufferOutputStream()
+        yield buffer
         with fs.open_output_stream(p) as f:
-            yield f
+            f.write(buffer.getvalue())
         return
     tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
@@ -316,8 +320,12 @@ def _unwritable_dir(local: Path) -> str | None:
 
 
 def join_path(base: str, name: str) -> str:
-    """Join a run directory (local path or URI) and a file name."""
-    return f"{base.rstrip('/')}/{name}" if "://" in base else str(Path(base) / name)
+    """Join a run directory (local path or URI) and a file name. A URI's options (the query
+    string, e.g. `?endpoint_override=...`) stay at its end."""
+    if "://" not in base:
+        return str(Path(base) / name)
+    head, mark, options = base.partition("?")
+    return f"{head.rstrip('/')}/{name}{mark}{options}"
 
 
 def now_iso() -> str:

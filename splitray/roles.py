@@ -6,10 +6,11 @@ Neither side imports Ray.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -510,6 +511,17 @@ class ServerPart:
         return [m for m in (self.server_part, self.decompressor) if m is not None]
 
 
+@contextlib.contextmanager
+def _statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Forwards inside normalise by their batch's statistics, as in training, but leave the
+    running statistics (BatchNorm's buffers) as they were."""
+    saved = [b.clone() for b in module.buffers()]
+    yield
+    with torch.no_grad():
+        for b, before in zip(module.buffers(), saved, strict=True):
+            b.copy_(before)
+
+
 def _pool_batch_norm(parts: list[ServerPart], sampled_fraction: float) -> None:
     """Make averaged server copies keep BatchNorm statistics as fresh as one shared server part's.
 
@@ -636,12 +648,14 @@ class ServerRole(_Role):
         return self.parts[self.part_of[client_id]].forward_flops_per_sample
 
     def parts_nbytes(self) -> int:
-        """Server memory for its server parts: weights, buffers, gradients and momentum."""
+        """Server memory for its server parts: weights, buffers, gradients and SGD's momentum
+        (held only when the momentum is not 0)."""
+        per_parameter = 3 if self.cfg.train.momentum > 0 else 2
         total = 0
         for part in self.parts:
             for m in part.modules():
                 total += sum(b.nbytes for b in m.buffers())
-                total += sum(3 * p.nbytes for p in m.parameters())  # weight, grad, momentum
+                total += sum(per_parameter * p.nbytes for p in m.parameters())
         return total
 
     def _decode(self, part: ServerPart, payload: Payload) -> tuple[torch.Tensor, torch.Tensor]:
@@ -705,7 +719,11 @@ class ServerRole(_Role):
         x = payload.to_tensor().to(self.device)
         n, m = labels.shape[0], shared_positions
         self.set_training(True)
-        with torch.no_grad():  # the shared positions: logits only, their backward is aggregated
+        # The shared positions: logits only, their backward is aggregated. The running
+        # statistics learn from each client batch once: from these positions when they are
+        # the whole batch (phi 1), else from the own positions' forward below.
+        kept = _statistics_kept(part.server_part) if m < n else contextlib.nullcontext()
+        with torch.no_grad(), kept:
             logits_shared = part.server_part(x[:m])
             # d(mean cross-entropy over all n positions) / d(logits) of these m positions
             g_shared = (logits_shared.softmax(1) - F.one_hot(labels[:m], logits_shared.shape[1])) / n
@@ -739,7 +757,9 @@ class ServerRole(_Role):
         self._held = []
         self.set_training(True)
         part.optimizer.zero_grad(set_to_none=True)
-        part.server_part(x_mean).backward(g_mean)
+        # The mean input's variance is about 1/K of a real batch's: not for the running statistics.
+        with _statistics_kept(part.server_part):
+            part.server_part(x_mean).backward(g_mean)
         part.optimizer.step()
         grad = Payload.from_tensor(x_mean.grad.cpu(), self.cfg.compression.codec_down)
         m = x_mean.shape[0]

@@ -42,6 +42,7 @@ from splitray.config import (
     ConfigError,
     ExperimentConfig,
     config_from_dict,
+    dump_yaml,
     parse_key,
     read_yaml,
     set_dotted,
@@ -216,20 +217,27 @@ def _read_yaml(path: Path, what: str) -> Any:
         raise ConfigError(f"{what}: {str(path)!r} is not valid YAML: {yaml_problem(e)}") from None
 
 
-MAX_CHECKED_COMBINATIONS = 4096  # beyond this, each key alone and all first values together
+MAX_CHECKED_COMBINATIONS = 4096  # beyond this, every pair of keys' candidates (about 1 ms each)
+MAX_CHECKED_PAIRS = 16384  # beyond this too, all keys' first values together
 
 
 def _validation_samples(space: SearchSpace) -> list[dict[str, Any]]:
     """Candidate assignments to check: each key's candidates alone (an error names that key),
-    then every combination of all keys' candidates, or if there are too many, their first ones."""
+    then every combination of all keys' candidates, or if there are too many, every pair of
+    keys' (a budget and a split point, CPUs and a client count), or if even those are too
+    many, all keys' first values together."""
     keys = list(space.params)
     candidates = [candidate_values(*space.params[key]) for key in keys]
     samples = [{key: v} for key, values in zip(keys, candidates, strict=True) for v in values]
+    if len(keys) < 2:
+        return samples
     if math.prod(len(values) for values in candidates) <= MAX_CHECKED_COMBINATIONS:
-        combinations = itertools.product(*candidates)
-    else:
-        combinations = iter([tuple(values[0] for values in candidates)])
-    return samples + [dict(zip(keys, c, strict=True)) for c in combinations if len(keys) > 1]
+        return samples + [dict(zip(keys, c, strict=True)) for c in itertools.product(*candidates)]
+    pairs = list(itertools.combinations(range(len(keys)), 2))
+    if sum(len(candidates[a]) * len(candidates[b]) for a, b in pairs) <= MAX_CHECKED_PAIRS:
+        return samples + [{keys[a]: va, keys[b]: vb} for a, b in pairs
+                          for va, vb in itertools.product(candidates[a], candidates[b])]
+    return samples + [{key: values[0] for key, values in zip(keys, candidates, strict=True)}]
 
 
 def _check_trial(cfg: ExperimentConfig) -> None:
@@ -518,8 +526,10 @@ def _records(results: Any, space: SearchSpace, trials_dir: Path) -> list[TrialRe
 
 
 def _best(trials: list[TrialRecord], mode: str) -> str | None:
+    """The finished trial with the best final metric: one that ASHA stopped, or that failed,
+    ran fewer epochs, and a metric summed over epochs (bytes, time) would favour it."""
     scored = [t for t in trials if t.final_metric is not None and not math.isnan(t.final_metric)
-              and t.status != "diverged"]
+              and t.status == "finished"]
     if not scored:
         return None
     pick = max if mode == "max" else min
@@ -551,6 +561,12 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
                           f"{', '.join(SCHEDULERS)}")
     if num_samples is not None and num_samples < 1:
         raise ConfigError(f"--num-samples: {num_samples} is not allowed; must be >= 1")
+    samples = num_samples or space.num_samples
+    if samples > 1 and "seed" not in space.params and all(
+            kind == "grid" for kind, _ in space.params.values()):
+        raise ConfigError(f"num_samples: {samples} is not allowed over a grid alone; a run is "
+                          "deterministic, so each grid point would run the same trial again: "
+                          "sweep the seed instead (space: seed: {grid: [0, 1, 2]})")
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(f"--max-concurrent: {max_concurrent} is not allowed; must be >= 1")
     if max_failures < 0:
@@ -570,10 +586,10 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     _check_fits(space, cluster, has_gpu)
 
     out.mkdir(parents=True, exist_ok=True)
-    write_text(yaml.safe_dump({"source": space.path, "base": space.base, "metric": space.metric,
+    write_text(dump_yaml({"source": space.path, "base": space.base, "metric": space.metric,
                                "mode": space.mode, "scheduler": scheduler,
                                "space": {k: {kind: args} for k, (kind, args)
-                                         in space.params.items()}}, sort_keys=False),
+                                         in space.params.items()}}),
                str(out / SWEEP_SETTINGS))
     sched = (ASHAScheduler(grace_period=1, max_t=_max_epochs_bound(space), stop_last_trials=False)
              if scheduler == "asha" else FIFOScheduler())
@@ -582,7 +598,7 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
         param_space=param_space(space),
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, scheduler=sched,
-            num_samples=num_samples or space.num_samples,
+            num_samples=samples,
             search_alg=BasicVariantGenerator(max_concurrent=max_concurrent or 0,
                                              random_state=base_cfg.seed),
             trial_dirname_creator=lambda trial: trial.trial_id),
@@ -632,7 +648,7 @@ def _record_attempt(out: Path, wall_s: float) -> list[float]:
     settings = read_yaml((out / SWEEP_SETTINGS).read_text())
     settings["attempts_wall_time_s"] = [*settings.get("attempts_wall_time_s", []),
                                         round(wall_s, 3)]
-    write_text(yaml.safe_dump(settings, sort_keys=False), str(out / SWEEP_SETTINGS))
+    write_text(dump_yaml(settings), str(out / SWEEP_SETTINGS))
     return settings["attempts_wall_time_s"]
 
 

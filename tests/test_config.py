@@ -32,6 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
     ("compression.lam=.nan", "compression.lam: nan is not allowed; expected a finite number"),
     ("clients.cpu_share=.nan", "clients.cpu_share: nan is not allowed; expected a finite number"),
     ("train.lr=.inf", "train.lr: inf is not allowed; expected a finite number"),
+    (f"train.lr=1{'0' * 310}", "is not allowed; expected a finite number"),  # beyond any float
+    # YAML 1.1's octal and base-60 numbers are strings here, as in YAML 1.2.
+    ("clients.count=010", "clients.count: '010' is not allowed; expected an integer"),
+    ("seed=1700000000000000000", "seed: 1700000000000000000 is not allowed; must be <= 4294967295"),
+    ("clients.num_cpus=0.00005", "clients.num_cpus: 5e-05 is not allowed; must be >= 0.0001"),
+    ("server.num_gpus=0.5", "server.num_gpus: 0.5 is not allowed; choose one of auto, 0, 1"),
+    ("name=a\x01b", "--set name: 'a\\x01b' is not valid YAML (unacceptable character #x0001"),
 ])
 def test_bad_values_name_field_value_and_rule(override, message):
     with pytest.raises(ConfigError) as info:
@@ -52,6 +59,20 @@ def test_experiment_files_load_and_overrides_apply():
     cfg = load_config(REPO / "experiments" / "quickstart.yaml",
                       ["schedule.phases[1].epochs=5", "compression.delta=1e-2"])
     assert cfg.schedule.phases[1].epochs == 5 and cfg.compression.delta == 0.01
+
+
+def test_a_written_config_reads_back_as_itself():
+    from splitray.config import config_from_dict, read_yaml
+
+    # Strings that read as numbers are written in quotes; 017 stays a string as YAML 1.2 has it.
+    cfg = load_config(REPO / "experiments" / "quickstart.yaml",
+                      ['name="1e5"', 'data.root="1e3"', "clients.count=0x10"])
+    assert (cfg.name, cfg.data.root, cfg.clients.count) == ("1e5", "1e3", 16)
+    assert config_from_dict(read_yaml(cfg.to_yaml())) == cfg
+    assert load_config(REPO / "experiments" / "quickstart.yaml", ["name=017"]).name == "017"
+    for path in sorted((REPO / "experiments").glob("*.yaml")):
+        cfg = load_config(path)
+        assert config_from_dict(read_yaml(cfg.to_yaml())) == cfg, path.name
 
 
 def test_select_lr_boosts_first_lk_epochs_of_later_phases():

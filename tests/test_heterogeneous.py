@@ -15,8 +15,9 @@ import yaml
 from splitray.cli import main
 from splitray.compression import Payload
 from splitray.config import ConfigError, load_config
+from splitray.models import split
 from splitray.planning import plan
-from splitray.roles import ClientRole, ServerRole, fedavg
+from splitray.roles import ClientRole, ServerRole, activation_shape, fedavg, model_for
 from splitray.runtime import prepare, run_experiment
 
 MEDIUM = "{kind: shared, up_bps: 2e6, down_bps: 5e6, latency_s: 0.005}"
@@ -89,6 +90,16 @@ def test_edgesplit_copies_agree_layer_by_layer_after_an_average(monkeypatch):
     assert steps.groupby("split_layer")["budget"].unique().map(list).to_dict() == {
         2: [4], 3: [4], 4: [8]}
     assert result.summary["server_parts_nbytes"] == server.parts_nbytes() > 0
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_the_server_parts_memory_counts_momentum_only_when_sgd_keeps_it(momentum):
+    server = ServerRole(tiny(**{"train.algorithm": "edgesplit", "clients.split_layers": "[2, 4]",
+                                "train.momentum": momentum}), (3, 16, 16), 10)
+    modules = [m for part in server.parts for m in part.modules()]
+    weights = sum(p.nbytes for m in modules for p in m.parameters())
+    buffers = sum(b.nbytes for m in modules for b in m.buffers())
+    assert server.parts_nbytes() == buffers + (3 if momentum else 2) * weights
 
 
 def test_average_parts_averages_each_layer_over_the_copies_that_hold_it():
@@ -164,6 +175,22 @@ def test_edgesplit_averages_the_server_copies_alone_between_whole_averages(
     # The client parts are not averaged: their common first layer differs client to client.
     first = [k for k in clients[0].get_weights() if k.endswith(".weight")][0]
     assert not np.array_equal(clients[0].get_weights()[first], clients[1].get_weights()[first])
+
+
+def test_edgesplit_averages_every_server_copy_trained_since_the_last_average(monkeypatch):
+    # One client a round, the server's copies averaged every second round: each average takes
+    # the copies of both rounds' clients, not only the last round's.
+    averaged: list[list[int]] = []
+    original = ServerRole.average_parts
+    monkeypatch.setattr(ServerRole, "average_parts",
+                        lambda self, ids: (averaged.append(list(ids)), original(self, ids))[1])
+    steps = run_experiment(tiny(**{
+        "train.algorithm": "edgesplit", "clients.split_layers": "[2, 3, 4]",
+        "clients.per_round": 1, "edgesplit.every_rounds": 0, "edgesplit.server_every_rounds": 2,
+        "schedule.phases": "[{epochs: 1}]"}), out_dir=None, engine="local", progress=False).steps
+    by_round = steps.groupby("round")["client_id"].apply(set).tolist()
+    expected = [sorted(by_round[r] | by_round[r + 1]) for r in range(0, len(by_round) - 1, 2)]
+    assert averaged == expected and any(len(ids) == 2 for ids in expected)
 
 
 def test_different_split_points_need_edgesplit_and_valid_layers():
@@ -295,8 +322,30 @@ def test_epsl_with_phi_zero_is_parallel_sl():
 
 
 @pytest.mark.parametrize("phi", [0.5, 1.0])
-def test_epsl_server_flops_and_downlink_bytes_follow_the_aggregation_formula(phi):
-    cfg = tiny(**{"train.algorithm": "epsl", "train.phi": phi})
+def test_epsl_updates_the_servers_batchnorm_statistics_once_per_client_batch(phi):
+    # The aggregated pass runs at the clients' mean input, whose variance is about 1/K of a real
+    # batch's: it trains with its batch statistics but leaves the running ones alone.
+    cfg = tiny(**{"model.name": "vgg11_bn", "model.split_layer": 2, "data.image_size": 32,
+                  "clients.count": 2, "train.algorithm": "epsl", "train.phi": phi})
+    server = ServerRole(cfg, (3, 32, 32), 10)
+    part = server.parts[0]
+    bn = next(m for m in part.server_part.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    b, m = cfg.train.batch_size, math.ceil(phi * cfg.train.batch_size)
+    shape = activation_shape(split(model_for(cfg, (3, 32, 32), 10), 2)[0], (3, 32, 32))
+    torch.manual_seed(0)
+    for i in range(2):
+        x = torch.randn(b, *shape) * 2 + 1
+        server.step_epsl(Payload.from_tensor(x, "fp32", labels=torch.arange(b) % 10), i, 0, m)
+    assert int(bn.num_batches_tracked) == 2
+    before = [t.clone() for t in part.server_part.buffers()]
+    server.step_aggregated()
+    for t, saved in zip(part.server_part.buffers(), before, strict=True):
+        assert torch.equal(t, saved)
+
+
+@pytest.mark.parametrize(("phi", "codec"), [(0.5, "fp32"), (1.0, "fp32"), (1.0, "fp8_e5m2")])
+def test_epsl_server_flops_and_downlink_bytes_follow_the_aggregation_formula(phi, codec):
+    cfg = tiny(**{"train.algorithm": "epsl", "train.phi": phi, "compression.codec_down": codec})
     result = run_experiment(cfg, out_dir=None, engine="local", progress=False)
     prepared = prepare(cfg)
     part = ServerRole(cfg, prepared.input_shape, prepared.num_classes).parts[0]
@@ -305,8 +354,10 @@ def test_epsl_server_flops_and_downlink_bytes_follow_the_aggregation_formula(phi
     train_flops, forward_flops = part.flops_per_sample, part.forward_flops_per_sample
     channels, height, width = 16, 8, 8  # tiny_cnn at split 3 on 16 px
 
-    def down_bytes(samples: int) -> int:  # phi = 1 leaves an empty unicast: its header only
-        return Payload.from_tensor(torch.zeros(samples, channels, height, width), "fp32").nbytes
+    def down_bytes(samples: int) -> int:
+        return Payload.from_tensor(torch.zeros(samples, channels, height, width), codec).nbytes
+
+    assert down_bytes(0) == 0  # phi = 1 leaves an empty unicast, which carries no scale either
 
     rounds = result.steps.groupby("round")
     assert (rounds.size() == k).all()

@@ -515,3 +515,5 @@ def test_edgesplit_depth_caps_every_split_point_at_the_baselines():
     devices = ("raspberry_pi_4", "jetson_xavier_nx") * 4
     speed_up, split, splits = speed_up_within_baseline_depth(data, devices, 5e6)
     assert split == 8 and max(splits) <= split and 1.0 <= speed_up < 2.0
+    # A mix of another size than the config's clients.count plans one client per device.
+    assert len(speed_up_within_baseline_depth(data, devices[:3], 5e6)[2]) == 3

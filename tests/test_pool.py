@@ -69,6 +69,11 @@ def test_auto_puts_clients_on_a_pool_when_their_actors_would_not_fit(tmp_path):
     assert manifest["pool_workers"] == 3
     with pytest.raises(ConfigError, match="engine.clients: pool"):
         run_experiment(_config(**{"engine.clients": "actors"}), out_dir=None, progress=False)
+    # More pool workers than fit: a one-line error before any actor starts, not a wait.
+    with pytest.raises(ConfigError, match=r"engine.pool_workers: 4 is not allowed; 4 pool workers "
+                                          r"x clients.num_cpus 0.5 and the server at 0.5 exceed "
+                                          r"the cluster's 2 CPUs"):
+        run_experiment(_config(**{"engine.pool_workers": 4}), out_dir=None, progress=False)
 
 
 def test_a_killed_pool_worker_costs_a_replay_not_a_row(tmp_path, monkeypatch):

@@ -146,3 +146,52 @@ def test_a_run_written_by_another_schema_version_is_not_resumed(tmp_path):
     with pytest.raises(ConfigError, match="its tables have schema version 4 and this splitray "
                                           "writes version 5: run it again from the start"):
         resume_experiment(run_dir, engine="local", progress=False)
+
+
+def test_a_run_whose_directory_is_taken_gets_the_next_suffix(tmp_path):
+    """Two runs of one config started in the same second: the directory is claimed by creating
+    it, so the second run takes `-2` even before the first has written a table."""
+    from splitray.runtime.orchestrator import _claim_run_dir
+
+    (tmp_path / "quickstart-1").mkdir()  # claimed by a run that has written nothing yet
+    assert _claim_run_dir(str(tmp_path), "quickstart-1") == (
+        "quickstart-1-2", str(tmp_path / "quickstart-1-2"))
+    assert (tmp_path / "quickstart-1-2").is_dir()
+    assert _claim_run_dir(str(tmp_path), "quickstart-1")[0] == "quickstart-1-3"
+
+
+def test_a_run_under_a_uri_resumes(tmp_path):
+    from fused import assert_same_results
+
+    from splitray.runtime import resume_experiment, run_experiment
+
+    settings = {**SETTINGS, "data.train_samples": 64, "schedule.phases": "[{epochs: 2}]"}
+    cfg = load_config(QUICKSTART, [f"{k}={v}" for k, v in settings.items()])
+    first = run_experiment(cfg, out_dir=f"file://{tmp_path}/runs", engine="local", progress=False)
+    again = resume_experiment(first.run_dir, engine="local", progress=False)
+    assert again.run_dir == first.run_dir
+    assert_same_results(again, first)
+
+
+def test_a_uri_keeps_its_options_after_the_path():
+    from splitray.metrics import join_path
+
+    base = "s3://bucket/runs?region=eu-west-1&endpoint_override=localhost:9000"
+    assert join_path(join_path(base, "run-1"), "manifest.json") == (
+        "s3://bucket/runs/run-1/manifest.json?region=eu-west-1&endpoint_override=localhost:9000")
+    assert join_path("file:///tmp/runs/", "run-1") == "file:///tmp/runs/run-1"
+
+
+def test_a_write_cut_short_leaves_no_object_in_an_object_store(monkeypatch):
+    import pyarrow.fs as pafs
+
+    from splitray import metrics
+
+    store, _ = pafs.FileSystem.from_uri("mock:///")  # not local, as s3 and gcs are not
+    monkeypatch.setattr(metrics, "_filesystem", lambda path: (store, path.split("://", 1)[1]))
+    with pytest.raises(KeyboardInterrupt), metrics.atomic_output("s3://bucket/run/a.bin") as f:
+        f.write(b"PAR1\x00\x00")
+        raise KeyboardInterrupt
+    assert not metrics.table_exists("s3://bucket/run/a.bin")
+    metrics.write_bytes(b"whole", "s3://bucket/run/b.bin")
+    assert metrics.read_bytes("s3://bucket/run/b.bin") == b"whole"

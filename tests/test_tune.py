@@ -161,6 +161,47 @@ def test_values_valid_alone_but_not_together_fail_before_any_trial(tmp_path: Pat
         "of tiny_cnn")
 
 
+def test_values_invalid_together_fail_even_among_too_many_combinations(tmp_path: Path) -> None:
+    # Two long integer ranges make 16,384 combinations, too many to check all: every pair of
+    # keys' candidates is checked instead, which still finds split 3 with budget 32.
+    path = write_space(tmp_path, {"model.split_layer": {"choice": [4, 3]},
+                                  "schedule.phases[0].budget": {"grid": [4, 32]},
+                                  "data.train_samples": {"randint": [64, 128]},
+                                  "seed": {"randint": [0, 64]}})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(
+        {**TINY_BASE, "model": {**TINY_BASE["model"], "split_layer": 4}}))
+    with pytest.raises(ConfigError, match=r"model.split_layer=3, schedule.phases\[0\].budget=32 "
+                                          "together give"):
+        sweep.load_space(path)
+
+
+def test_the_best_trial_is_a_finished_one() -> None:
+    # A summed metric (bytes, min) is lowest for trials that ran fewer epochs.
+    trials = [sweep.TrialRecord("a", "finished", None, {}, 2, 1.3e5),
+              sweep.TrialRecord("b", "stopped", None, {}, 1, 9.8e4),
+              sweep.TrialRecord("c", "failed", "boom", {}, 1, 5.0e4),
+              sweep.TrialRecord("d", "diverged", None, {}, 1, 1.0e4)]
+    assert sweep._best(trials, "min") == "a"
+    assert sweep._best(trials[1:], "min") is None
+
+
+def test_repeats_over_a_grid_alone_are_refused(tmp_path: Path) -> None:
+    space = sweep.load_space(write_space(tmp_path, {"train.lr": {"grid": [0.01, 0.02]}}))
+    with pytest.raises(ConfigError, match="num_samples: 3 is not allowed over a grid alone"):
+        sweep.run_sweep(space, tmp_path / "sweep", num_samples=3)
+
+
+def test_a_sweep_interrupted_before_it_began_gives_no_resume_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while Ray starts, before settings.yaml is written
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    path = write_space(tmp_path, {"train.lr": {"grid": [0.01]}})
+    assert main(["tune", str(path), "--out", str(tmp_path / "sweep")]) == 130
+    assert capsys.readouterr().err.strip() == "splitray: sweep interrupted before it began"
+
+
 def test_links_are_built_for_each_candidate_as_the_run_builds_them(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     two = {"kind": "shared", "up_bps": 1e6, "down_bps": 1e6, "allocation": "shares",

@@ -13,6 +13,11 @@ Server backward FLOPs and downlink bytes thus follow (1 - phi)*K*b + phi*b sampl
 exactly parallel SL. The cut layer and the uplink shares come from `splitray plan --objective epsl`
 when network.shared says `allocation: planned`.
 
+BatchNorm on the server: the shared and the own positions go through it as two batches, each
+normalised by its own statistics (the shared ones need no autograd graph); its running statistics
+learn from each client batch once (from the own positions, or at phi = 1 from the shared ones),
+never from the aggregated pass, whose averaged input has about 1/K of a real batch's variance.
+
 Averaging position by position only makes sense if a position holds alike samples on every client,
 so with phi > 0 each client orders its shard so that position j of each batch holds class j mod C
 while its shard has one left (`train.phi_positions: by_class`, `splitray.data.class_cycle_order`;

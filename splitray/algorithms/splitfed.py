@@ -13,7 +13,7 @@ weights join an average when it takes part in the round the average closes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from splitray.roles import ClientRole, ServerRole, fedavg
@@ -32,6 +32,8 @@ class SplitFedState:
     trained: list[int]          # each client's steps since the last average
     needs_average: list[bool]   # whether it downloads the average before its next step
     round_index: int = 0
+    # EdgeSplit: the clients whose server copy trained since the server's last average
+    server_trained: list[int] = field(default_factory=list)
 
 
 def run(ctx: RunContext) -> None:
@@ -76,6 +78,7 @@ def train(ctx: RunContext, every_rounds: int | None, server_parts: bool,
                 if not row["dropped"]:
                     state.trained[i] += 1
                     uploaded.add(i)
+            state.server_trained = sorted({*state.server_trained, *uploaded})
             if _averages(r, r + 1, period):
                 ids = [i for i in range(n) if state.trained[i]
                        and (not ctx.sampled or i in uploaded)]
@@ -91,8 +94,13 @@ def train(ctx: RunContext, every_rounds: int | None, server_parts: bool,
                              for i in range(n)])
                     state.needs_average = [True] * n
                 state.trained = [0] * n
-            elif server_every_rounds and (r + 1) % server_every_rounds == 0 and uploaded:
-                get(ctx.server.call(ServerRole.average_parts, sorted(uploaded)))
+                state.server_trained = []
+            elif (server_every_rounds and (r + 1) % server_every_rounds == 0
+                  and state.server_trained):
+                # Every copy trained since the last average, sampled this round or not: the
+                # server holds them all in its memory.
+                get(ctx.server.call(ServerRole.average_parts, state.server_trained))
+                state.server_trained = []
             state.round_index += 1
 
         ctx.evaluate(plan, budget)

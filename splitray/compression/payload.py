@@ -75,7 +75,7 @@ class Payload:
             total += INDEX_BYTES * len(self.channel_indices)
         if self.labels is not None:
             total += INDEX_BYTES * len(self.labels)
-        if self.scale is not None:
+        if self.scale is not None and self.data.size:  # an empty payload (EPSL, phi 1) sends none
             total += SCALE_BYTES
         return total
 

@@ -258,7 +258,13 @@ def _ray_peers(p: Prepared, quiet: bool = False) -> Peers:
     if trial is not None:  # a Tune trial: its bundles are the driver, the server, the clients'
         processes = len(trial.bundle_specs) - 2
         on_pool, num_workers, cpus = processes < cfg.clients.count or on_pool, processes, math.inf
-    if on_pool and cfg.clients.num_cpus + cfg.server.num_cpus > cpus + 1e-9:
+    if on_pool and num_workers * cfg.clients.num_cpus + cfg.server.num_cpus > cpus + 1e-9:
+        if num_workers > 1:  # only engine.pool_workers asks for more than fit
+            raise ConfigError(
+                f"engine.pool_workers: {cfg.engine.pool_workers} is not allowed; {num_workers} "
+                f"pool workers x clients.num_cpus {cfg.clients.num_cpus} and the server at "
+                f"{cfg.server.num_cpus} exceed the cluster's {cpus:g} CPUs (Ray resources are "
+                "logical: lower them)")
         raise ConfigError(
             f"clients.num_cpus: {cfg.clients.num_cpus} is not allowed; a pool worker at that and "
             f"the server at {cfg.server.num_cpus} exceed the cluster's {cpus:g} CPUs (Ray "
@@ -374,18 +380,12 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
     if out_dir is not None and run_dir is None:
         check_output_dir(out_dir, "--out")
     run_id = resume["manifest"]["run_id"] if resume else run_id_for(cfg)
-    if run_dir is None and out_dir is not None:
-        run_dir = join_path(out_dir, run_id)
-        # Two runs of one config started in the same second: the second gets its own directory.
-        suffix = 1
-        while _has_tables(run_dir):
-            suffix += 1
-            run_dir = join_path(out_dir, f"{run_id}-{suffix}")
-        run_id = run_dir.rstrip("/").rsplit("/", 1)[-1]
-    elif run_dir is not None and not resume and _has_tables(run_dir):
+    if run_dir is not None and not resume and _has_tables(run_dir):
         raise ConfigError(f"run_dir: {run_dir!r} is not allowed; it already holds a run's tables "
                           "(continue it with --resume, or choose another directory)")
     peers = start_peers(prepared, engine, quiet=not progress)
+    if run_dir is None and out_dir is not None:  # once the actors started: no empty folders
+        run_id, run_dir = _claim_run_dir(out_dir, run_id)
     measured = cfg.engine.compute_time == "measured" or cfg.engine.time_mode == "realtime"
     timeline = Timeline(prepared.network, prepared.devices, prepared.server_device,
                          cpu_share=cfg.clients.cpu_share,
@@ -518,6 +518,27 @@ def fault_line(error: BaseException) -> str:
 
 def _has_tables(run_dir: str) -> bool:
     return any(table_exists(join_path(run_dir, name)) for name in RUN_TABLES)
+
+
+def _claim_run_dir(out_dir: str, run_id: str) -> tuple[str, str]:
+    """The run's id and directory under `out_dir`: `run_id`, or `run_id-2`, `-3`... when taken
+    (two runs of one config started in the same second). A local directory is claimed by
+    creating it, which one process alone can do; in an object store, where directories are
+    only prefixes, the name is taken once anything is under it."""
+    suffix = 1
+    while True:
+        name = run_id if suffix == 1 else f"{run_id}-{suffix}"
+        run_dir = join_path(out_dir, name)
+        if "://" in run_dir:
+            if not table_exists(run_dir):
+                return name, run_dir
+        else:
+            try:
+                Path(run_dir).mkdir()
+                return name, run_dir
+            except FileExistsError:
+                pass
+        suffix += 1
 
 
 def resume_experiment(run_dir: str, engine: str = "ray", progress: bool = True,
