@@ -18,11 +18,12 @@ _RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 _SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
 
 
-# Numbers as YAML 1.2 reads them: `4e6` and `1.0e-3` are floats (PyYAML's 1.1 rules read them as
-# strings), and `010` or `12:30` are strings, not 1.1's octal 8 and base-60 750.
+# Numbers nearly as YAML 1.2 reads them: `4e6` and `1.0e-3` are floats (PyYAML's 1.1 rules read
+# them as strings), `010` and `12:30` strings (not 1.1's octal 8 and base-60 750); as in 1.1,
+# `1_000` is 1000, and `0x1F` the only other base.
 _FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""", re.X)
 _INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
@@ -294,7 +295,7 @@ class EngineConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
+    seed: int = field(default=0, metadata=_range(0, 2**53))  # clients seed torch with seed*1000+i
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)

@@ -203,6 +203,21 @@ def append_part(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]]
     return path
 
 
+def claim_dir(path: str) -> bool:
+    """Create the directory `path` for this process alone: False when it exists. Atomic on a
+    local filesystem (file:// URIs too); in an object store, where a directory is only a prefix,
+    it is taken once anything is under it."""
+    fs, p = _filesystem(path)
+    if fs.type_name != "local":
+        return fs.get_file_info(p).type == pafs.FileType.NotFound
+    try:
+        Path(p).parent.mkdir(parents=True, exist_ok=True)
+        Path(p).mkdir()
+    except FileExistsError:
+        return False
+    return True
+
+
 def table_exists(path: str) -> bool:
     """Whether a table (one Parquet file or a directory of part files) is at `path`."""
     fs, p = _filesystem(path)

@@ -217,15 +217,16 @@ def _read_yaml(path: Path, what: str) -> Any:
         raise ConfigError(f"{what}: {str(path)!r} is not valid YAML: {yaml_problem(e)}") from None
 
 
-MAX_CHECKED_COMBINATIONS = 4096  # beyond this, every pair of keys' candidates (about 1 ms each)
-MAX_CHECKED_PAIRS = 16384  # beyond this too, all keys' first values together
+# A sample takes 1-8 ms to check (the model's split table, the links): a few seconds in all.
+MAX_CHECKED_COMBINATIONS = 4096  # beyond this, every pair of keys' candidates
+MAX_CHECKED_PAIRS = 2048  # beyond this too, all keys' first values together
 
 
 def _validation_samples(space: SearchSpace) -> list[dict[str, Any]]:
     """Candidate assignments to check: each key's candidates alone (an error names that key),
     then every combination of all keys' candidates, or if there are too many, every pair of
-    keys' (a budget and a split point, CPUs and a client count), or if even those are too
-    many, all keys' first values together."""
+    keys' (a budget and a split point, CPUs and a client count) with the other keys at their
+    first candidates, or if even those are too many, all keys' first candidates together."""
     keys = list(space.params)
     candidates = [candidate_values(*space.params[key]) for key in keys]
     samples = [{key: v} for key, values in zip(keys, candidates, strict=True) for v in values]
@@ -233,11 +234,12 @@ def _validation_samples(space: SearchSpace) -> list[dict[str, Any]]:
         return samples
     if math.prod(len(values) for values in candidates) <= MAX_CHECKED_COMBINATIONS:
         return samples + [dict(zip(keys, c, strict=True)) for c in itertools.product(*candidates)]
+    first = {key: values[0] for key, values in zip(keys, candidates, strict=True)}
     pairs = list(itertools.combinations(range(len(keys)), 2))
-    if sum(len(candidates[a]) * len(candidates[b]) for a, b in pairs) <= MAX_CHECKED_PAIRS:
-        return samples + [{keys[a]: va, keys[b]: vb} for a, b in pairs
-                          for va, vb in itertools.product(candidates[a], candidates[b])]
-    return samples + [{key: values[0] for key, values in zip(keys, candidates, strict=True)}]
+    if sum(len(candidates[a]) * len(candidates[b]) for a, b in pairs) > MAX_CHECKED_PAIRS:
+        return [*samples, first]
+    return samples + [{**first, keys[a]: va, keys[b]: vb} for a, b in pairs
+                      for va, vb in itertools.product(candidates[a], candidates[b])]
 
 
 def _check_trial(cfg: ExperimentConfig) -> None:
@@ -562,11 +564,16 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     if num_samples is not None and num_samples < 1:
         raise ConfigError(f"--num-samples: {num_samples} is not allowed; must be >= 1")
     samples = num_samples or space.num_samples
-    if samples > 1 and "seed" not in space.params and all(
+    base_cfg = config_from_dict(space.base)
+    # Simulated time from FLOPs makes a run a function of its config (wall clock aside).
+    deterministic = (base_cfg.engine.compute_time == "flops"
+                     and base_cfg.engine.time_mode == "simulated" and space.metric != "wall_time_s")
+    if samples > 1 and deterministic and "seed" not in space.params and all(
             kind == "grid" for kind, _ in space.params.values()):
-        raise ConfigError(f"num_samples: {samples} is not allowed over a grid alone; a run is "
-                          "deterministic, so each grid point would run the same trial again: "
-                          "sweep the seed instead (space: seed: {grid: [0, 1, 2]})")
+        raise ConfigError(f"num_samples: {samples} is not allowed over a grid alone; a run with "
+                          "FLOP-timed compute is deterministic, so each grid point would run the "
+                          "same trial again: sweep the seed instead (space: seed: {grid: [0, 1, "
+                          "2]})")
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(f"--max-concurrent: {max_concurrent} is not allowed; must be >= 1")
     if max_failures < 0:
@@ -578,7 +585,6 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
         raise ConfigError(f"--out: {str(out_dir)!r} already holds a sweep; choose a new directory "
                           "(or continue it with splitray tune --resume)")
     check_output_dir(str(out_dir), "--out")
-    base_cfg = config_from_dict(space.base)
     if not ray.is_initialized():
         start_ray(base_cfg.engine.ray_address, quiet=verbose == 0)
     cluster = ray.cluster_resources()

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
     (f"train.lr=1{'0' * 310}", "is not allowed; expected a finite number"),  # beyond any float
     # YAML 1.1's octal and base-60 numbers are strings here, as in YAML 1.2.
     ("clients.count=010", "clients.count: '010' is not allowed; expected an integer"),
-    ("seed=1700000000000000000", "seed: 1700000000000000000 is not allowed; must be <= 4294967295"),
+    ("seed=1700000000000000000", "seed: 1700000000000000000 is not allowed; must be <= 9007199254740992"),
     ("clients.num_cpus=0.00005", "clients.num_cpus: 5e-05 is not allowed; must be >= 0.0001"),
     ("server.num_gpus=0.5", "server.num_gpus: 0.5 is not allowed; choose one of auto, 0, 1"),
     ("name=a\x01b", "--set name: 'a\\x01b' is not valid YAML (unacceptable character #x0001"),

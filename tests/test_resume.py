@@ -148,16 +148,17 @@ def test_a_run_written_by_another_schema_version_is_not_resumed(tmp_path):
         resume_experiment(run_dir, engine="local", progress=False)
 
 
-def test_a_run_whose_directory_is_taken_gets_the_next_suffix(tmp_path):
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_a_run_whose_directory_is_taken_gets_the_next_suffix(tmp_path, scheme):
     """Two runs of one config started in the same second: the directory is claimed by creating
     it, so the second run takes `-2` even before the first has written a table."""
     from splitray.runtime.orchestrator import _claim_run_dir
 
     (tmp_path / "quickstart-1").mkdir()  # claimed by a run that has written nothing yet
-    assert _claim_run_dir(str(tmp_path), "quickstart-1") == (
-        "quickstart-1-2", str(tmp_path / "quickstart-1-2"))
+    out = f"{scheme}{tmp_path}"
+    assert _claim_run_dir(out, "quickstart-1") == ("quickstart-1-2", f"{out}/quickstart-1-2")
     assert (tmp_path / "quickstart-1-2").is_dir()
-    assert _claim_run_dir(str(tmp_path), "quickstart-1")[0] == "quickstart-1-3"
+    assert _claim_run_dir(out, "quickstart-1")[0] == "quickstart-1-3"
 
 
 def test_a_run_under_a_uri_resumes(tmp_path):

@@ -162,15 +162,17 @@ def test_values_valid_alone_but_not_together_fail_before_any_trial(tmp_path: Pat
 
 
 def test_values_invalid_together_fail_even_among_too_many_combinations(tmp_path: Path) -> None:
-    # Two long integer ranges make 16,384 combinations, too many to check all: every pair of
-    # keys' candidates is checked instead, which still finds split 3 with budget 32.
+    # Three integer ranges make 16,384 combinations, too many to check all: every pair of keys'
+    # candidates is checked instead (964 samples), which still finds split 3 with budget 32.
     path = write_space(tmp_path, {"model.split_layer": {"choice": [4, 3]},
                                   "schedule.phases[0].budget": {"grid": [4, 32]},
-                                  "data.train_samples": {"randint": [64, 128]},
-                                  "seed": {"randint": [0, 64]}})
+                                  "data.train_samples": {"randint": [64, 80]},
+                                  "data.test_samples": {"randint": [32, 48]},
+                                  "seed": {"randint": [0, 16]}})
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(
         {**TINY_BASE, "model": {**TINY_BASE["model"], "split_layer": 4}}))
-    with pytest.raises(ConfigError, match=r"model.split_layer=3, schedule.phases\[0\].budget=32 "
+    with pytest.raises(ConfigError, match=r"model.split_layer=3, schedule.phases\[0\].budget=32, "
+                                          r"data.train_samples=64, data.test_samples=32, seed=0 "
                                           "together give"):
         sweep.load_space(path)
 

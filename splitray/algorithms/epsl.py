@@ -24,9 +24,9 @@ while its shard has one left (`train.phi_positions: by_class`, `splitray.data.cl
 the rule does not depend on the step, so clients drawn by `clients.per_round` at different steps of
 their epochs still agree): the server averages activations and gradients of one class, and the
 gradient it broadcasts is a class's, not noise. Measured (synthetic data, 3 epochs, seeds 0-2,
-2026-12-05): on experiments/epsl.yaml phi = 1 scored 0.700 by class and 0.592 shuffled against phi
+2026-12-06): on experiments/epsl.yaml phi = 1 scored 0.711 by class and 0.607 shuffled against phi
 = 0's 0.681; on the claims' 1:10 mix at phi = 1's cut and shares (`python -m analysis.claims --row
-epsl`) 0.708 by class, 0.602 shuffled, phi = 0 0.774.
+epsl`, then its configs with --set seed=1, 2) 0.713 by class, 0.602 shuffled, phi = 0 0.757.
 """
 
 from __future__ import annotations

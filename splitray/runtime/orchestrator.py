@@ -35,6 +35,7 @@ from splitray.metrics import (
     SCHEMA_VERSION,
     STEPS_TABLE,
     check_output_dir,
+    claim_dir,
     drop_parts_after,
     join_path,
     manifest,
@@ -385,7 +386,11 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | None = "runs", engine: 
                           "(continue it with --resume, or choose another directory)")
     peers = start_peers(prepared, engine, quiet=not progress)
     if run_dir is None and out_dir is not None:  # once the actors started: no empty folders
-        run_id, run_dir = _claim_run_dir(out_dir, run_id)
+        try:
+            run_id, run_dir = _claim_run_dir(out_dir, run_id)
+        except BaseException:
+            peers.stop()
+            raise
     measured = cfg.engine.compute_time == "measured" or cfg.engine.time_mode == "realtime"
     timeline = Timeline(prepared.network, prepared.devices, prepared.server_device,
                          cpu_share=cfg.clients.cpu_share,
@@ -522,22 +527,12 @@ def _has_tables(run_dir: str) -> bool:
 
 def _claim_run_dir(out_dir: str, run_id: str) -> tuple[str, str]:
     """The run's id and directory under `out_dir`: `run_id`, or `run_id-2`, `-3`... when taken
-    (two runs of one config started in the same second). A local directory is claimed by
-    creating it, which one process alone can do; in an object store, where directories are
-    only prefixes, the name is taken once anything is under it."""
+    (two runs of one config started in the same second), claimed with `claim_dir`."""
     suffix = 1
     while True:
         name = run_id if suffix == 1 else f"{run_id}-{suffix}"
-        run_dir = join_path(out_dir, name)
-        if "://" in run_dir:
-            if not table_exists(run_dir):
-                return name, run_dir
-        else:
-            try:
-                Path(run_dir).mkdir()
-                return name, run_dir
-            except FileExistsError:
-                pass
+        if claim_dir(join_path(out_dir, name)):
+            return name, join_path(out_dir, name)
         suffix += 1
 
 
