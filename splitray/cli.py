@@ -31,13 +31,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("run: give a config file or --resume RUN_DIR, not both or neither")
     if args.resume is not None and args.set:
         raise ConfigError("--set is not allowed with --resume; a run continues with its config")
+    if args.resume is not None and args.out is not None:
+        raise ConfigError("--out is not allowed with --resume; a run continues in its own "
+                          "directory")
     try:
         if args.resume is not None:
             result = resume_experiment(args.resume, engine=args.engine, progress=not args.quiet,
                                        finished_ok=False)
         else:
             cfg = load_config(args.config, args.set)
-            result = run_experiment(cfg, out_dir=args.out, engine=args.engine,
+            result = run_experiment(cfg, out_dir=args.out or "runs", engine=args.engine,
                                     progress=not args.quiet)
     except RunDiverged as e:
         print(f"splitray: run diverged: {e}; status 'diverged', the rows up to it are in "
@@ -260,6 +263,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     for flag, path in (("--write", args.write), ("--csv", args.csv), ("--plot", args.plot)):
         if path:
             check_output_file(path, flag)
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise ConfigError(f"--plot: {args.plot!r} is not allowed; the figure is a PNG: name it "
+                          "*.png")
     if args.grid:
         return _plan_grid(args)
     cfg = load_config(args.config, args.set)
@@ -355,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue a killed run from its last checkpoint (instead of a config; "
                           "the run's own config.yaml is used)")
     _set_option(run, "e.g. --set train.lr=0.05")
-    run.add_argument("--out", default="runs",
+    run.add_argument("--out", default=None,
                      help="parent directory (local path or URI) of the run directory [runs]")
     _engine_option(run)
     run.add_argument("--quiet", action="store_true",
@@ -376,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue an interrupted sweep: finished trials stay, running ones go "
                          "on from their last checkpoint (checkpoint.every_epochs), the rest start")
     tn.add_argument("--out", default=None, metavar="DIR",
-                    help="sweep directory, a new local path [runs/sweeps/<space>-<time>]")
+                    help="sweep directory, a new or empty local path [runs/sweeps/<space>-<time>]")
     tn.add_argument("--num-samples", type=int, default=None, metavar="N",
                     help="samples drawn from the space, each grid point repeated this often "
                          "[the file's num_samples, else 1]")

@@ -143,7 +143,14 @@ def schema_markdown() -> str:
 
 
 def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    if "://" not in path:
+        return pafs.LocalFileSystem(), path
+    try:
+        return pafs.FileSystem.from_uri(path)
+    except pa.ArrowInvalid as e:  # a scheme pyarrow does not know (ftp://): the user's input
+        from splitray.config import ConfigError
+
+        raise ConfigError(f"{path!r} is not allowed; {e}") from None
 
 
 @contextlib.contextmanager
@@ -294,10 +301,14 @@ def param_cell(value: Any) -> Any:
 def check_output_dir(path: str, flag: str) -> None:
     """Create the local directory `path` (and its parents) if needed, or raise ConfigError naming
     `flag` when it cannot hold output (not a directory, not writable): before any work starts.
-    URIs are left to their filesystem."""
+    A URI's scheme must be one pyarrow knows; the rest is left to its filesystem."""
     from splitray.config import ConfigError
 
     if "://" in path:
+        try:
+            _filesystem(path)
+        except ConfigError as e:
+            raise ConfigError(f"{flag}: {e}") from None
         return
     problem = _unwritable_dir(Path(path))
     if problem:

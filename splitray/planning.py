@@ -358,6 +358,16 @@ class _Times:
     model_up_s: np.ndarray    # model averaging's upload at the whole capacity (0: no averaging)
     model_down_s: np.ndarray
     period: int               # rounds between two averages
+    # Seeded draws (draws x clients) of a round's two link delays' jitter less its mean, which
+    # latency_*_s hold; None without jitter.
+    jitter_draws_s: np.ndarray | None = None
+
+    def slowest_s(self, rounds: np.ndarray) -> float:
+        """The expected longest of the clients' rounds: each draws its links' jitter, and the
+        slowest of K draws is later than the mean every entry of `rounds` holds."""
+        if self.jitter_draws_s is None:
+            return float(rounds.max())
+        return float(np.mean(np.max(rounds + self.jitter_draws_s, axis=1)))
 
     @property
     def exchange_s(self) -> np.ndarray:
@@ -420,6 +430,11 @@ def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceP
         return np.tile(np.array(row), (len(devices), 1))
 
     delay_s = medium.latency_s + _MEAN_ABS_NORMAL * medium.jitter_s
+    jitter_draws_s = None
+    if medium.jitter_s > 0:  # each transfer's delay: latency + |N(0, 1)| x jitter
+        draws = max(256, min(4096, 4_000_000 // len(devices)))
+        normal = np.random.default_rng(0).standard_normal((draws, len(devices), 2))
+        jitter_draws_s = medium.jitter_s * (np.abs(normal).sum(axis=2) - 2 * _MEAN_ABS_NORMAL)
     return _Times(
         forward_s=client_s([c.client_forward_flops_per_sample for c in costs]),
         backward_s=client_s([c.client_backward_flops_per_sample for c in costs]),
@@ -434,7 +449,7 @@ def _times(cfg: ExperimentConfig, costs: list[SplitCosts], devices: list[DeviceP
                                if averages else 0.0 for c in costs]),
         model_down_s=per_client([8.0 * c.client_weights_bytes / medium.rate_bps("down")
                                  if averages else 0.0 for c in costs]),
-        period=rounds_per_average(cfg) if averages else 1)
+        period=rounds_per_average(cfg) if averages else 1, jitter_draws_s=jitter_draws_s)
 
 
 def _bisect(feasible: Callable[[float], bool], lo: float, hi: float) -> float:
@@ -801,15 +816,15 @@ def _mean_round_s(times: _Times, rows: np.ndarray, columns: np.ndarray, shares: 
     model_up = times.model_up_s[rows, columns] / shares
     model_down = times.model_down_s[rows, columns] / shares
     if not (model_up.any() or model_down.any()):
-        return float(rounds.max())
+        return times.slowest_s(rounds)
     # A client's round without the averaging's share of the transfers.
     step = rounds - times.exchange_s[rows, columns] / shares
     up = model_up + times.latency_up_s
     down = model_down + times.latency_down_s
-    period = times.period
+    period, slowest = times.period, times.slowest_s
     if period == 1:
-        return float(np.max(down + step + up))
-    return float(((period - 2) * step.max() + (step + up).max() + (down + step).max()) / period)
+        return slowest(down + step + up)
+    return ((period - 2) * slowest(step) + slowest(step + up) + slowest(down + step)) / period
 
 
 # ------------------------------------------------------------------------------------ output

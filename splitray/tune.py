@@ -584,6 +584,9 @@ def run_sweep(space: SearchSpace, out_dir: str | Path, num_samples: int | None =
     if (out / SWEEP_FILE).exists() or (out / SWEEP_SETTINGS).exists():
         raise ConfigError(f"--out: {str(out_dir)!r} already holds a sweep; choose a new directory "
                           "(or continue it with splitray tune --resume)")
+    if out.is_dir() and any(out.iterdir()):  # a sweep's tables and trials/ would mix with them
+        raise ConfigError(f"--out: {str(out_dir)!r} is not allowed; it holds other files: choose a "
+                          "new or empty directory")
     check_output_dir(str(out_dir), "--out")
     if not ray.is_initialized():
         start_ray(base_cfg.engine.ray_address, quiet=verbose == 0)

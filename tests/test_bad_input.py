@@ -133,6 +133,8 @@ CASES = [
     ("space: unknown kind", ["tune", "{root}/space_bad_kind.yaml"], "normal"),
     ("space: bad candidate", ["tune", "{root}/space_bad_value.yaml"], "train.lr: -1"),
     ("space: malformed yaml", ["tune", "{root}/space_broken.yaml"], "is not valid YAML"),
+    ("resumed run with --out", ["run", "--resume", "{root}"],
+     "--out is not allowed with --resume; a run continues in its own directory"),
     ("quiet resumed sweep", ["tune", "--resume", "{root}", "--quiet"],
      "--quiet is not allowed with --resume"),
     # A resumed sweep goes on with the options it started with; the cases add --out last.
@@ -286,3 +288,28 @@ def test_a_ray_run_sent_sigterm_ends_with_splitrays_line_alone(tmp_path: Path) -
         f"{run_dir}` continues it from its last checkpoint")
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["reason"] == "stopped by SIGTERM"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", QUICKSTART, "--engine", "local", "--out", "ftp://host/runs"],
+     "--out: 'ftp://host/runs' is not allowed; Unrecognized filesystem type in URI"),
+    (["infer", "ftp://host/runs/run-1"], "is not allowed; Unrecognized filesystem type in URI"),
+    (["plan", str(REPO / "experiments" / "edgesplit.yaml"), "--grid", "network.shared.up_bps=5e6",
+      "--plot", "{tmp}/speedup.txt"], "--plot: '{tmp}/speedup.txt' is not allowed; the figure is "
+     "a PNG"),
+])
+def test_bad_output_paths_are_one_line_errors(args, expected, tmp_path, capsys):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(args) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("splitray: error: ") and expected.replace("{tmp}", str(tmp_path)) in err
+    assert len(err.splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_sweep_does_not_go_into_a_folder_of_other_files(tmp_path, capsys):
+    (tmp_path / "space.yaml").write_text(f"base: {QUICKSTART}\nspace:\n  train.lr: {{grid: [0.01]}}\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "quickstart-1").mkdir()
+    assert main(["tune", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "runs")]) == \
+        EXIT_CONFIG_ERROR
+    assert "it holds other files: choose a new or empty directory" in capsys.readouterr().err

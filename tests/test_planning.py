@@ -29,6 +29,7 @@ from splitray.planning import (
     split_costs,
 )
 from splitray.roles import ClientRole, ServerRole
+from splitray.runtime import run_experiment
 from splitray.runtime.timeline import ServerWork, StepJob, Timeline
 
 EDGESPLIT_YAML = Path(__file__).resolve().parents[1] / "experiments" / "edgesplit.yaml"
@@ -517,3 +518,20 @@ def test_edgesplit_depth_caps_every_split_point_at_the_baselines():
     assert split == 8 and max(splits) <= split and 1.0 <= speed_up < 2.0
     # A mix of another size than the config's clients.count plans one client per device.
     assert len(speed_up_within_baseline_depth(data, devices[:3], 5e6)[2]) == 3
+
+
+def test_plan_round_counts_the_slowest_clients_jitter():
+    """Every transfer's delay draws its jitter: a round ends with the slowest client's draw, later
+    than the mean delay. The planned round is the simulated rounds' mean."""
+    cfg = make_cfg([2e8] * 8, shared={**MEDIUM, "up_bps": 2e6, "down_bps": 4e6, "jitter_s": 0.05},
+                   train={"algorithm": "edgesplit", "steps_per_epoch": 40},
+                   data={"train_samples": 8 * 40 * BATCH, "test_samples": 16},
+                   edgesplit={"every_rounds": 0})
+    p = plan(cfg)
+    steps = run_experiment(config_from_dict(resolved_config(cfg, p)), out_dir=None, engine="local",
+                           progress=False).steps
+    rounds = steps.groupby("round").agg(end=("sim_time_s", "max"), start=("sim_start_s", "min"))
+    mean_round_s = float((rounds["end"] - rounds["start"]).mean())
+    assert mean_round_s == pytest.approx(p.round_s, rel=0.03)
+    no_jitter = max(c.round_s for c in p.clients)  # each client's round at the mean delay
+    assert p.round_s > no_jitter * 1.03
