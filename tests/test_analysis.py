@@ -24,6 +24,7 @@ from splitray.analysis import (
     summary_table,
 )
 from splitray.analysis.plots import client_accuracy_figure, run_label
+from splitray.analysis.results import ADDED_COLUMNS
 from splitray.cli import EXIT_CONFIG_ERROR, main
 from splitray.metrics import CLIENT_EVAL_COLUMNS, EVAL_COLUMNS, STEP_COLUMNS, write_table
 
@@ -527,3 +528,32 @@ def test_analyze_bad_out_and_timeline_flags_are_one_line_errors(runs_dir: Path, 
     assert not (run_a / "analysis").exists()
     assert main(["analyze", run_a.as_uri(), "--timeline", "--out", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t" / "timeline.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_an_older_runs_steps_draw_their_compute_as_forward(tmp_path: Path) -> None:
+    # Runs before schema version 2 have no sim_client_backward_s (read back as NaN).
+    from splitray.analysis.timeline import step_segments
+
+    steps = pd.DataFrame(step_rows("old", RUNS["a"])).assign(
+        **{k: v for k, v in ADDED_COLUMNS.items() if k.startswith("sim_")})
+    assert steps["sim_client_backward_s"].isna().all()
+    segments = step_segments(steps)
+    assert segments["start_s"].notna().all() and segments["duration_s"].notna().all()
+    forward = segments[segments["kind"] == "forward"]
+    assert len(forward) == len(steps) and (forward["duration_s"] == 0.1).all()
+    assert {"uplink", "server", "downlink"} <= set(segments["kind"])
+
+
+def test_the_bytes_plot_counts_the_weights_as_the_evals_do(tmp_path: Path, monkeypatch) -> None:
+    from splitray.analysis import plots
+
+    res = load(str(write_run(tmp_path / "run", "run", RUNS["a"])))
+    res.steps["bytes_model_up"] = 1_000_000  # a SplitFed-like upload of weights after each step
+    res.steps["bytes_model_down"] = 0
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    plot_bytes_vs_sim_time(res, str(tmp_path / "b.png"))
+    finals = sorted(line.get_ydata()[-1] for ax in drawn["fig"].axes for line in ax.get_lines())
+    per_client = res.steps.groupby("client_id")[
+        ["bytes_up", "bytes_down", "bytes_model_up", "bytes_model_down"]].sum().sum(axis=1)
+    assert finals == pytest.approx(sorted(per_client / 1e6))

@@ -132,9 +132,12 @@ def _plot_per_client(results: Results, path: str, value: Callable[[pd.DataFrame]
 
 
 def plot_bytes_vs_sim_time(results: Results, path: str) -> str:
-    """Cumulative bytes (up + down) per client against simulated time, one subplot per run."""
-    return _plot_per_client(results, path, lambda s: (s["bytes_up"] + s["bytes_down"]) / MB,
-                            "cumulative bytes, up + down (MB)",
+    """Cumulative bytes (up + down, model weights included, as the evals' cum_bytes columns
+    count them) per client against simulated time, one subplot per run."""
+    return _plot_per_client(results, path, lambda s: (s["bytes_up"] + s["bytes_down"]
+                                                      + s["bytes_model_up"]
+                                                      + s["bytes_model_down"]) / MB,
+                            "cumulative bytes, up + down, weights included (MB)",
                             "Bytes per client vs simulated time")
 
 

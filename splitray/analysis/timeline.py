@@ -32,7 +32,8 @@ def step_segments(steps: pd.DataFrame) -> pd.DataFrame:
     """One row per (lane, kind, start_s, duration_s) for every step row of `steps`."""
     out = []
     for r in steps.itertuples(index=False):
-        backward = r.sim_client_backward_s
+        # Runs before schema version 2 split no backward off the client's compute: all forward.
+        backward = 0.0 if pd.isna(r.sim_client_backward_s) else r.sim_client_backward_s
         parts = [("model down", r.sim_model_down_s), ("forward", r.sim_client_compute_s - backward),
                  ("uplink", r.sim_uplink_s), ("server wait", r.sim_server_wait_s),
                  ("server", r.sim_server_compute_s), ("downlink", r.sim_downlink_s),
