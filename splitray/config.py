@@ -572,23 +572,30 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = copy.deepcopy(value)
 
 
-def _config_text(path: str) -> str:
-    """The text of a config file: a local path, or a URI (a run's config.yaml in an object store,
-    which `--resume` and `infer` read)."""
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """Parse a YAML file, a local path or a URI (a run's config.yaml in an object store, which
+    `--resume` and `infer` read); a missing file or bad YAML is a ConfigError naming `what`."""
+    path = str(path)
     if "://" in path:
         from splitray.metrics import read_bytes
 
         try:
-            return read_bytes(path).decode()
+            text = read_bytes(path).decode()
         except (OSError, ValueError) as e:
-            raise ConfigError(f"config: {path!r} cannot be read ({e})") from None
-    p = Path(path)
-    if not p.is_file():
+            raise ConfigError(f"{what}: {path!r} cannot be read ({e})") from None
+    elif not Path(path).is_file():
         # `splitray run quickstart`: name the experiment file it probably meant
+        p = Path(path)
         near = Path("experiments") / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
-        hint = f" (did you mean {near}?)" if near.is_file() and near != p else ""
-        raise ConfigError(f"config: {path!r} is not a file{hint}")
-    return p.read_text()
+        hint = (f" (did you mean {near}?)" if what == "config" and near.is_file() and near != p
+                else "")
+        raise ConfigError(f"{what}: {path!r} is not a file{hint}")
+    else:
+        text = Path(path).read_text()
+    try:
+        return read_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what}: {path!r} is not valid YAML: {yaml_problem(e)}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -597,10 +604,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = copy.deepcopy(base) if base else {}
     if path is not None:
         shown = repr(str(path))
-        try:
-            loaded = read_yaml(_config_text(str(path)))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config: {shown} is not valid YAML: {yaml_problem(e)}") from None
+        loaded = read_yaml_file(path, "config")
         if loaded is None:
             raise ConfigError(f"config: {shown} is empty; start from a file in experiments/, "
                               "e.g. experiments/quickstart.yaml")

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from splitray.config import (
     ConfigError,
@@ -45,8 +44,8 @@ from splitray.config import (
     dump_yaml,
     parse_key,
     read_yaml,
+    read_yaml_file,
     set_dotted,
-    yaml_problem,
 )
 from splitray.metrics import (
     EVAL_COLUMNS,
@@ -208,15 +207,6 @@ def param_space(space: SearchSpace) -> dict[str, Any]:
     return {key: tune_domain(kind, args) for key, (kind, args) in space.params.items()}
 
 
-def _read_yaml(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{what}: {str(path)!r} is not a file")
-    try:
-        return read_yaml(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what}: {str(path)!r} is not valid YAML: {yaml_problem(e)}") from None
-
-
 # A sample takes 1-8 ms to check (the model's split table, the links): a few seconds in all.
 MAX_CHECKED_COMBINATIONS = 4096  # beyond this, every pair of keys' candidates
 MAX_CHECKED_PAIRS = 2048  # beyond this too, all keys' first values together
@@ -260,7 +250,7 @@ def _check_trial(cfg: ExperimentConfig) -> None:
 
 
 def _load_space_unprefixed(path: Path) -> SearchSpace:
-    raw = _read_yaml(path, "space")
+    raw = read_yaml_file(path, "space")
     if not isinstance(raw, dict):
         raise ConfigError("must hold a mapping with a `space` section at the top level")
     unknown = sorted(set(raw) - set(SPACE_FILE_KEYS))
@@ -270,7 +260,7 @@ def _load_space_unprefixed(path: Path) -> SearchSpace:
     base: dict = {}
     if raw.get("base") is not None:
         base_path = path.parent / str(raw["base"])
-        loaded = _read_yaml(base_path, "base")
+        loaded = read_yaml_file(base_path, "base")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"base: {str(base_path)!r} must hold a mapping at the top level")
         base = loaded or {}
@@ -639,7 +629,7 @@ def resume_sweep(out_dir: str | Path) -> SweepResult:
         if all(t["status"] != "failed" for t in ended):  # Tune retries failed ones on a resume
             raise ConfigError(f"--resume: {str(out_dir)!r} is not allowed; the sweep has finished "
                               f"(no trial failed, {SWEEP_FILE}): there is nothing to continue")
-    settings = _read_yaml(out / SWEEP_SETTINGS, "--resume")
+    settings = read_yaml_file(out / SWEEP_SETTINGS, "--resume")
     params = {str(k): _check_domain(str(k), v) for k, v in settings["space"].items()}
     space = SearchSpace(settings["source"], settings["base"], params, settings["metric"],
                         settings["mode"])
