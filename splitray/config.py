@@ -510,6 +510,16 @@ def _check_semantics(cfg: ExperimentConfig) -> None:
         if isinstance(spec, str) and spec not in LINK_PROFILES:
             raise ConfigError(f"{where}: {spec!r} is not allowed; choose one of "
                               f"{', '.join(LINK_PROFILES)} or give a link spec mapping")
+        kind = (LINK_PROFILES[spec] if isinstance(spec, str) else spec).get("kind") \
+            if isinstance(spec, str | dict) else None  # not a spec: building the link says why
+        # One medium for all clients goes in network.shared; network.links are each client's own.
+        if where == "network.shared" and kind not in ("shared", None):
+            raise ConfigError(f"network.shared: {spec!r} is not allowed; it is a link of kind "
+                              f"{kind!r}, not one medium shared by the clients (e.g. "
+                              "wifi6_shared, or kind: shared); own links go in network.links")
+        if where != "network.shared" and kind == "shared":
+            raise ConfigError(f"{where}: {spec!r} is not allowed; a shared medium goes in "
+                              "network.shared (network.links are each client's own link)")
     if isinstance(cfg.server.device, str) and cfg.server.device not in DEVICE_PROFILES:
         raise ConfigError(f"server.device: {cfg.server.device!r} is not allowed; choose one of "
                           f"{', '.join(DEVICE_PROFILES)}")

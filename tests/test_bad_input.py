@@ -123,6 +123,11 @@ CASES = [
                           "{root}/empty.trace, down: {root}/empty.trace}]"], "empty.trace"),
     ("non-numeric trace file", [*OWN_LINKS, "network.links=[{kind: trace, up: "
                                 "{root}/words.trace, down: {root}/words.trace}]"], "words.trace"),
+    ("own link as the shared medium", ["run", QUICKSTART, "--set", "network.shared=lte"],
+     "network.shared: 'lte' is not allowed; it is a link of kind 'constant'"),
+    ("shared medium as an own link", ["run", QUICKSTART, "--set", "network.shared=null", "--set",
+                                      "network.links=[lte, wifi6_shared]"],
+     "network.links[1]: 'wifi6_shared' is not allowed; a shared medium goes in network.shared"),
     ("shares above one", ["run", QUICKSTART, *TINY, "--set", "network.shared={kind: shared, up_bps: 1e6, "
                           "down_bps: 1e6, allocation: shares, shares: [0.9, 0.9]}"],
      "sum to 1.8"),

@@ -306,6 +306,17 @@ def test_going_offline_while_the_model_download_is_within_the_links_latency_drop
     assert t.end_s == 1.5 and t.model_down_s == 1.5 and t.client_compute_s == 0.0
 
 
+def test_going_offline_while_the_gradient_is_within_the_links_latency_drops_the_step():
+    # Nothing goes up; 1,000 gradient bytes at 8 kbit/s drain at 1.5 s (0.5 s of latency up,
+    # 0 s of server work, 1 s on the link) and would arrive at 2.0 s; offline at 1.75 s.
+    tl = timeline({0: ConstantLink(8e3, 8e3, 0.5)})
+    job = StepJob(0, 0.0, forward_s=0.0, bytes_up=0, offline_s=1.75)
+    [(_, t)] = tl.run([job], serve_fixed(0.0, 1000, 0.5))
+    assert (t.dropped, t.cut, t.cut_share) == ("offline", "down", 1.0)
+    assert t.end_s == 1.75 and t.downlink_s == pytest.approx(1.25)
+    assert t.client_backward_s == 0.0
+
+
 def test_a_step_dropped_after_the_server_went_idle_still_lets_the_broadcast_go():
     # Client 0's payload (nothing) is served at once; client 1's is cut on the link at 0.5 s,
     # after the server went idle: the broadcast goes then, and client 0's backward follows it.

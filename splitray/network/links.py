@@ -17,6 +17,13 @@ import numpy as np
 
 MAHIMAHI_PACKET_BYTES = 1500
 
+
+def packets(nbytes: int) -> int:
+    """Mahimahi delivery opportunities a payload of `nbytes` takes (any integer type: numpy's
+    unsigned ones would wrap around in the negated floor division)."""
+    return -(-int(nbytes) // MAHIMAHI_PACKET_BYTES)
+
+
 # A start time within this many ms of a whole millisecond counts as that millisecond, so float
 # round-off in start_s (e.g. 0.007 s) never skips the opportunity at that ms.
 _START_TOLERANCE_MS = 1e-6
@@ -283,7 +290,7 @@ class TraceLink:
         schedule = self.up if direction == "up" else self.down
         start_ms = math.ceil(start_s * 1e3 - _START_TOLERANCE_MS) + self.offset_ms
         first = max(schedule.first_at_or_after(start_ms), next_free)
-        last = first + -(-nbytes // MAHIMAHI_PACKET_BYTES) - 1
+        last = first + packets(nbytes) - 1
         return (schedule.time_ms(last) - self.offset_ms) / 1e3, last + 1
 
     def cut(self, direction: str, now_s: float, first: int, end: int) -> int:

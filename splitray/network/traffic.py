@@ -24,6 +24,7 @@ from splitray.network.links import (
     SharedMedium,
     TraceLink,
     Transfer,
+    packets,
 )
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ class Traffic:
                 if isinstance(link, TraceLink):
                     end = int(self._own_state[key])
                     self._trace_slots[handle] = (
-                        end - -(-transfer.nbytes // MAHIMAHI_PACKET_BYTES), end)
+                        end - packets(transfer.nbytes), end)
             heapq.heappush(self._own, (drained_s, handle))
         return handle
 

@@ -13,10 +13,10 @@ sends weights after). A job that sends nothing (`bytes_up=None`) asks the server
 its cache; a job that does not learn (`learn=False`) ends when the server is done.
 
 Dropped steps. A client that goes offline (`offline_s`) loses its link, not its processor: at
-that moment a step still computing its forward (or whose model download has left the link but
-not yet arrived) ends, dropped, and a transfer of the step still on the link is cut
-(`Traffic.cancel`: the share of its bytes sent counts, the link is free again);
-a step whose payload is at the server goes on until it needs the link again and ends there. A
+that moment a step still computing its forward ends, dropped, as does one whose model download
+or gradient has left the link but not yet arrived (within the link's latency), and a transfer of
+the step still on the link is cut (`Traffic.cancel`: the share of its bytes sent counts, the
+link is free again); a step whose payload is at the server goes on until it needs the link again and ends there. A
 payload that never arrives is not served; a gradient that never arrives is not applied (the
 server's own update stands). With `keep_first` k, the server takes the first k payloads to
 arrive and drops the later ones as late.
@@ -104,6 +104,7 @@ class _Progress:
     backward_s: float = 0.0
     work: ServerWork | None = None
     model_up_start_s: float = 0.0
+    gradient_drained: bool = False  # its own gradient left the link (and arrives a latency later)
     gradient_here: bool = False    # its own gradient arrived
     broadcast_here: bool = False   # the run's broadcast arrived (or there is none)
     marks: list[float] | None = None  # the times its phases ended so far (for a dropped step)
@@ -267,6 +268,8 @@ class Timeline:
                 drop(p, "offline", _CUT[what], self.traffic.cancel(handle, self.now_s))
             elif len(p.marks) == 1:
                 drop(p, "offline")  # still computing its forward
+            elif p.gradient_drained and not p.gradient_here:  # within the link's latency
+                drop(p, "offline", "down")
             elif p.marks:
                 p.offline = True  # at the server or in its backward: ends at its next send
             elif p.begun:  # its model download has drained and is within the link's latency
@@ -326,6 +329,7 @@ class Timeline:
                 p, what = in_flight.pop(delivery.handle)
                 if isinstance(p, _Progress):
                     p.sending = None  # off the link: going offline no longer cuts it
+                    p.gradient_drained = what == "gradient"
                 push(delivery.arrival_s, what, p)
                 continue
             t, _, _, kind, p = heapq.heappop(events)
