@@ -5,14 +5,16 @@ device and link from the run's config, or overrides) and every B, this runs the 
 slice through its client part and compressor at B and the server part, and models each request's
 latency: client forward FLOPs on the device, the payload's bytes on the link, its latency, the
 server's forward FLOPs. The predicted latency uses the link's mean rate (its share of a shared
-medium); the simulated one sends each request on the network model, one after another from
-t = 0, so a trace link's rate at that moment counts. The rule of METHODS.md section 8 (a project
-extension): with a deadline, each client takes the largest B whose predicted latency fits it (the
-smallest B when none does). Requests of different clients do not contend here.
+medium); the simulated one sends the requests on the network model, every client sending its next
+once the last is answered, all from t = 0, so a trace link's rate at that moment counts and
+clients on one medium contend as the prediction assumes. The rule of METHODS.md section 8 (a
+project extension): with a deadline, each client takes the largest B whose predicted latency fits
+it (the smallest B when none does).
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass
 
@@ -83,17 +85,32 @@ def _uplink_bps(p: Prepared, client_id: int) -> float:
     return rate
 
 
-def _latencies_s(p: Prepared, client_id: int, requests: int, client_s: float, server_s: float,
-                 nbytes: int) -> np.ndarray:
-    """Each request's simulated latency, requests sent one after another from t = 0."""
-    out = np.empty(requests)
-    t = 0.0
-    for k in range(requests):
-        sent_s = t + client_s
-        [arrived_s] = p.network.schedule("up", [Transfer(client_id, sent_s, nbytes)])
-        out[k] = arrived_s + server_s - t
-        t += out[k]
-    return out
+def _latencies_s(p: Prepared, requests: list[int], client_s: list[float],
+                 server_s: list[float], nbytes: list[int]) -> list[np.ndarray]:
+    """Each client's requests' simulated latencies: every client sends its next request once
+    the last is answered, all of them from t = 0 on one network."""
+    traffic = p.network.traffic()
+    latencies = [np.empty(n) for n in requests]
+    answered = [0] * len(requests)
+    began_s = [0.0] * len(requests)  # when the request each client has in flight began
+    sends = [(client_s[i], i) for i, n in enumerate(requests) if n]  # (send time, client)
+    heapq.heapify(sends)
+    sender: dict[int, int] = {}
+    while sends or not traffic.idle():
+        # Starts must come in time order: a payload drained at t is delivered before sends at t.
+        if sends and sends[0][0] < traffic.next_drain_s():
+            sent_s, i = heapq.heappop(sends)
+            sender[traffic.start("up", Transfer(i, sent_s, nbytes[i]))] = i
+            continue
+        delivery = traffic.pop()
+        i = sender.pop(delivery.handle)
+        answered_s = delivery.arrival_s + server_s[i]
+        latencies[i][answered[i]] = answered_s - began_s[i]
+        answered[i] += 1
+        if answered[i] < requests[i]:
+            began_s[i] = answered_s
+            heapq.heappush(sends, (answered_s + client_s[i], i))
+    return latencies
 
 
 def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] | None = None,
@@ -127,19 +144,22 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
             flat = get([server.call(ServerRole.evaluate, c.call(ClientRole.encode_eval, b), i)
                         for i, c in enumerate(clients) for b in range(counts[i])])
             starts = np.cumsum([0, *counts])
-            for i, (flops, nbytes) in enumerate(costs):
-                results = flat[starts[i]:starts[i + 1]]
-                correct = sum(r[0] for r in results)
-                samples = sum(r[2] for r in results)
-                client_s = compute_time_s(flops, prepared.devices[i], cfg.clients.cpu_share)
+            results = [flat[starts[i]:starts[i + 1]] for i in range(n)]
+            samples = [sum(r[2] for r in results[i]) for i in range(n)]
+            client_s = [compute_time_s(flops, prepared.devices[i], cfg.clients.cpu_share)
+                        for i, (flops, _) in enumerate(costs)]
+            sims_s = _latencies_s(prepared, samples, client_s, server_s,
+                                  [nbytes for _, nbytes in costs])
+            for i, (_, nbytes) in enumerate(costs):
+                correct = sum(r[0] for r in results[i])
                 link = prepared.network.link(i)
-                predicted_s = (client_s + 8.0 * nbytes / _uplink_bps(prepared, i) + link.latency_s
-                               + server_s[i])
-                sim_s = _latencies_s(prepared, i, samples, client_s, server_s[i], nbytes)
+                predicted_s = (client_s[i] + 8.0 * nbytes / _uplink_bps(prepared, i)
+                               + link.latency_s + server_s[i])
+                sim_s = sims_s[i]
                 rows.append({
                     "client_id": i, "device": prepared.devices[i].name,
                     "link": prepared.network.describe(i), "budget": entry.budget, "chosen": False,
-                    "test_samples": samples, "test_accuracy": correct / max(samples, 1),
+                    "test_samples": samples[i], "test_accuracy": correct / max(samples[i], 1),
                     "bytes_per_sample": nbytes, "predicted_latency_ms": 1e3 * predicted_s,
                     "sim_latency_ms_mean": 1e3 * float(sim_s.mean()),
                     "sim_latency_ms_p95": 1e3 * float(np.percentile(sim_s, 95)),

@@ -91,6 +91,17 @@ def test_a_slower_link_gets_a_smaller_budget(prune_run, capsys):
             infer(str(prune_run), engine="local", write=False, overrides=[override])
 
 
+def test_clients_on_one_medium_contend_in_the_simulation_as_the_prediction_assumes(prune_run):
+    # Two clients alike, each sending its next request once the last is answered: on a medium
+    # shared by processor sharing each gets half the capacity, as the predicted latency says.
+    medium = "{kind: shared, up_bps: 1e6, down_bps: 1e6, latency_s: 0.002}"
+    table = infer(str(prune_run), engine="local", write=False,
+                  overrides=["network.links=[wifi5]", f"network.shared={medium}"])
+    assert table["test_samples"].tolist() == [32] * len(table)
+    np.testing.assert_allclose(table["sim_latency_ms_mean"], table["predicted_latency_ms"],
+                               rtol=1e-9)
+
+
 class _RunsCode:
     """A pickle that would run a command when loaded without weights_only."""
 
