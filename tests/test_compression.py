@@ -687,6 +687,10 @@ def test_codec_edge_cases(codec: str) -> None:
         decode(arr, codec, scale, (3, 3))
     with pytest.raises(ValueError, match="scale"):
         decode(arr, codec, None if is_scaled(codec) else 1.0)
+    # Without a shape the wire array's own is kept, a 0-d one's included.
+    for kept in (torch.tensor(0.5), torch.full((2, 1, 3), 0.5)):
+        arr, scale = encode(kept, codec)
+        assert decode(arr, codec, scale).shape == kept.shape
 
 
 @pytest.mark.parametrize("codec", ["fp8_e4m3", "fp8_e5m2", "int8"])

@@ -133,5 +133,6 @@ def decode(
     else:
         out = _FP8_TABLES[codec][arr]
         out *= np.float32(scale)
-    tensor = torch.from_numpy(np.ascontiguousarray(out))
-    return tensor.reshape(shape) if shape is not None else tensor
+    # ascontiguousarray makes a 0-d array 1-d: the shape is set again from the wire's.
+    return torch.from_numpy(np.ascontiguousarray(out)).reshape(
+        shape if shape is not None else arr.shape)
