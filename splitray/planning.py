@@ -326,13 +326,18 @@ def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
             channels, height, width = shape
         sent = _budget(cfg, channels_at_split, channels)
         up = [payload_nbytes(k, sent, height, width, c.codec_up, c.enabled, True) for k in (1, 2)]
-        down = [payload_nbytes(k, sent, height, width, c.codec_down, False, False) for k in (1, 2)]
+        # A client with nothing to train (no compressor, no parameters before the split) gets no
+        # gradient, and the server computes none at the cut.
+        learns = bool(grad_flows[n]) or c.enabled
+        down = ([payload_nbytes(k, sent, height, width, c.codec_down, False, False)
+                 for k in (1, 2)] if learns else [0, 0])
+        server_train_flops = int((server_train if learns else client_train)[n:].sum())
         costs.append(SplitCosts(
             split_layer=n, shape=shape, wire_shape=(sent, height, width),
             client_trains=bool(grad_flows[n]),
             client_forward_flops_per_sample=float(client_forward),
             client_backward_flops_per_sample=float(client_backward),
-            server_flops_per_sample=float(decomp + int(server_train[n:].sum())),
+            server_flops_per_sample=float(decomp + server_train_flops),
             server_forward_flops_per_sample=float(forward[n:].sum()),
             up_bytes_per_sample=up[1] - up[0], up_bytes_per_batch=2 * up[0] - up[1],
             down_bytes_per_sample=down[1] - down[0], down_bytes_per_batch=2 * down[0] - down[1],

@@ -503,6 +503,9 @@ class ServerPart:
     optimizer: torch.optim.Optimizer
     flops_per_sample: int  # forward + backward of decompressor + server part
     forward_flops_per_sample: int
+    # The client has parameters to train (a compressor, or a layer before the split): without
+    # any (split 0 on raw input) no gradient is computed at the cut or sent down.
+    client_learns: bool
 
     def named(self) -> list[tuple[str, nn.Module | None]]:
         return [("", self.server_part), (f"decompressor@{self.split_layer}.", self.decompressor)]
@@ -591,8 +594,12 @@ class ServerRole(_Role):
             decompressor.to(self.device)
         modules = [m for m in (server_part, decompressor) if m is not None]
         optimizer = _sgd([p for m in modules for p in m.parameters()], self.cfg)
-        flops, forward_flops = self._flops_per_sample(server_part, decompressor, act_shape)
-        return ServerPart(split_layer, server_part, decompressor, optimizer, flops, forward_flops)
+        client_learns = decompressor is not None or any(
+            p.requires_grad for p in client_part.parameters())
+        flops, forward_flops = self._flops_per_sample(server_part, decompressor, act_shape,
+                                                      client_learns)
+        return ServerPart(split_layer, server_part, decompressor, optimizer, flops, forward_flops,
+                          client_learns)
 
     def modules(self) -> list[nn.Module]:
         return [m for part in self.parts for m in part.modules()]
@@ -660,15 +667,16 @@ class ServerRole(_Role):
 
     def _decode(self, part: ServerPart, payload: Payload) -> tuple[torch.Tensor, torch.Tensor]:
         """The received tensor (a leaf, so its gradient is what goes back) and the server input."""
-        received = payload.to_tensor().to(self.device).requires_grad_(True)
+        received = payload.to_tensor().to(self.device).requires_grad_(part.client_learns)
         if part.decompressor is None:
             return received, received
         channels = payload.indices_tensor().to(self.device)
         return received, part.decompressor(received, channels)
 
     def _flops_per_sample(self, server_part: nn.Module, decompressor: Decompressor | None,
-                          act_shape: tuple[int, ...]) -> tuple[int, int]:
-        """FLOPs of one sample: forward + backward, and forward alone."""
+                          act_shape: tuple[int, ...], input_grad: bool) -> tuple[int, int]:
+        """FLOPs of one sample: forward + backward (to the cut too when `input_grad`), and
+        forward alone."""
         modules = [m for m in (server_part, decompressor) if m is not None]
         for m in modules:
             m.eval()
@@ -678,7 +686,7 @@ class ServerRole(_Role):
             channels = torch.arange(shape[0])
         else:
             shape, channels = act_shape, None
-        x = torch.zeros(1, *shape, device=self.device, requires_grad=True)
+        x = torch.zeros(1, *shape, device=self.device, requires_grad=input_grad)
 
         def forward() -> torch.Tensor:
             h = decompressor(x, channels.to(self.device)) if channels is not None else x
@@ -697,6 +705,12 @@ class ServerRole(_Role):
         if self.cache is not None:
             self.cache[(client_id, step)] = payload
         return self._train_on(payload, client_id)
+
+    def _gradient(self, part: ServerPart, grad: torch.Tensor | None) -> Payload:
+        """The gradient at the cut as it goes down: empty for a client with nothing to train."""
+        if not part.client_learns:
+            grad = torch.empty(0)
+        return Payload.from_tensor(grad.cpu(), self.cfg.compression.codec_down)
 
     def step_cached(self, client_id: int, step: int) -> tuple[Payload, ServerInfo]:
         """Train on the payload this client sent for `step` the last time it sent (async SL C)."""
@@ -730,7 +744,7 @@ class ServerRole(_Role):
             loss_shared = F.cross_entropy(logits_shared, labels[:m], reduction="sum") / n
         self._held.append((x[:m], g_shared))
         loss, correct = float(loss_shared), int((logits_shared.argmax(1) == labels[:m]).sum())
-        own = x[m:].clone().requires_grad_(True)
+        own = x[m:].clone().requires_grad_(part.client_learns)
         if m < n:
             part.optimizer.zero_grad(set_to_none=True)
             logits_own = part.server_part(own)
@@ -739,8 +753,7 @@ class ServerRole(_Role):
             part.optimizer.step()
             loss += float(loss_own.detach())
             correct += int((logits_own.argmax(1) == labels[m:]).sum())
-        own_grad = own.grad if m < n else torch.zeros_like(own)  # phi = 1: nothing of its own
-        grad = Payload.from_tensor(own_grad.cpu(), self.cfg.compression.codec_down)
+        grad = self._gradient(part, own.grad if m < n else own[:0])  # phi = 1: none of its own
         flops = part.flops_per_sample * (n - m) + part.forward_flops_per_sample * m
         info = ServerInfo(client_id, grad.nbytes, n, loss, correct, flops, time.perf_counter() - t0)
         return grad, info
@@ -752,7 +765,7 @@ class ServerRole(_Role):
         if not self._held:
             raise RuntimeError("step_aggregated() without held positions (call step_epsl first)")
         part = self.parts[0]
-        x_mean = torch.stack([x for x, _ in self._held]).mean(0).requires_grad_(True)
+        x_mean = torch.stack([x for x, _ in self._held]).mean(0).requires_grad_(part.client_learns)
         g_mean = torch.stack([g for _, g in self._held]).mean(0)
         self._held = []
         self.set_training(True)
@@ -761,7 +774,7 @@ class ServerRole(_Role):
         with _statistics_kept(part.server_part):
             part.server_part(x_mean).backward(g_mean)
         part.optimizer.step()
-        grad = Payload.from_tensor(x_mean.grad.cpu(), self.cfg.compression.codec_down)
+        grad = self._gradient(part, x_mean.grad)
         m = x_mean.shape[0]
         info = ServerInfo(-1, grad.nbytes, m, float("nan"), 0, part.flops_per_sample * m,
                           time.perf_counter() - t0)
@@ -782,7 +795,7 @@ class ServerRole(_Role):
         loss = F.cross_entropy(logits, labels)
         loss.backward()
         part.optimizer.step()
-        grad = Payload.from_tensor(received.grad.cpu(), self.cfg.compression.codec_down)
+        grad = self._gradient(part, received.grad)
         n = labels.shape[0]
         correct = int((logits.argmax(1) == labels).sum())
         info = ServerInfo(client_id, grad.nbytes, n, float(loss.detach()), correct,
