@@ -627,7 +627,7 @@ class Claims:
         cut = cfg.clients.split_layers[0] if cfg.clients.split_layers else cfg.model.split_layer
         costs = next(c for c in split_costs(cfg) if c.split_layer == cut)
         k, b = cfg.clients.count, cfg.train.batch_size
-        m = math.ceil(cfg.train.phi * b)
+        m = cfg.train.shared_positions()
         steps = run.steps
         rounds = steps.groupby("round")
         full = rounds["batch_size"].agg(lambda x: len(x) == k and (x == b).all())

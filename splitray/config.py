@@ -77,6 +77,12 @@ def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
     return {"lo": lo, "hi": hi, "lo_open": lo_open}
 
 
+def ceil_product(a: float, b: float) -> int:
+    """ceil(a * b) of the decimal values: 0.55 * 100 is 55.00000000000001 in binary floating
+    point, whose ceiling would be 56."""
+    return math.ceil(round(a * b, 9))
+
+
 @dataclass
 class ModelConfig:
     name: str = "vgg11"
@@ -163,7 +169,7 @@ class TrainConfig:
     def shared_positions(self) -> int:
         """EPSL's m = ceil(phi * batch_size): the positions of each batch whose last-layer
         gradients the server aggregates over the clients (0 for every other algorithm)."""
-        return math.ceil(self.phi * self.batch_size) if self.algorithm == "epsl" else 0
+        return ceil_product(self.phi, self.batch_size) if self.algorithm == "epsl" else 0
 
 
 @dataclass

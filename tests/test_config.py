@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from splitray.config import ConfigError, load_config
+from splitray.config import ConfigError, ceil_product, load_config
 from splitray.schedules import epoch_plans, reset_kind, select_lr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,3 +86,12 @@ def test_select_lr_boosts_first_lk_epochs_of_later_phases():
     assert select_lr(1.0, 0, 0, 5.0, 3) == 1.0
     assert reset_kind(4, 128) == "deprune" and reset_kind(128, 4) == "prune"
     assert reset_kind(8, 8) is None
+
+
+def test_ceilings_of_products_are_taken_of_the_decimal_values():
+    # 0.55 x 100 and 50 x 1.1 are 55.00000000000001 in binary floating point.
+    cfg = load_config(overrides=["train.algorithm=epsl", "train.phi=0.55", "train.batch_size=100",
+                                 "compression.enabled=false"])
+    assert cfg.train.shared_positions() == 55
+    assert ceil_product(50, 1.1) == 55 and ceil_product(0.07, 100) == 7
+    assert ceil_product(0.551, 100) == 56

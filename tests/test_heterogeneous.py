@@ -379,7 +379,7 @@ def test_epsl_server_flops_and_downlink_bytes_follow_the_aggregation_formula(phi
         assert (downlink_done >= server_done.max() - 1e-9).all()
 
 
-def test_epsl_on_own_links_counts_the_broadcast_on_every_link_it_crosses():
+def test_epsl_on_own_links_counts_the_broadcast_on_every_link_it_crosses_and_the_pass_once():
     # Without a shared medium the "broadcast" is one transfer per client: each row carries it.
     cfg = tiny(**{"train.algorithm": "epsl", "train.phi": 0.5, "network.shared": "null",
                   "network.links": "[{kind: constant, up_bps: 1e7, down_bps: 1e6}]"})
@@ -388,6 +388,10 @@ def test_epsl_on_own_links_counts_the_broadcast_on_every_link_it_crosses():
     unicast = Payload.from_tensor(torch.zeros(b - m, 16, 8, 8), "fp32").nbytes
     broadcast = Payload.from_tensor(torch.zeros(m, 16, 8, 8), "fp32").nbytes
     assert (steps["bytes_down"] == unicast + broadcast).all()
+    # The server's aggregated pass runs once a round, on whatever network: one row carries it.
+    rounds = steps.groupby("round")["server_flops"]
+    assert (rounds.max() > rounds.min()).all()
+    assert (rounds.apply(lambda f: (f == f.min()).sum()) == cfg.clients.count - 1).all()
     # The time each client's downlink took is what its bytes take at 1 Mbit/s.
     assert steps["sim_downlink_s"].to_numpy() == pytest.approx(
         8 * (unicast + broadcast) / 1e6, rel=1e-6)
@@ -453,3 +457,30 @@ def test_epsl_planned_cut_and_shares_give_the_predicted_round(phi, server):
     rounds = steps.groupby("round").agg(start=("sim_start_s", "min"), end=("sim_time_s", "max"))
     assert float((rounds["end"] - rounds["start"]).mean()) == pytest.approx(predicted.round_s,
                                                                           rel=0.05)
+
+
+@pytest.mark.parametrize("every_rounds", [0, 2])
+def test_edgesplit_keeps_a_server_copy_trained_for_a_step_dropped_afterwards(monkeypatch,
+                                                                              every_rounds):
+    # Client 1's gradient is cut by the round deadline on its slow downlink after the server
+    # trained its copy: that copy joins the server's average of its copies (each round), and
+    # the whole models' average (every two rounds) takes it in first.
+    averaged: list[list[int]] = []
+    original = ServerRole.average_parts
+
+    def spy(self, client_ids):
+        averaged.append(list(client_ids))
+        return original(self, client_ids)
+
+    monkeypatch.setattr(ServerRole, "average_parts", spy)
+    cfg = tiny(**{"train.algorithm": "edgesplit", "clients.count": 2,
+                  "clients.split_layers": "[3, 3]", "edgesplit.every_rounds": every_rounds,
+                  "network.shared": "null", "clients.round_deadline_s": 0.2,
+                  "network.links": "[wifi5, {kind: constant, up_bps: 1e8, down_bps: 1e5, "
+                                   "latency_s: 0.0}]", "schedule.phases": "[{epochs: 1}]"})
+    steps = run_experiment(cfg, out_dir=None, engine="local", progress=False).steps
+    cut = steps[steps["client_id"] == 1]
+    assert (cut["dropped"] == "offline").all() and (cut["cut"] == "down").all()
+    assert (cut["batch_size"] == cfg.train.batch_size).all()  # served before the cut
+    rounds = steps["round"].nunique()
+    assert averaged == [[0, 1]] * rounds  # each round: alone, or before the whole average

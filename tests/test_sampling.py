@@ -148,9 +148,15 @@ def test_over_selection_keeps_the_first_payloads_and_drops_the_late():
         assert len(kept) == 2 and len(late) == 2
         assert set(late["client_id"] % 2) == {1}  # the slow links
         assert (late["batch_size"] == 0).all() and (late["bytes_down"] == 0).all()
-        assert (late["bytes_up"] == kept["bytes_up"].iloc[0]).all()  # sent whole, too late
-        arrival = rows["sim_start_s"] + rows["sim_client_compute_s"] + rows["sim_uplink_s"]
-        assert arrival[late.index].min() >= arrival[kept.index].max()
+        # At the second arrival the slow uploads are cut, a quarter sent, and the round goes on
+        # without them: it ends with the kept steps.
+        arrival = (rows["sim_start_s"] + rows["sim_client_compute_s"]
+                   - rows["sim_client_backward_s"] + rows["sim_uplink_s"])
+        assert (late["cut"] == "up").all()
+        assert late["bytes_up"].tolist() == pytest.approx([kept["bytes_up"].iloc[0] / 4] * 2,
+                                                          abs=1)
+        assert late["sim_time_s"].tolist() == pytest.approx([arrival[kept.index].max()] * 2)
+        assert rows["sim_time_s"].max() == kept["sim_time_s"].max()
 
 
 def test_a_round_deadline_cuts_the_steps_that_would_end_after_it():

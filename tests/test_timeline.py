@@ -317,6 +317,25 @@ def test_going_offline_while_the_gradient_is_within_the_links_latency_drops_the_
     assert t.client_backward_s == 0.0
 
 
+def test_over_selection_takes_ties_by_client_id_and_ends_the_others_at_the_kth_arrival():
+    # Clients 1 and 0 (listed in that order) arrive together at 1 s; client 2 still computes
+    # and client 3 still uploads then. Keeping one: client 0 is served; 1 is refused, 2 and 3
+    # end at 1 s, 3 with a quarter of its upload sent; the run ends when client 0's step does.
+    tl = timeline({i: ConstantLink(8e3, 8e3, 0.0) for i in range(4)})
+    jobs = [StepJob(1, 0.0, forward_s=0.5, bytes_up=500), StepJob(0, 0.0, forward_s=0.5,
+                                                                  bytes_up=500),
+            StepJob(2, 0.0, forward_s=5.0, bytes_up=500), StepJob(3, 0.0, forward_s=0.0,
+                                                                  bytes_up=4000)]
+    times = {job.client_id: t for job, t in tl.run(jobs, serve_fixed(0.25, 0, 0.25),
+                                                    keep_first=1)}
+    assert times[0].dropped == "" and times[0].end_s == pytest.approx(1.5)
+    assert [(times[i].dropped, times[i].cut, times[i].end_s) for i in (1, 2, 3)] == [
+        ("late", "", 1.0), ("late", "", 1.0), ("late", "up", 1.0)]
+    assert times[3].cut_share == pytest.approx(0.25)
+    assert times[2].client_compute_s == 1.0 and times[2].uplink_s == 0.0
+    assert tl.now_s == pytest.approx(1.5)
+
+
 def test_a_step_dropped_after_the_server_went_idle_still_lets_the_broadcast_go():
     # Client 0's payload (nothing) is served at once; client 1's is cut on the link at 0.5 s,
     # after the server went idle: the broadcast goes then, and client 0's backward follows it.

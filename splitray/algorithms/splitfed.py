@@ -78,10 +78,16 @@ def train(ctx: RunContext, every_rounds: int | None, server_parts: bool,
                 if not row["dropped"]:
                     state.trained[i] += 1
                     uploaded.add(i)
-            state.server_trained = sorted({*state.server_trained, *uploaded})
+            # A copy the server trained stays trained, whatever became of its step afterwards
+            # (as parallel SL's server update stands).
+            served = {row["client_id"] for row in rows if row["batch_size"]}
+            state.server_trained = sorted({*state.server_trained, *served})
             if _averages(r, r + 1, period):
                 ids = [i for i in range(n) if state.trained[i]
                        and (not ctx.sampled or i in uploaded)]
+                if server_parts and not set(state.server_trained) <= set(ids):
+                    # Copies trained for steps dropped afterwards join their layers first.
+                    get(ctx.server.call(ServerRole.average_parts, state.server_trained))
                 weights = get([clients[i].call(ClientRole.get_weights) for i in ids])
                 if server_parts:  # the server side of each model joins its client side
                     server_side = get([ctx.server.call(ServerRole.get_weights, i) for i in ids])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from splitray.availability import Availability, sample_clients
-from splitray.config import ExperimentConfig
+from splitray.config import ExperimentConfig, ceil_product
 from splitray.metrics import (
     CLIENT_EVALS_TABLE,
     EVALS_TABLE,
@@ -157,13 +157,14 @@ _TRANSFERS = ("model_down", "up", "down", "model_up")
 def _bytes_sent(times: StepTimes, planned: list[int]) -> list[int]:
     """Bytes each transfer of a step (model down, payload up, gradient down, model up) sent:
     all of them, or, for a dropped step, those before the cut, the cut one's sent share, none
-    after; a late payload was sent whole, nothing after it."""
+    after."""
     if not times.dropped:
         return planned
-    if times.dropped == "late":
-        return [*planned[:2], 0, 0]
-    if not times.cut:  # offline at the start or during the forward: the model came, or nothing
-        return [planned[0] if times.model_down_s else 0, 0, 0, 0]
+    if not times.cut:
+        # Ended with no transfer under way: at the start or in its forward (offline, or late),
+        # or late with its payload sent whole (refused, or in the air at the k-th arrival).
+        return [planned[0] if times.model_down_s else 0, planned[1] if times.uplink_s else 0,
+                0, 0]
     k = _TRANSFERS.index(times.cut)
     return [*planned[:k], int(planned[k] * times.cut_share), *([0] * (3 - k))]
 
@@ -416,7 +417,7 @@ class RunContext:
             return
         c = self.cfg.clients
         per_round = c.per_round or n
-        draw = math.ceil(per_round * c.over_selection)
+        draw = ceil_product(per_round, c.over_selection)
         cursor = [0] * n
         for _ in range(self.round_count(steps)):
             t = self.timeline.now_s
@@ -463,7 +464,8 @@ class RunContext:
         With `shared_positions` m > 0 (EPSL) the server trains each batch's positions from m on
         as it arrives and, once all are in, the first m positions once for all at their mean;
         that gradient goes down as one broadcast on each shared medium (one transfer per own
-        link: `Timeline.broadcast_groups`), charged to the lowest client id's row of each.
+        link: `Timeline.broadcast_groups`), its bytes charged to the lowest client id's row of
+        each, the server's pass to the lowest of all.
         A step whose client goes offline before it ends, or whose payload arrives after the
         first `keep_first`, is dropped (see `splitray.runtime.timeline`): no client update (but
         a step cut in its model upload has run its backward: its weights stay out of the
@@ -604,7 +606,8 @@ class RunContext:
             server_flops = srv.flops if srv else 0.0
             if i in charged and aggregated:
                 bytes_down += aggregated[0].bytes_down
-                server_flops += aggregated[0].flops
+                if i == min(charged):  # the server's one pass, on whatever network
+                    server_flops += aggregated[0].flops
             self.cum_bytes_up += bytes_up + model_up
             self.cum_bytes_down += bytes_down + model_down
             if srv is not None:

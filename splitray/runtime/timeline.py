@@ -16,10 +16,13 @@ Dropped steps. A client that goes offline (`offline_s`) loses its link, not its 
 that moment a step still computing its forward ends, dropped, as does one whose model download
 or gradient has left the link but not yet arrived (within the link's latency), and a transfer of
 the step still on the link is cut (`Traffic.cancel`: the share of its bytes sent counts, the
-link is free again); a step whose payload is at the server goes on until it needs the link again and ends there. A
-payload that never arrives is not served; a gradient that never arrives is not applied (the
-server's own update stands). With `keep_first` k, the server takes the first k payloads to
-arrive and drops the later ones as late.
+link is free again); a step whose payload is at the server goes on until it needs the link
+again and ends there. A payload that never arrives is not served; a gradient that never arrives
+is not applied (the server's own update stands). With `keep_first` k (over-selection), the
+server takes the first k payloads to arrive (ties by client id), and at the k-th every other
+step that has not delivered its payload ends, dropped as late, where it stands (its upload cut),
+so the round does not wait for them; a payload arriving with the k-th but after it in that
+order is dropped as late too.
 """
 
 from __future__ import annotations
@@ -104,6 +107,7 @@ class _Progress:
     backward_s: float = 0.0
     work: ServerWork | None = None
     model_up_start_s: float = 0.0
+    arrived: bool = False          # its payload reached the server
     gradient_drained: bool = False  # its own gradient left the link (and arrives a latency later)
     gradient_here: bool = False    # its own gradient arrived
     broadcast_here: bool = False   # the run's broadcast arrived (or there is none)
@@ -134,7 +138,7 @@ def _dropped_times(p: _Progress, end_s: float, dropped: str, cut: str = "",
 _CUT = {"model_down": "model_down", "arrived": "up", "gradient": "down", "model_up": "model_up"}
 
 # Same-time order: deliveries and compute first, then the server picks among all that arrived.
-_FIRST, _SERVER = 0, 1
+_FIRST, _ADMIT, _SERVER = 0, 1, 2  # at one time: arrivals, then over-selection, then the server
 
 
 class Timeline:
@@ -224,12 +228,15 @@ class Timeline:
         served: list[_Progress] = []
         accepted = 0  # payloads the server took (or will take) in
         unserved = 0  # jobs dropped before the server took them
+        live: list[_Progress] = []  # every job submitted (over-selection ends the unfinished)
+        arriving: list[tuple[float, int, int, _Progress]] = []  # awaiting admission (keep_first)
 
         def push(t: float, kind: str, p: _Progress, priority: int = _FIRST) -> None:
             heapq.heappush(events, (t, priority, next(seq), kind, p))
 
         def submit(job: StepJob) -> None:
             p = _Progress(job, next(order), marks=[])
+            live.append(p)
             if not math.isinf(job.offline_s):
                 push(job.offline_s, "offline", p)
             # Never in the past: a job handed back by `then` starts no earlier than now.
@@ -258,6 +265,36 @@ class Timeline:
             p.ended = True
             self.client_free_s[p.job.client_id] = self.now_s
             done.append((p.rank, p.job, _dropped_times(p, self.now_s, dropped, cut, cut_share)))
+
+        def accept(p: _Progress) -> None:
+            nonlocal accepted
+            accepted += 1
+            heapq.heappush(queue, (p.arrival_s, p.job.client_id, next(seq), p))
+            push(self.now_s, "server", p, _SERVER)
+
+        def admit() -> None:
+            """Over-selection: take the arrivals at this time in (arrival, client id) order while
+            fewer than k are in; at the k-th, end every step still short of the server."""
+            while arriving:
+                p = heapq.heappop(arriving)[3]
+                if accepted < keep_first:
+                    accept(p)
+                    if accepted == keep_first:
+                        for q in live:
+                            if not q.ended and not q.arrived:
+                                end_late(q)
+                elif not p.ended:
+                    drop(p, "late")
+
+        def end_late(p: _Progress) -> None:
+            if p.sending is not None:  # its upload (or model download) on the link: cut it
+                handle, p.sending = p.sending, None
+                _, what = in_flight.pop(handle)
+                drop(p, "late", _CUT[what], self.traffic.cancel(handle, self.now_s))
+            else:  # computing, or its payload within the link's latency (sent whole)
+                if not p.begun:
+                    p.start_s, p.begun = self.now_s, True
+                drop(p, "late")
 
         def go_offline(p: _Progress) -> None:
             if p.ended:
@@ -362,14 +399,15 @@ class Timeline:
                 else:
                     send(p, "up", job.bytes_up, "arrived")
             elif kind == "arrived":
-                p.arrival_s = t
+                p.arrival_s, p.arrived = t, True
                 mark(p)
-                if keep_first is not None and accepted >= keep_first:
-                    drop(p, "late")
-                    continue
-                accepted += 1
-                heapq.heappush(queue, (t, job.client_id, next(seq), p))
-                push(t, "server", p, _SERVER)
+                if keep_first is None:
+                    accept(p)
+                else:
+                    heapq.heappush(arriving, (t, job.client_id, next(seq), p))
+                    push(t, "admit", p, _ADMIT)
+            elif kind == "admit":
+                admit()
             elif kind == "server":
                 if queue and self.server_free_s <= t:
                     _, _, _, q = heapq.heappop(queue)
