@@ -204,8 +204,10 @@ def _parse_pair(flag: str, text: str | None, kind: type, sep: str) -> tuple | No
 
 
 def _timeline(args: argparse.Namespace) -> int:
-    from splitray.analysis import load
+    import pandas as pd
+
     from splitray.analysis.report import markdown_table, output_dir
+    from splitray.analysis.results import load_steps
     from splitray.analysis.timeline import lane_summary, plot_timeline
     from splitray.metrics import check_output_dir, join_path
 
@@ -215,18 +217,21 @@ def _timeline(args: argparse.Namespace) -> int:
     if args.window is not None and "," not in args.window:
         raise ConfigError(f"--window: {args.window!r} is not allowed; give two times, e.g. 0.5,2.0")
     window = _parse_pair("--window", args.window, float, ",")
+    if window and window[0] == window[1]:
+        raise ConfigError(f"--window: {args.window!r} is not allowed; the window must have a "
+                          "width (low < high)")
     if rounds and window:
         raise ConfigError("--round and --window are not allowed together; choose one")
     try:
         out = output_dir(args.path, args.out)
-        results = load(args.path)
-        runs = results.runs()
+        steps, key = load_steps(args.path)  # evals not needed: a run may have stopped before
+        runs = pd.unique(steps[key])
         if len(runs) != 1:
             raise ValueError(f"{args.path} holds {len(runs)} runs; --timeline draws one run "
                              "directory")
         check_output_dir(out, "--out")
-        written = plot_timeline(results.steps, join_path(out, "timeline.png"), rounds, window)
-        lanes, label = lane_summary(results.steps, rounds, window)
+        written = plot_timeline(steps, join_path(out, "timeline.png"), rounds, window)
+        lanes, label = lane_summary(steps, rounds, window)
         print(f"simulated seconds of each lane, {label}:")
         print(markdown_table(lanes.round(4)))
     except (FileNotFoundError, ValueError) as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -275,13 +276,14 @@ def test_summary_table_target_and_sweep_params(sweep_dir: Path) -> None:
     assert s["on_frontier"].all()  # t1 is cheaper, t0 more accurate
 
 
-def test_markdown_table_without_tabulate() -> None:
-    df = pd.DataFrame({"run": ["a|b", "c"], "x": [1.5, np.nan], "n": [3, 4], "ok": [True, False]})
-    md = markdown_table(df).splitlines()
-    if md[1].startswith("|---|"):  # our own formatter (tabulate pads differently)
-        assert md == ["| run | x | n | ok |", "|---|---|---|---|", "| a\\|b | 1.5 | 3 | True |",
-                      "| c |  | 4 | False |"]
-    assert len(md) == 4
+def test_markdown_table_lines_up_its_columns_and_keeps_whole_numbers_whole() -> None:
+    df = pd.DataFrame({"run": ["a|b", "c"], "x": [1.5, np.nan], "n": [3, 4], "ok": [True, False],
+                       "bytes": [1311568.0, 2.0 / 3]})
+    assert markdown_table(df).splitlines() == [
+        "| run  | x   | n | ok    | bytes    |",
+        "|------|-----|---|-------|----------|",
+        "| a\\|b | 1.5 | 3 | True  | 1311568  |",
+        "| c    |     | 4 | False | 0.666667 |"]
 
 
 # ---- plots and analyze --------------------------------------------------------------------------
@@ -511,6 +513,8 @@ def test_analyze_bad_out_and_timeline_flags_are_one_line_errors(runs_dir: Path, 
         (["--timeline", "--out", str(a_file / "sub")], f"--out: '{a_file / 'sub'}' is not allowed"),
         (["--timeline", "--window", "0,inf"], "--window: '0,inf' is not allowed; give e.g. 0.5,2.0"),
         (["--timeline", "--window", "nan,1"], "--window: 'nan,1' is not allowed"),
+        (["--timeline", "--window", "1,1"], "--window: '1,1' is not allowed; the window must "
+                                            "have a width"),
         (["--timeline", "--target-accuracy", "0.5"],
          "--target-accuracy is not allowed with --timeline"),
     ]
@@ -528,6 +532,26 @@ def test_analyze_bad_out_and_timeline_flags_are_one_line_errors(runs_dir: Path, 
     assert not (run_a / "analysis").exists()
     assert main(["analyze", run_a.as_uri(), "--timeline", "--out", str(tmp_path / "t")]) == 0
     assert (tmp_path / "t" / "timeline.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_the_timeline_needs_steps_alone_and_draws_one_run(runs_dir: Path, sweep_dir: Path,
+                                                           tmp_path: Path, capsys) -> None:
+    # A run stopped before its first evaluation has steps to draw, and no evals.
+    run_a = runs_dir / "run_a"
+    shutil.rmtree(run_a / "evals.parquet") if (run_a / "evals.parquet").is_dir() else \
+        (run_a / "evals.parquet").unlink()
+    assert main(["analyze", str(run_a), "--timeline", "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "timeline.png").read_bytes()[:8] == PNG_MAGIC
+    capsys.readouterr()
+    # A sweep's steps hold every trial's, evaluated or not (t1 stopped before evaluating here):
+    # never drawn as one run.
+    evals = pd.read_parquet(sweep_dir / "evals.parquet")
+    write_table(evals[evals["trial_id"] == "t0"].to_dict("records"), EVAL_COLUMNS,
+                str(sweep_dir / "evals.parquet"))
+    assert main(["analyze", str(sweep_dir), "--timeline", "--out",
+                 str(tmp_path / "s")]) == EXIT_CONFIG_ERROR
+    assert f"{sweep_dir} holds {len(TRIALS)} runs; --timeline draws one run directory" in \
+        capsys.readouterr().err
 
 
 def test_an_older_runs_steps_draw_their_compute_as_forward(tmp_path: Path) -> None:

@@ -419,7 +419,7 @@ def test_tiny_sweep_combines_trials_and_reports_a_failed_one(
     summary_part, _, by_device_part = printed.partition("## Test accuracy by device")
     for part in (summary_part, by_device_part):  # one row per trial in each (one device kind)
         table_rows = [ln for ln in part.splitlines() if ln.startswith("| ") and "_0000" in ln]
-        assert sorted(ln.split(" | ")[0][2:] for ln in table_rows) == sorted(good)
+        assert sorted(ln.split(" | ")[0][2:].strip() for ln in table_rows) == sorted(good)
     assert "bytes_to_target" in printed
     assert f"summary_csv: {tmp_path / 'an' / 'summary.csv'}" in printed
     assert (tmp_path / "an" / "accuracy_vs_bytes.png").stat().st_size > 0

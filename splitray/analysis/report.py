@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -36,14 +35,17 @@ def _cell(value: object) -> str:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    """A DataFrame as a GitHub Markdown table (through tabulate when it is installed)."""
-    if importlib.util.find_spec("tabulate") is not None:
-        return df.to_markdown(index=False)
-    header = [_cell(c) for c in df.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
-    return "\n".join(lines)
+    """A DataFrame as a GitHub Markdown table, columns padded to line up in a terminal; whole
+    numbers in full, others to 6 significant digits, missing values empty."""
+    rows = [[_cell(c) for c in df.columns], *([_cell(v) for v in row]
+                                              for row in df.itertuples(index=False))]
+    widths = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join([line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                      *(line(r) for r in rows[1:])])
 
 
 def output_dir(path: str, out_dir: str | None) -> str:

@@ -185,6 +185,17 @@ def _load_runs(path: str, run_dirs: list[str]) -> Results:
                                           or [pd.DataFrame()], ignore_index=True))
 
 
+def load_steps(path: str) -> tuple[pd.DataFrame, str]:
+    """The step rows of one run or sweep directory and the column that tells its runs apart:
+    what a timeline needs, which a run stopped before its first evaluation has too."""
+    path = str(path)
+    steps_path = join_path(path, STEPS_TABLE)
+    if not table_exists(steps_path):
+        raise FileNotFoundError(f"{path} holds no {STEPS_TABLE}; give a run directory")
+    key = "trial_id" if _is_sweep(path) else "run_id"
+    return _read_checked(steps_path, STEP_COLUMNS, key), key
+
+
 def load(path: str) -> Results:
     """Load results from a run dir, a dir of run dirs or a sweep dir (local path or URI)."""
     path = str(path)
