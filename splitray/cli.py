@@ -119,6 +119,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         SweepInterrupted,
         format_summary,
         load_space,
+        resumable,
         resume_sweep,
         run_sweep,
     )
@@ -147,9 +148,12 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                                max_concurrent=args.max_concurrent, verbose=0 if args.quiet else 1,
                                **{k: v for k, v in given.items() if v is not None})
     except (KeyboardInterrupt, SweepInterrupted) as e:
-        if (Path(out) / SWEEP_SETTINGS).is_file():  # written just before Tune begins
+        if resumable(Path(out)):
             print(f"splitray: sweep interrupted; `splitray tune --resume {out}` continues it",
                   file=sys.stderr)
+        elif (Path(out) / SWEEP_SETTINGS).is_file():  # written just before Tune begins
+            print(f"splitray: sweep interrupted before Tune saved its first state; remove {out} "
+                  "and run the sweep again", file=sys.stderr)
         else:
             print("splitray: sweep interrupted before it began", file=sys.stderr)
         code = e.exit_code if isinstance(e, SweepInterrupted) else EXIT_INTERRUPTED

@@ -79,8 +79,8 @@ def _range(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
 
 def ceil_product(a: float, b: float) -> int:
     """ceil(a * b) of the decimal values: 0.55 * 100 is 55.00000000000001 in binary floating
-    point, whose ceiling would be 56."""
-    return math.ceil(round(a * b, 9))
+    point, whose ceiling would be 56 (a relative margin far above float's rounding error)."""
+    return math.ceil(a * b * (1 - 1e-12))
 
 
 @dataclass
@@ -517,9 +517,9 @@ def _check_semantics(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{where}: {spec!r} is not allowed; choose one of "
                               f"{', '.join(LINK_PROFILES)} or give a link spec mapping")
         kind = (LINK_PROFILES[spec] if isinstance(spec, str) else spec).get("kind") \
-            if isinstance(spec, str | dict) else None  # not a spec: building the link says why
+            if isinstance(spec, str | dict) else None  # not a spec: building it says why
         # One medium for all clients goes in network.shared; network.links are each client's own.
-        if where == "network.shared" and kind not in ("shared", None):
+        if where == "network.shared" and kind in ("constant", "trace"):
             raise ConfigError(f"network.shared: {spec!r} is not allowed; it is a link of kind "
                               f"{kind!r}, not one medium shared by the clients (e.g. "
                               "wifi6_shared, or kind: shared); own links go in network.links")

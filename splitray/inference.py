@@ -113,10 +113,20 @@ def _latencies_s(p: Prepared, requests: list[int], client_s: list[float],
     return latencies
 
 
+def _latency_cells(sim_s: np.ndarray, deadline_ms: float | None) -> dict[str, float]:
+    """A row's simulated latency columns from its requests' latencies."""
+    return {"sim_latency_ms_mean": 1e3 * float(sim_s.mean()),
+            "sim_latency_ms_p95": 1e3 * float(np.percentile(sim_s, 95)),
+            "deadline_met_share": (float(np.mean(1e3 * sim_s <= deadline_ms))
+                                   if deadline_ms is not None else float("nan"))}
+
+
 def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] | None = None,
           engine: str = "ray", write: bool = True) -> pd.DataFrame:
-    """Serve Θ to every client: a row per (client, budget) with accuracy, bytes and latencies;
-    with a deadline, `chosen` marks each client's budget. Writes RUN_DIR/inference.parquet."""
+    """Serve Θ to every client: a row per (client, budget) with accuracy, bytes and latencies
+    (simulated with every client at that budget); with a deadline, `chosen` marks each client's
+    budget, and the chosen rows' latencies are simulated again with each client at its own.
+    Writes RUN_DIR/inference.parquet."""
     if deadline_ms is not None and not deadline_ms > 0:
         raise ConfigError(f"--deadline-ms: {deadline_ms!r} is not allowed; give a number > 0")
     for text in overrides or []:
@@ -131,6 +141,7 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
     clients, server, get = peers.clients, peers.server, peers.get
     n = len(clients)
     rows: list[dict] = []
+    request_costs: dict[tuple[int, int], tuple[float, int]] = {}  # client compute s, bytes
     try:
         counts = get([c.call(ClientRole.num_eval_batches) for c in clients])
         server_s = [compute_time_s(f, prepared.server_device)
@@ -151,6 +162,7 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
             sims_s = _latencies_s(prepared, samples, client_s, server_s,
                                   [nbytes for _, nbytes in costs])
             for i, (_, nbytes) in enumerate(costs):
+                request_costs[(i, entry.budget)] = (client_s[i], nbytes)
                 correct = sum(r[0] for r in results[i])
                 link = prepared.network.link(i)
                 predicted_s = (client_s[i] + 8.0 * nbytes / _uplink_bps(prepared, i)
@@ -161,10 +173,7 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
                     "link": prepared.network.describe(i), "budget": entry.budget, "chosen": False,
                     "test_samples": samples[i], "test_accuracy": correct / max(samples[i], 1),
                     "bytes_per_sample": nbytes, "predicted_latency_ms": 1e3 * predicted_s,
-                    "sim_latency_ms_mean": 1e3 * float(sim_s.mean()),
-                    "sim_latency_ms_p95": 1e3 * float(np.percentile(sim_s, 95)),
-                    "deadline_met_share": (float(np.mean(1e3 * sim_s <= deadline_ms))
-                                           if deadline_ms is not None else float("nan")),
+                    **_latency_cells(sim_s, deadline_ms),
                 })
     finally:
         peers.stop()
@@ -175,6 +184,15 @@ def infer(run_dir: str, deadline_ms: float | None = None, overrides: list[str] |
             # No budget fits: the fastest, the smallest payload (format_inference says so).
             pick = fits["budget"].idxmax() if len(fits) else group["budget"].idxmin()
             table.loc[pick, "chosen"] = True
+        # The chosen budgets side by side: their requests share the network as they would.
+        chosen = table[table["chosen"]].sort_values("client_id")
+        picked = [request_costs[(i, b)] for i, b in zip(chosen["client_id"], chosen["budget"],
+                                                         strict=True)]
+        sims_s = _latencies_s(prepared, chosen["test_samples"].tolist(), [c for c, _ in picked],
+                              server_s, [nbytes for _, nbytes in picked])
+        for row, sim_s in zip(chosen.index, sims_s, strict=True):
+            for column, value in _latency_cells(sim_s, deadline_ms).items():
+                table.loc[row, column] = value
     if write:
         write_table(table.to_dict("records"), INFERENCE_COLUMNS, join_path(run_dir, INFERENCE_TABLE))
     return table

@@ -43,8 +43,8 @@ STEP_COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "batch_size": (pa.int32(), "samples the server trained on in the step (0: dropped before)"),
     "dropped": (pa.string(), "why the step was dropped: offline (the client left during it) or "
                              "late (over-selection: not among the first payloads); empty: not"),
-    "cut": (pa.string(), "the transfer an offline step's client cut: model_down, up, down or "
-                         "model_up (sent or arrived in part); empty: none"),
+    "cut": (pa.string(), "the transfer a dropped step cut: model_down, up, down or model_up "
+                         "(sent or arrived in part); empty: none"),
     "lr": (pa.float64(), "learning rate used in the step"),
     "bytes_up": (pa.int64(), "payload bytes client -> server (activations, indices, labels, scale)"),
     "bytes_down": (pa.int64(), "payload bytes server -> client (gradient, scale)"),

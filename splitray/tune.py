@@ -267,8 +267,7 @@ def _load_space_unprefixed(path: Path) -> SearchSpace:
     fixed = raw.get("set") or {}
     if not isinstance(fixed, dict):
         raise ConfigError(f"set: {fixed!r} is not allowed; expected a mapping of key: value")
-    for key, value in fixed.items():
-        set_dotted(base, str(key), value)
+    base = _apply(base, {str(key): value for key, value in fixed.items()})
     config_from_dict(base)  # the base alone must be a valid experiment
 
     metric = raw.get("metric", "test_accuracy")
@@ -291,8 +290,11 @@ def _load_space_unprefixed(path: Path) -> SearchSpace:
     for key, spec in entries.items():
         key = str(key)
         parse_key(key)
-        if key in fixed:
-            raise ConfigError(f"{key}: both in `set` and in `space`; keep one")
+        # A swept key would replace a `set` key at or below it (the other way they compose).
+        shadowed = [k for k in map(str, fixed) if parse_key(k)[:len(parse_key(key))]
+                    == parse_key(key)]
+        if shadowed:
+            raise ConfigError(f"{key}: both in `set` (as {shadowed[0]}) and in `space`; keep one")
         params[key] = _check_domain(key, spec)
     space = SearchSpace(str(path), base, params, metric, mode, num_samples)
     for sample in _validation_samples(space):
@@ -368,7 +370,7 @@ def _report_row(row: dict, metric: str) -> dict[str, float]:
 TRIAL_MARKER = "epochs_done.json"  # what a trial's Tune checkpoint holds
 
 
-def run_trial(config: dict, base: dict, trials_dir: str, metric: str) -> None:
+def run_trial(config: dict, base: dict, trials_dir: str, metric: str, cwd: str) -> None:
     """Tune function trainable: one full simulation whose epochs are reported to Tune.
 
     The run's state lives in its own run directory (under the sweep's --out), whose
@@ -383,8 +385,12 @@ def run_trial(config: dict, base: dict, trials_dir: str, metric: str) -> None:
     from splitray.runtime import RunDiverged, resume_experiment, run_experiment
     from splitray.runtime.context import CHECKPOINT_FILE
 
+    # Tune starts a trial in its own directory: relative paths (data.root, availability.path)
+    # mean what they meant where the sweep was started.
+    os.chdir(cwd)
     cfg = trial_config(base, config)
-    run_dir = Path(trials_dir) / tune.get_context().get_trial_id()
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = Path(trials_dir) / trial_id
 
     def report(row: dict, checkpoint: str | None) -> None:
         metrics = _report_row(row, metric)
@@ -395,6 +401,12 @@ def run_trial(config: dict, base: dict, trials_dir: str, metric: str) -> None:
             (Path(d) / TRIAL_MARKER).write_text(json.dumps({"epochs_done": row["epoch"] + 1}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
+    if _trial_status(Path(trials_dir), trial_id) in ("finished", "diverged"):
+        # It ended before Tune saved that it had (a resumed sweep): tell Tune what it reported.
+        evals = _trial_table(Path(trials_dir), trial_id, "evals.parquet")
+        for row in ([] if evals is None else evals.sort_values("epoch").to_dict("records")):
+            report(row, None)
+        return
     try:
         if (run_dir / CHECKPOINT_FILE).is_file() and (run_dir / "manifest.json").is_file():
             resume_experiment(str(run_dir), engine="ray", progress=False, on_epoch=report)
@@ -476,9 +488,23 @@ def _max_epochs_bound(space: SearchSpace) -> int:
 def _check_fits(space: SearchSpace, cluster: dict[str, float], has_gpu: bool) -> None:
     """Fail before any trial when a trial's placement group can never fit the cluster."""
     cpus = cluster.get("CPU", 0.0)
-    for sample in _validation_samples(space):
+
+    def need_of(sample: dict[str, Any]) -> float:
+        return sum(b.get("CPU", 0.0) for b in trial_bundles(trial_config(space.base, sample),
+                                                              has_gpu, cpus))
+
+    # Beyond the validation samples (pairs at most), every key at its own largest need at once:
+    # three keys (server, client CPUs, client count) can outgrow the cluster only together.
+    largest = {key: max(candidate_values(kind, args), key=lambda v, key=key: need_of({key: v}))
+               for key, (kind, args) in space.params.items()}
+    try:
+        trial_config(space.base, largest)
+        worst = [largest]
+    except ConfigError:
+        worst = []  # that combination is no trial
+    for sample in [*_validation_samples(space), *worst]:
         cfg = trial_config(space.base, sample)
-        need = sum(b.get("CPU", 0.0) for b in trial_bundles(cfg, has_gpu, cpus))
+        need = need_of(sample)
         if need > cpus + 1e-9:
             on_pool, processes = _client_processes(cfg, cpus)
             clients = (f"{processes} pool worker{'s' if processes > 1 else ''} x "
@@ -621,6 +647,10 @@ def resume_sweep(out_dir: str | Path) -> SweepResult:
 
     out = Path(out_dir).resolve()
     experiment = out / "tune" / TUNE_EXPERIMENT
+    if (out / SWEEP_SETTINGS).is_file() and not resumable(out):
+        raise ConfigError(f"--resume: {str(out_dir)!r} is not allowed; the sweep stopped before "
+                          "Tune saved its first state, so there is nothing to continue: remove "
+                          "the directory and run the sweep again")
     if not (out / SWEEP_SETTINGS).is_file() or not tune.Tuner.can_restore(str(experiment)):
         raise ConfigError(f"--resume: {str(out_dir)!r} is not allowed; it holds no sweep that "
                           f"Tune can continue ({SWEEP_SETTINGS} and tune/{TUNE_EXPERIMENT}/)")
@@ -639,6 +669,12 @@ def resume_sweep(out_dir: str | Path) -> SweepResult:
     tuner = tune.Tuner.restore(str(experiment), trainable=_trainable(space, out, has_gpu),
                                resume_unfinished=True, resume_errored=True)
     return _fit(tuner, space, out, settings["scheduler"])
+
+
+def resumable(out: Path) -> bool:
+    """Whether Tune saved the state of the sweep in `out` (it does a few seconds in; a sweep
+    stopped before then cannot be continued)."""
+    return any((out / "tune" / TUNE_EXPERIMENT).glob("experiment_state-*.json"))
 
 
 def _record_attempt(out: Path, wall_s: float) -> list[float]:
@@ -689,7 +725,7 @@ def _trainable(space: SearchSpace, out: Path, has_gpu: bool) -> Any:
 
     return tune.with_resources(
         tune.with_parameters(run_trial, base=space.base, trials_dir=str(out / "trials"),
-                             metric=space.metric),
+                             metric=space.metric, cwd=os.getcwd()),
         functools.partial(trial_resources, space.base, has_gpu,
                           cluster_cpus=ray.cluster_resources().get("CPU", 0.0)))
 

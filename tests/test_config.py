@@ -94,4 +94,4 @@ def test_ceilings_of_products_are_taken_of_the_decimal_values():
                                  "compression.enabled=false"])
     assert cfg.train.shared_positions() == 55
     assert ceil_product(50, 1.1) == 55 and ceil_product(0.07, 100) == 7
-    assert ceil_product(0.551, 100) == 56
+    assert ceil_product(0.551, 100) == 56 and ceil_product(4e-10, 1) == 1

@@ -259,3 +259,21 @@ def test_a_nan_loss_stops_the_run_even_when_its_step_is_dropped_after_the_server
     with pytest.raises(RunDiverged, match=r"epoch 0 step 0 \(client 0\)"):
         _run(**{"clients.count": 2, "network.links": links, "availability.kind": "file",
                 "availability.path": str(trace)})
+
+
+def test_a_dropped_steps_bytes_are_the_transfers_that_left_whole_and_the_cut_share():
+    from splitray.runtime.context import _bytes_sent
+    from splitray.runtime.timeline import StepTimes
+
+    zero = dict.fromkeys(["start_s", "model_down_s", "client_compute_s", "client_backward_s",
+                          "uplink_s", "server_wait_s", "server_compute_s", "downlink_s",
+                          "model_up_s", "end_s"], 0.0)
+    planned = [100, 4000, 3000, 100]
+    # Refused at a tie, its upload drained within the millisecond it began (a trace link).
+    refused = StepTimes(**zero, dropped="late", drained=("model_down", "up"))
+    assert _bytes_sent(refused, planned) == [100, 4000, 0, 0]
+    cut = StepTimes(**zero, dropped="offline", cut="down", cut_share=0.5,
+                    drained=("model_down", "up"))
+    assert _bytes_sent(cut, planned) == [100, 4000, 1500, 0]
+    assert _bytes_sent(StepTimes(**zero, dropped="late"), planned) == [0, 0, 0, 0]
+    assert _bytes_sent(StepTimes(**zero), planned) == planned

@@ -336,6 +336,22 @@ def test_over_selection_takes_ties_by_client_id_and_ends_the_others_at_the_kth_a
     assert tl.now_s == pytest.approx(1.5)
 
 
+def test_over_selection_ends_a_model_download_within_its_latency_as_cut():
+    # Client 1's model (1,000 bytes at 8 kbit/s) drains at 1 s and would arrive at 3 s; client 0
+    # delivers its payload at 1.5 s, the one kept: client 1 ends then, its model never arrived
+    # (so the next step downloads it again).
+    tl = timeline({0: ConstantLink(8e3, 8e3, 0.0), 1: ConstantLink(8e3, 8e3, 2.0)})
+    jobs = [StepJob(0, 0.0, forward_s=1.5, bytes_up=0),
+            StepJob(1, 0.0, forward_s=0.5, bytes_up=0, bytes_model_down=1000)]
+    times = {job.client_id: t for job, t in tl.run(jobs, serve_fixed(0.0, 0, 0.0), keep_first=1)}
+    late = times[1]
+    assert times[0].dropped == "" and late.end_s == 1.5
+    assert (late.dropped, late.cut, late.cut_share) == ("late", "model_down", 1.0)
+    assert late.drained == ("model_down",)
+    with pytest.raises(ValueError, match="keep_first closes a run of given jobs"):
+        tl.run(jobs, serve_fixed(0.0, 0, 0.0), then=lambda job, times: [], keep_first=1)
+
+
 def test_a_step_dropped_after_the_server_went_idle_still_lets_the_broadcast_go():
     # Client 0's payload (nothing) is served at once; client 1's is cut on the link at 0.5 s,
     # after the server went idle: the broadcast goes then, and client 0's backward follows it.

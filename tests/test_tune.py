@@ -54,7 +54,7 @@ def test_each_kind_maps_to_its_tune_domain(tmp_path: Path) -> None:
         "compression.epsilon": {"loguniform": [0.1, 10]},
         "compression.lam": {"uniform": [0.2, 0.8]},
         "model.split_layer": {"randint": [2, 5]},
-        "network.shared": {"choice": ["wifi6_shared", "lte"]},
+        "network.shared": {"choice": ["wifi6_shared", {"kind": "shared", "up_bps": 8e6, "down_bps": 3e7}]},
         "compression.delta": {"grid": [0.001, 0.01, 0.1]},
     })
     space = sweep.load_space(path)
@@ -66,7 +66,8 @@ def test_each_kind_maps_to_its_tune_domain(tmp_path: Path) -> None:
     assert isinstance(lam, Float) and isinstance(lam.get_sampler(), Uniform)
     assert (lam.lower, lam.upper) == (0.2, 0.8)
     assert isinstance(split, Integer) and (split.lower, split.upper) == (2, 5)
-    assert isinstance(net, Categorical) and net.categories == ["wifi6_shared", "lte"]
+    assert isinstance(net, Categorical) and net.categories == [
+        "wifi6_shared", {"kind": "shared", "up_bps": 8e6, "down_bps": 3e7}]
     assert ps["compression.delta"] == tune.grid_search([0.001, 0.01, 0.1])
 
     rng = np.random.default_rng(0)
@@ -100,6 +101,15 @@ def test_space_file_base_set_indexed_keys_and_defaults(tmp_path: Path) -> None:
         {"budget": 2, "epochs": 1}, {"budget": 16, "epochs": 2}]})
     assert [(p.budget, p.epochs) for p in cfg.schedule.phases] == [(8, 1), (16, 2)]
     assert sweep._max_epochs_bound(space) == 3
+    # In `set` too, whatever the key order; a swept parent would replace a set child: refused.
+    ordered = sweep.load_space(write_space(tmp_path, {"train.lr": {"grid": [0.1]}}, set={
+        "schedule.phases[0].budget": 8, "schedule.phases": [{"budget": 4, "epochs": 1},
+                                                             {"budget": 16, "epochs": 1}]}))
+    assert [p["budget"] for p in ordered.base["schedule"]["phases"]] == [8, 16]
+    with pytest.raises(ConfigError, match=r"schedule.phases: both in `set` \(as "
+                                          r"schedule.phases\[0\].budget\) and in `space`"):
+        sweep.load_space(write_space(tmp_path, {"schedule.phases": {"choice": [
+            [{"budget": 2, "epochs": 1}]]}}, set={"schedule.phases[0].budget": 8}))
 
 
 def test_the_example_space_is_valid() -> None:
@@ -118,7 +128,7 @@ def test_the_example_space_is_valid() -> None:
     ({"train.lr": 0.1}, "train.lr", "expected one of"),
     ({"clients.count": {"grid": []}}, "clients.count", "non-empty"),
     ({"clients.count": {"grid": [2, 0]}}, "clients.count", ">= 1"),
-    ({"network.shared": {"choice": ["lte", "dialup"]}}, "network.shared", "'dialup'"),
+    ({"network.shared": {"choice": ["wifi6_shared", "dialup"]}}, "network.shared", "'dialup'"),
     ({"schedule.phases[3].budget": {"grid": [2]}}, "schedule.phases[3].budget", "out of range"),
     ({"schedule.phases": {"choice": [[{"budget": 2, "epochs": 0}]]}}, "schedule.phases",
      "epochs"),
@@ -128,7 +138,7 @@ def test_the_example_space_is_valid() -> None:
     ({"model.split_layer": {"choice": [3, 9]}}, "model.split_layer", "split points 0..5"),
     ({"model.split_layer": {"randint": [2, 7]}}, "model.split_layer: 6", "split points 0..5"),
     ({"model.split_layer": {"randint": [1, 5]}}, "model.split_layer: 1", "<= 3"),
-    ({"network.shared": {"choice": ["lte", {"kind": "bogus"}]}}, "network.shared",
+    ({"network.shared": {"choice": ["wifi6_shared", {"kind": "bogus"}]}}, "network.shared",
      "kind='bogus' is not allowed"),
     ({"network.shared": {"choice": [{"kind": "shared", "up_bps": 0, "down_bps": 1e6}]}},
      "network.shared", "up_bps=0.0 must be > 0 bit/s"),
@@ -202,6 +212,26 @@ def test_a_sweep_interrupted_before_it_began_gives_no_resume_command(
     path = write_space(tmp_path, {"train.lr": {"grid": [0.01]}})
     assert main(["tune", str(path), "--out", str(tmp_path / "sweep")]) == 130
     assert capsys.readouterr().err.strip() == "splitray: sweep interrupted before it began"
+
+
+def test_a_sweep_interrupted_before_tune_saved_its_state_says_to_run_it_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sweep"
+
+    def interrupted(space, out_dir, **kwargs):
+        (out / "tune" / sweep.TUNE_EXPERIMENT).mkdir(parents=True)  # Tune's tuner.pkl, say
+        (out / sweep.SWEEP_SETTINGS).write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    path = write_space(tmp_path, {"train.lr": {"grid": [0.01]}})
+    assert main(["tune", str(path), "--out", str(out)]) == 130
+    assert capsys.readouterr().err.strip() == (
+        f"splitray: sweep interrupted before Tune saved its first state; remove {out} and run the "
+        "sweep again")
+    assert main(["tune", "--resume", str(out)]) == 2
+    assert "the sweep stopped before Tune saved its first state, so there is nothing to " \
+           "continue" in capsys.readouterr().err
 
 
 def test_links_are_built_for_each_candidate_as_the_run_builds_them(
@@ -289,6 +319,20 @@ def test_a_trial_too_big_for_the_cluster_fails_before_any_trial(tmp_path: Path) 
     sweep._check_fits(auto, {"CPU": 2.0}, has_gpu=False)
 
 
+def test_a_trial_too_big_only_with_three_keys_together_fails_among_too_many_combinations(
+        tmp_path: Path) -> None:
+    # 2 x 2 x 2 x 8 x 8 x 9 combinations: too many to check all, and no pair outgrows 2 CPUs;
+    # server 0.75 with 3 clients x 0.5 does (0.25 + 0.75 + 1.5 = 2.5).
+    space = sweep.load_space(write_space(tmp_path, {
+        "server.num_cpus": {"choice": [0.25, 0.75]}, "clients.num_cpus": {"choice": [0.25, 0.5]},
+        "clients.count": {"choice": [2, 3]}, "train.lr": {"grid": [0.01 * k for k in range(1, 9)]},
+        "compression.epsilon": {"grid": [0.1 * k for k in range(1, 9)]},
+        "seed": {"grid": list(range(9))}}, set={"engine.clients": "actors"}))
+    with pytest.raises(ConfigError, match=r"needs 2.5 CPUs \(driver 0.25 \+ server 0.75 \+ 3 "
+                                          r"clients x 0.5\)"):
+        sweep._check_fits(space, {"CPU": 2.0}, has_gpu=False)
+
+
 def test_a_pool_trial_too_big_for_the_cluster_counts_its_pool_workers(tmp_path: Path) -> None:
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump({"base": str(REPO / "experiments" / "many_clients.yaml"),
@@ -299,6 +343,35 @@ def test_a_pool_trial_too_big_for_the_cluster_counts_its_pool_workers(tmp_path: 
         sweep._check_fits(space, {"CPU": 2.0}, has_gpu=False)
     assert "needs 5.25 CPUs (driver 0.25 + server 4 + 1 pool worker x 1 for 1000 clients) " \
            "but the Ray cluster has 2;" in str(err.value)
+
+
+def test_a_trial_that_finished_before_tune_saved_it_is_reported_again_not_rerun(
+        tmp_path: Path, monkeypatch) -> None:
+    # A resumed sweep hands Tune's unfinished trials back to run_trial; one whose run directory
+    # says finished reports its rows again. Trials run where the sweep was started.
+    from splitray.config import config_from_dict
+    from splitray.runtime import run_experiment
+
+    trials = tmp_path / "trials"
+    run_experiment(config_from_dict(TINY_BASE), out_dir=None, engine="local", progress=False,
+                   run_dir=str(trials / "t0"))
+    manifest = json.loads((trials / "t0" / "manifest.json").read_text())
+    assert manifest["status"] == "finished"
+    reported: list[dict] = []
+
+    class Context:
+        def get_trial_id(self) -> str:
+            return "t0"
+
+    monkeypatch.setattr(tune, "get_context", Context)
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
+    monkeypatch.chdir(tmp_path / "trials")  # Tune's trial directory, say
+    sweep.run_trial({}, TINY_BASE, str(trials), "test_accuracy", cwd=str(tmp_path))
+    assert Path.cwd() == tmp_path
+    assert json.loads((trials / "t0" / "manifest.json").read_text()) == manifest
+    evals = pd.read_parquet(trials / "t0" / "evals.parquet")
+    assert [r["test_accuracy"] for r in reported] == evals.sort_values("epoch")[
+        "test_accuracy"].tolist()
 
 
 def test_param_cells_and_error_lines() -> None:

@@ -156,17 +156,13 @@ _TRANSFERS = ("model_down", "up", "down", "model_up")
 
 def _bytes_sent(times: StepTimes, planned: list[int]) -> list[int]:
     """Bytes each transfer of a step (model down, payload up, gradient down, model up) sent:
-    all of them, or, for a dropped step, those before the cut, the cut one's sent share, none
-    after."""
+    all of them, or, for a dropped step, those that left the link whole and the cut one's sent
+    share."""
     if not times.dropped:
         return planned
-    if not times.cut:
-        # Ended with no transfer under way: at the start or in its forward (offline, or late),
-        # or late with its payload sent whole (refused, or in the air at the k-th arrival).
-        return [planned[0] if times.model_down_s else 0, planned[1] if times.uplink_s else 0,
-                0, 0]
-    k = _TRANSFERS.index(times.cut)
-    return [*planned[:k], int(planned[k] * times.cut_share), *([0] * (3 - k))]
+    return [planned[k] if name in times.drained
+            else int(planned[k] * times.cut_share) if name == times.cut else 0
+            for k, name in enumerate(_TRANSFERS)]
 
 
 @dataclass

@@ -84,8 +84,9 @@ class StepTimes:
     model_up_s: float
     end_s: float
     dropped: str = ""         # "offline" or "late" when the step was dropped
-    cut: str = ""             # the transfer an offline client cut short (model_down, up: the
+    cut: str = ""             # the transfer a dropped step cut short (model_down, up: the
     cut_share: float = 1.0    # payload, down: the gradient, model_up) and the share of it sent
+    drained: tuple[str, ...] = ()  # a dropped step's transfers that left the link whole
 
 
 # The phases of a step in order, each ending at a mark (`_Progress.marks`).
@@ -108,7 +109,7 @@ class _Progress:
     work: ServerWork | None = None
     model_up_start_s: float = 0.0
     arrived: bool = False          # its payload reached the server
-    gradient_drained: bool = False  # its own gradient left the link (and arrives a latency later)
+    drained: list[str] | None = None  # its transfers that left the link whole (`_CUT` names)
     gradient_here: bool = False    # its own gradient arrived
     broadcast_here: bool = False   # the run's broadcast arrived (or there is none)
     marks: list[float] | None = None  # the times its phases ended so far (for a dropped step)
@@ -132,7 +133,7 @@ def _dropped_times(p: _Progress, end_s: float, dropped: str, cut: str = "",
         client_backward_s=spans["backward_s"], uplink_s=spans["uplink_s"],
         server_wait_s=spans["server_wait_s"], server_compute_s=spans["server_compute_s"],
         downlink_s=spans["downlink_s"], model_up_s=spans["model_up_s"], end_s=end_s,
-        dropped=dropped, cut=cut, cut_share=cut_share)
+        dropped=dropped, cut=cut, cut_share=cut_share, drained=tuple(p.drained))
 
 # A transfer's delivery event, by the name `StepTimes.cut` gives it.
 _CUT = {"model_down": "model_down", "arrived": "up", "gradient": "down", "model_up": "model_up"}
@@ -217,8 +218,9 @@ class Timeline:
         arrive (over-selection). Returns (job, times) for every job in the order given.
         """
         jobs = list(jobs)
-        if broadcast is not None and then is not None:
-            raise ValueError("a broadcast closes a run of given jobs; it does not take `then`")
+        if (broadcast is not None or keep_first is not None) and then is not None:
+            raise ValueError("a broadcast or keep_first closes a run of given jobs; it does not "
+                             "take `then`")
         events: list[tuple[float, int, int, str, _Progress]] = []
         seq = itertools.count()
         done: list[tuple[int, StepJob, StepTimes]] = []
@@ -235,7 +237,7 @@ class Timeline:
             heapq.heappush(events, (t, priority, next(seq), kind, p))
 
         def submit(job: StepJob) -> None:
-            p = _Progress(job, next(order), marks=[])
+            p = _Progress(job, next(order), marks=[], drained=[])
             live.append(p)
             if not math.isinf(job.offline_s):
                 push(job.offline_s, "offline", p)
@@ -291,6 +293,8 @@ class Timeline:
                 handle, p.sending = p.sending, None
                 _, what = in_flight.pop(handle)
                 drop(p, "late", _CUT[what], self.traffic.cancel(handle, self.now_s))
+            elif p.begun and not p.marks:  # its model download within the link's latency
+                drop(p, "late", "model_down")
             else:  # computing, or its payload within the link's latency (sent whole)
                 if not p.begun:
                     p.start_s, p.begun = self.now_s, True
@@ -305,7 +309,7 @@ class Timeline:
                 drop(p, "offline", _CUT[what], self.traffic.cancel(handle, self.now_s))
             elif len(p.marks) == 1:
                 drop(p, "offline")  # still computing its forward
-            elif p.gradient_drained and not p.gradient_here:  # within the link's latency
+            elif "down" in p.drained and not p.gradient_here:  # within the link's latency
                 drop(p, "offline", "down")
             elif p.marks:
                 p.offline = True  # at the server or in its backward: ends at its next send
@@ -366,7 +370,7 @@ class Timeline:
                 p, what = in_flight.pop(delivery.handle)
                 if isinstance(p, _Progress):
                     p.sending = None  # off the link: going offline no longer cuts it
-                    p.gradient_drained = what == "gradient"
+                    p.drained.append(_CUT[what])
                 push(delivery.arrival_s, what, p)
                 continue
             t, _, _, kind, p = heapq.heappop(events)
