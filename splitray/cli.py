@@ -233,9 +233,9 @@ def _timeline(args: argparse.Namespace) -> int:
         if len(runs) != 1:
             raise ValueError(f"{args.path} holds {len(runs)} runs; --timeline draws one run "
                              "directory")
+        lanes, label = lane_summary(steps, rounds, window)  # a round not run fails here
         check_output_dir(out, "--out")
         written = plot_timeline(steps, join_path(out, "timeline.png"), rounds, window)
-        lanes, label = lane_summary(steps, rounds, window)
         print(f"simulated seconds of each lane, {label}:")
         print(markdown_table(lanes.round(4)))
     except (FileNotFoundError, ValueError) as e:

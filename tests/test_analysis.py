@@ -528,6 +528,9 @@ def test_analyze_bad_out_and_timeline_flags_are_one_line_errors(runs_dir: Path, 
         err = capsys.readouterr().err.strip()
         assert err == (f"splitray: error: results at {run_a.as_uri()!r} are not local; pass a "
                        "local out_dir (--out)"), err
+    assert main(["analyze", str(run_a), "--timeline", "--round", "999", "--out",
+                 str(tmp_path / "r")]) == EXIT_CONFIG_ERROR
+    assert "no steps in round 999" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "runs"]
     assert not (run_a / "analysis").exists()
     assert main(["analyze", run_a.as_uri(), "--timeline", "--out", str(tmp_path / "t")]) == 0

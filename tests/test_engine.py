@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import subprocess
@@ -262,3 +263,18 @@ def test_client_actors_run_forwards_ahead_only_on_cpus_the_server_leaves(monkeyp
     # (here one core under the 2-CPU cluster), the 1-CPU server leaves no core for a forward.
     monkeypatch.setattr(orchestrator.os, "sched_getaffinity", lambda pid: {0})
     assert prefetch() == 0
+
+
+def test_progress_off_a_terminal_logs_a_line_every_half_minute_of_a_long_epoch(capsys,
+                                                                            monkeypatch):
+    from splitray.runtime import context
+
+    clock = itertools.chain([0.0, 10.0, 31.0, 40.0, 62.0], itertools.repeat(99.0))
+    monkeypatch.setattr(context.time, "monotonic", lambda: next(clock))
+    progress = context.Progress(2)  # pytest's stdout is no terminal
+    for done in (1, 2, 3, 4):
+        progress.round(0, done, 9, sim_s=float(done))
+    assert capsys.readouterr().out.splitlines() == [
+        "  epoch 1/2  step 2/9  sim       2.0 s", "  epoch 1/2  step 4/9  sim       4.0 s"]
+    context.Progress(2, enabled=False).round(0, 1, 9, 1.0)
+    assert capsys.readouterr().out == ""

@@ -114,21 +114,29 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class Progress:
-    """One line per epoch; on a terminal, a live line of the round in progress."""
+    """One line per epoch; on a terminal, a live line of the round in progress, elsewhere (a
+    log, `ray job logs`) a line every LOG_EVERY_S of a long epoch."""
+
+    LOG_EVERY_S = 30.0
 
     def __init__(self, total_epochs: int, enabled: bool = True) -> None:
         self.total_epochs = total_epochs
         self.enabled = enabled
         self.live = enabled and sys.stdout.isatty()
+        self._logged_s = time.monotonic()
 
     def round(self, epoch: int, done: int, total: int, sim_s: float) -> None:
+        line = f"  epoch {epoch + 1}/{self.total_epochs}  step {done}/{total}  sim {sim_s:9.1f} s"
         if self.live:
-            print(f"\r  epoch {epoch + 1}/{self.total_epochs}  step {done}/{total}  "
-                  f"sim {sim_s:9.1f} s", end="", flush=True)
+            print(f"\r{line}", end="", flush=True)
+        elif self.enabled and (now := time.monotonic()) - self._logged_s >= self.LOG_EVERY_S:
+            self._logged_s = now
+            print(line, flush=True)
 
     def epoch(self, row: dict) -> None:
         if not self.enabled:
             return
+        self._logged_s = time.monotonic()
         mb = 1e6
         print(("\r" if self.live else "") +
               f"epoch {row['epoch'] + 1:>3}/{self.total_epochs}  budget {row['budget']:>4}  "
