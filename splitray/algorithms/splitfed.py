@@ -86,7 +86,9 @@ def train(ctx: RunContext, every_rounds: int | None, server_parts: bool,
                 ids = [i for i in range(n) if state.trained[i]
                        and (not ctx.sampled or i in uploaded)]
                 if server_parts and not set(state.server_trained) <= set(ids):
-                    # Copies trained for steps dropped afterwards join their layers first.
+                    # Copies the server trained that the average leaves out (a step dropped
+                    # after the server's update, a client not sampled this round) join their
+                    # layers' copies first, so their training stands.
                     get(ctx.server.call(ServerRole.average_parts, state.server_trained))
                 weights = get([clients[i].call(ClientRole.get_weights) for i in ids])
                 if server_parts:  # the server side of each model joins its client side
