@@ -277,3 +277,14 @@ def test_a_dropped_steps_bytes_are_the_transfers_that_left_whole_and_the_cut_sha
     assert _bytes_sent(cut, planned) == [100, 4000, 1500, 0]
     assert _bytes_sent(StepTimes(**zero, dropped="late"), planned) == [0, 0, 0, 0]
     assert _bytes_sent(StepTimes(**zero), planned) == planned
+
+
+def test_progress_counts_the_steps_the_rounds_draw_late_ones_included(monkeypatch):
+    from splitray.runtime.context import Progress
+
+    seen: list[tuple[int, int]] = []
+    monkeypatch.setattr(Progress, "round",
+                        lambda self, epoch, done, total, sim_s: seen.append((done, total)))
+    _run(**{"clients.count": 4, "clients.per_round": 2, "clients.over_selection": 2})
+    # 4 clients x 3 steps, 2 a round: 6 rounds an epoch, each drawing all 4.
+    assert seen[:6] == [(4 * k, 24) for k in range(1, 7)] and seen[6:] == seen[:6]

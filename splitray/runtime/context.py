@@ -395,9 +395,18 @@ class RunContext:
                                                      self.client_budget(i, budget)))
         self.get(self.server.call(ServerRole.set_lr, plan.lr))
         self._epoch_losses = []
-        self._epoch_steps = sum(steps)
+        # The steps the epoch's rounds run: each client's, or with sampling what its rounds draw
+        # (late ones included; fewer when fewer clients are online).
+        self._epoch_steps = (self.round_count(steps) * min(self._draw(len(steps)), len(steps))
+                             if self.sampled else sum(steps))
         self._epoch_done = 0
         return budget, steps
+
+    def _draw(self, n: int) -> int:
+        """Clients a sampled round of `n` draws: clients.per_round (all n when unset),
+        over-selected by clients.over_selection."""
+        c = self.cfg.clients
+        return ceil_product(c.per_round or n, c.over_selection)
 
     def round_count(self, steps: list[int]) -> int:
         """Rounds in an epoch whose clients have `steps` steps each: the most steps, or with
@@ -421,7 +430,7 @@ class RunContext:
             return
         c = self.cfg.clients
         per_round = c.per_round or n
-        draw = ceil_product(per_round, c.over_selection)
+        draw = self._draw(n)
         cursor = [0] * n
         for _ in range(self.round_count(steps)):
             t = self.timeline.now_s
