@@ -489,13 +489,13 @@ def _check_fits(space: SearchSpace, cluster: dict[str, float], has_gpu: bool) ->
     """Fail before any trial when a trial's placement group can never fit the cluster."""
     cpus = cluster.get("CPU", 0.0)
 
-    def need_of(sample: dict[str, Any]) -> float:
-        return sum(b.get("CPU", 0.0) for b in trial_bundles(trial_config(space.base, sample),
-                                                              has_gpu, cpus))
+    def need_of(cfg: ExperimentConfig) -> float:
+        return sum(b.get("CPU", 0.0) for b in trial_bundles(cfg, has_gpu, cpus))
 
     # Beyond the validation samples (pairs at most), every key at its own largest need at once:
     # three keys (server, client CPUs, client count) can outgrow the cluster only together.
-    largest = {key: max(candidate_values(kind, args), key=lambda v, key=key: need_of({key: v}))
+    largest = {key: max(candidate_values(kind, args),
+                        key=lambda v, key=key: need_of(trial_config(space.base, {key: v})))
                for key, (kind, args) in space.params.items()}
     try:
         trial_config(space.base, largest)
@@ -504,7 +504,7 @@ def _check_fits(space: SearchSpace, cluster: dict[str, float], has_gpu: bool) ->
         worst = []  # that combination is no trial
     for sample in [*_validation_samples(space), *worst]:
         cfg = trial_config(space.base, sample)
-        need = need_of(sample)
+        need = need_of(cfg)
         if need > cpus + 1e-9:
             on_pool, processes = _client_processes(cfg, cpus)
             clients = (f"{processes} pool worker{'s' if processes > 1 else ''} x "

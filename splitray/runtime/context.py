@@ -607,6 +607,7 @@ class RunContext:
         self.settle()  # the last round's backwards, done by now (this round's forwards followed)
         # The rows that carry the broadcast: one per transfer the timeline sent.
         charged = {ids[0] for ids in timeline.broadcast_groups(gradients)}
+        first_charged = min(charged, default=None)  # the row that carries the server's pass
         wall = self.wall_s()
         for job, t in timed:
             s, i = job.tag, job.client_id
@@ -619,7 +620,7 @@ class RunContext:
             server_flops = srv.flops if srv else 0.0
             if i in charged and aggregated:
                 bytes_down += aggregated[0].bytes_down
-                if i == min(charged):  # the server's one pass, on whatever network
+                if i == first_charged:  # the server's one pass, on whatever network
                     server_flops += aggregated[0].flops
             self.cum_bytes_up += bytes_up + model_up
             self.cum_bytes_down += bytes_down + model_down
