@@ -301,7 +301,7 @@ class EngineConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    seed: int = field(default=0, metadata=_range(0, 2**53))  # clients seed torch with seed*1000+i
+    seed: int = field(default=0, metadata=_range(0, 2**53))  # clients' torch seeds: roles.client_seed
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)

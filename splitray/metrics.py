@@ -142,7 +142,9 @@ def schema_markdown() -> str:
     return "\n".join(out)
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and the path within it for a local path or a URI (s3://, gs://,
+    file://); a scheme pyarrow does not know is the user's input, a ConfigError."""
     if "://" not in path:
         return pafs.LocalFileSystem(), path
     try:
@@ -160,7 +162,7 @@ def atomic_output(path: str) -> Iterator[pa.NativeFile]:
     starting with '.') and moved into place. For object stores the bytes gather in memory and
     go up in one piece once the writer returns (closing a stream stores whatever it holds, so a
     write cut short would leave a truncated object)."""
-    fs, p = _filesystem(path)
+    fs, p = filesystem(path)
     parent, name = p.rsplit("/", 1) if "/" in p else (".", p)
     fs.create_dir(parent, recursive=True)
     if fs.type_name != "local":
@@ -203,7 +205,7 @@ def append_part(rows: list[dict], columns: Mapping[str, tuple[pa.DataType, str]]
     A run's tables are directories of part files: a flush writes only its new rows (O(new
     rows), not a rewrite), and once the first part exists, a run killed at any moment leaves a
     table pandas reads (`pd.read_parquet(table_dir)`): a part appears only once complete."""
-    fs, p = _filesystem(table_dir)
+    fs, p = filesystem(table_dir)
     fs.create_dir(p, recursive=True)
     path = join_path(table_dir, f"part-{len(table_parts(table_dir)):05d}.parquet")
     write_table(rows, columns, path)
@@ -214,7 +216,7 @@ def claim_dir(path: str) -> bool:
     """Create the directory `path` for this process alone: False when it exists. Atomic on a
     local filesystem (file:// URIs too); in an object store, where a directory is only a prefix,
     it is taken once anything is under it."""
-    fs, p = _filesystem(path)
+    fs, p = filesystem(path)
     if fs.type_name != "local":
         return fs.get_file_info(p).type == pafs.FileType.NotFound
     try:
@@ -227,7 +229,7 @@ def claim_dir(path: str) -> bool:
 
 def table_exists(path: str) -> bool:
     """Whether a table (one Parquet file or a directory of part files) is at `path`."""
-    fs, p = _filesystem(path)
+    fs, p = filesystem(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
@@ -244,14 +246,14 @@ def write_bytes(data: bytes, path: str) -> None:
 
 def read_bytes(path: str) -> bytes:
     """The bytes of a file at a local path or URI."""
-    fs, p = _filesystem(path)
+    fs, p = filesystem(path)
     with fs.open_input_stream(p) as f:
         return f.read()
 
 
 def table_parts(table_dir: str) -> list[str]:
     """The part files of a table directory, in order (none when it does not exist)."""
-    fs, p = _filesystem(table_dir)
+    fs, p = filesystem(table_dir)
     if fs.get_file_info(p).type != pafs.FileType.Directory:
         return []
     return sorted(join_path(table_dir, i.base_name) for i in fs.get_file_info(pafs.FileSelector(p))
@@ -266,13 +268,13 @@ def drop_parts_after(run_dir: str | None, kept: dict[str, int]) -> None:
         return
     for name in RUN_TABLES:
         for part in table_parts(join_path(run_dir, name))[kept.get(name, 0):]:
-            fs, p = _filesystem(part)
+            fs, p = filesystem(part)
             fs.delete_file(p)
 
 
 def read_table(path: str) -> pd.DataFrame:
     """Read a Parquet table (one file or a directory of part files), local path or URI."""
-    fs, p = _filesystem(path)
+    fs, p = filesystem(path)
     return pq.read_table(p, filesystem=fs).to_pandas()
 
 
@@ -306,7 +308,7 @@ def check_output_dir(path: str, flag: str) -> None:
 
     if "://" in path:
         try:
-            _filesystem(path)
+            filesystem(path)
         except ConfigError as e:
             raise ConfigError(f"{flag}: {e}") from None
         return

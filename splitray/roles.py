@@ -218,9 +218,20 @@ def fedavg(weights: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str,
     return out
 
 
+def client_seed(seed: int, client_id: int) -> int:
+    """The torch seed of client `client_id` in a run seeded `seed`, distinct for every pair.
+    Clients below 1,000 keep seed * 1000 + id (below 2**63, since seed <= 2**53; every recorded
+    result depends on it); the rest take a SeedSequence draw above 2**63, where seed s's client
+    1000 would otherwise be seed s+1's client 0."""
+    if client_id < 1000:
+        return seed * 1000 + client_id
+    draw = int(np.random.SeedSequence([seed, client_id]).generate_state(1, np.uint64)[0])
+    return 2**63 + draw % 2**63
+
+
 def client_generator(cfg: ExperimentConfig, client_id: int) -> torch.Generator:
     """The generator of a client's data order, augmentation and filter resets, as it starts."""
-    return torch.Generator().manual_seed(cfg.seed * 1000 + client_id)
+    return torch.Generator().manual_seed(client_seed(cfg.seed, client_id))
 
 
 @dataclass

@@ -189,7 +189,7 @@ def test_a_write_cut_short_leaves_no_object_in_an_object_store(monkeypatch):
     from splitray import metrics
 
     store, _ = pafs.FileSystem.from_uri("mock:///")  # not local, as s3 and gcs are not
-    monkeypatch.setattr(metrics, "_filesystem", lambda path: (store, path.split("://", 1)[1]))
+    monkeypatch.setattr(metrics, "filesystem", lambda path: (store, path.split("://", 1)[1]))
     with pytest.raises(KeyboardInterrupt), metrics.atomic_output("s3://bucket/run/a.bin") as f:
         f.write(b"PAR1\x00\x00")
         raise KeyboardInterrupt

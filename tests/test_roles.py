@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from splitray.compression import prune_loss
-from splitray.config import load_config
+from splitray.config import config_from_dict, load_config
 from splitray.data import load_dataset
-from splitray.roles import ClientRole, ServerRole
+from splitray.roles import ClientRole, ServerRole, client_generator
 
 
 def _cfg(**overrides):
@@ -161,3 +161,11 @@ def test_config_names_algorithms_without_importing_them():
     from splitray.config import ALGORITHM_NAMES
 
     assert tuple(ALGORITHMS) == ALGORITHM_NAMES
+
+
+def test_no_two_clients_of_any_two_seeds_share_a_generator():
+    # seed * 1000 + id gave seed 0's client 1000 the generator of seed 1's client 0.
+    starts = [client_generator(config_from_dict({"seed": seed}), client_id).initial_seed()
+              for seed in range(3) for client_id in range(2500)]
+    assert len(set(starts)) == len(starts)
+    assert client_generator(config_from_dict({"seed": 7}), 999).initial_seed() == 7999  # as recorded

@@ -21,6 +21,7 @@ from splitray.metrics import (
     STEP_COLUMNS,
     STEPS_TABLE,
     SWEEP_FILE,
+    filesystem,
     join_path,
     param_cells,
     read_bytes,
@@ -59,12 +60,8 @@ class Results:
         return list(pd.unique(self.evals[self.key]))
 
 
-def _fs(path: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-
-
 def _file_type(path: str) -> pafs.FileType:
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     return fs.get_file_info(p).type
 
 
@@ -73,7 +70,7 @@ def _is_file(path: str) -> bool:
 
 
 def _subdir_names(path: str) -> list[str]:
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
@@ -106,7 +103,7 @@ def _load_tables(base: str, key: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
 
 
 def _column_names(path: str) -> list[str]:
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     return pq.read_schema(p, filesystem=fs).names
 
 
