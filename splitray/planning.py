@@ -301,6 +301,85 @@ def split_channels(cfg: ExperimentConfig) -> tuple[int, list[int]]:
                       for i in range(cfg.clients.count)]
 
 
+def _normalises_one_value(module: torch.nn.Module, run: Callable[[], object]) -> bool:
+    """Whether `run()` (a forward at batch 1 on the meta device) feeds any BatchNorm layer of
+    `module` one value per channel: a 1 x 1 map, which BatchNorm refuses to train on."""
+    per_channel: list[int] = []
+
+    def record(_: torch.nn.Module, args: tuple) -> None:
+        per_channel.append(args[0].numel() // (args[0].shape[0] * args[0].shape[1]))
+
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
+    training = [m.training for m in module.modules()]
+    module.eval()  # shapes only; in training mode BatchNorm would raise before we look
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, was in zip(module.modules(), training, strict=True):
+            m.training = was
+    return 1 in per_channel
+
+
+def _one_value_batch_norms(cfg: ExperimentConfig, split_layer: int) -> tuple[str | None,
+                                                                            str | None]:
+    """The first unit (or codec) on the client side and on the server side of `split_layer` whose
+    BatchNorm would see one value per channel in a one-sample batch; None where none would."""
+    model, (shapes, *_) = _model_table(cfg)
+    shape = shapes[split_layer]
+
+    def count() -> tuple[str | None, str | None]:
+        at = [_normalises_one_value(unit, lambda u=unit, k=k: u(torch.empty((1, *shapes[k]),
+                                                                              device="meta")))
+              for k, unit in enumerate(model.units)]
+        client = next((model.unit_names[k] for k in range(split_layer) if at[k]), None)
+        server = next((model.unit_names[k] for k in range(split_layer, len(at)) if at[k]), None)
+        comp, decomp = _codec_modules(cfg, shape)
+        if comp is not None:
+            x = torch.empty((1, *shape), device="meta")
+            sent, indices = comp(x, 1)
+            if client is None and _normalises_one_value(comp, lambda: comp(x, 1)):
+                client = "the compressor"
+            if _normalises_one_value(decomp, lambda: decomp(sent, indices)):
+                server = "the decompressor"
+        return client, server
+
+    return _memo(("one value", cfg.model.name, data_shape(cfg), cfg.model.head,
+                  repr(cfg.compression), split_layer), count)
+
+
+def check_batch_norm_batches(cfg: ExperimentConfig, shard_samples: list[int]) -> None:
+    """ConfigError when a training batch of one sample would reach a BatchNorm layer on a 1 x 1
+    map, which torch refuses in training: a shard of one sample, train.batch_size 1, or one of
+    the two parts EPSL's server splits each batch into."""
+    t = cfg.train
+    m = t.shared_positions()
+    for client_id, samples in enumerate(shard_samples):
+        n = min(samples, t.batch_size)  # roles.batch_samples
+        server_batches = {n} if m == 0 else {x for x in (m, n - m) if x > 0}
+        if n > 1 and 1 not in server_batches:
+            continue
+        client, server = _one_value_batch_norms(cfg, split_layer_of(cfg, client_id))
+        where = (client and n == 1 and f"{client} (client side)") or (
+            server and 1 in server_batches and f"{server} (server side)")
+        if not where:
+            continue
+        if t.batch_size == 1:
+            why, fix = f"train.batch_size: {t.batch_size} is not allowed", "raise it"
+        elif n == 1:
+            why = f"data.partition: client {client_id}'s shard of one sample is not allowed"
+            fix = "raise data.train_samples or lower the partition's skew"
+        else:
+            why = (f"train.phi: {t.phi} is not allowed with train.batch_size {t.batch_size}; EPSL's "
+                   f"server trains on parts of {m} and {n - m} positions")
+            fix = "raise train.batch_size or change train.phi"
+        raise ConfigError(f"{why}: a one-sample training batch reaches the BatchNorm of {where} "
+                          f"on a 1 x 1 map, which needs more than one value per channel ({fix})")
+
+
 def split_costs(cfg: ExperimentConfig) -> list[SplitCosts]:
     """Per-sample costs of every valid split point (activation C x H x W) at cfg's batch and codecs.
 

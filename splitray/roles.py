@@ -219,14 +219,15 @@ def fedavg(weights: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str,
 
 
 def client_seed(seed: int, client_id: int) -> int:
-    """The torch seed of client `client_id` in a run seeded `seed`, distinct for every pair.
-    Clients below 1,000 keep seed * 1000 + id (below 2**63, since seed <= 2**53; every recorded
-    result depends on it); the rest take a SeedSequence draw above 2**63, where seed s's client
-    1000 would otherwise be seed s+1's client 0."""
+    """The torch seed of client `client_id` in a run seeded `seed`. torch's CPU generator keeps a
+    seed's low 32 bits, so these are what must differ. Clients below 1,000 keep seed * 1000 + id
+    (every recorded result depends on it; below 2**31 for seeds below 2,147,483); the rest count
+    up from 2**31 in a block of 2**21 per seed. So no two clients of one run share a generator,
+    nor two runs' clients for seeds below 1,024 and up to 2,098,152 clients (seed s's client
+    1000 was once seed s+1's client 0)."""
     if client_id < 1000:
         return seed * 1000 + client_id
-    draw = int(np.random.SeedSequence([seed, client_id]).generate_state(1, np.uint64)[0])
-    return 2**63 + draw % 2**63
+    return 2**31 + (seed * 2**21 + client_id - 1000) % 2**31
 
 
 def client_generator(cfg: ExperimentConfig, client_id: int) -> torch.Generator:

@@ -134,6 +134,22 @@ CASES = [
     ("a share per client", ["run", QUICKSTART, *TINY, "--set", "clients.count=3", "--set",
                             "network.shared={kind: shared, up_bps: 1e6, down_bps: 1e6, "
                             "allocation: shares, shares: [0.5, 0.5]}"], "2 given for the 3"),
+    # BatchNorm cannot train on one value per channel: torch raised mid-run before.
+    ("one-sample shard at a 1x1 BatchNorm", ["run", QUICKSTART, "--set", "model.split_layer=14",
+                                             "--set", "data.train_samples=4"],
+     "data.partition: client 0's shard of one sample is not allowed: a one-sample training batch "
+     "reaches the BatchNorm of the compressor (client side) on a 1 x 1 map"),
+    ("batch of one at a 1x1 BatchNorm", ["run", QUICKSTART, "--set", "model.split_layer=14",
+                                         "--set", "train.batch_size=1"],
+     "train.batch_size: 1 is not allowed: a one-sample training batch reaches the BatchNorm of "
+     "the compressor (client side)"),
+    ("EPSL part of one at a 1x1 BatchNorm",
+     ["run", QUICKSTART, "--set", "model.name=resnet18_imagenet", "--set", "model.split_layer=9",
+      "--set", "compression.enabled=false", "--set", "schedule.phases=[{epochs: 1}]", "--set",
+      "train.algorithm=epsl", "--set", "train.phi=0.75", "--set", "train.batch_size=4"],
+     "train.phi: 0.75 is not allowed with train.batch_size 4; EPSL's server trains on parts of 3 "
+     "and 1 positions: a one-sample training batch reaches the BatchNorm of layer4_block1 (server "
+     "side)"),
     ("space: unknown key", ["tune", "{root}/space_bad_key.yaml"], "train.nope"),
     ("space: unknown kind", ["tune", "{root}/space_bad_kind.yaml"], "normal"),
     ("space: bad candidate", ["tune", "{root}/space_bad_value.yaml"], "train.lr: -1"),
@@ -318,3 +334,11 @@ def test_a_sweep_does_not_go_into_a_folder_of_other_files(tmp_path, capsys):
     assert main(["tune", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "runs")]) == \
         EXIT_CONFIG_ERROR
     assert "it holds other files: choose a new or empty directory" in capsys.readouterr().err
+
+
+def test_two_samples_a_batch_at_a_1x1_batch_norm_run(tmp_path):
+    # The one-sample check refuses only what torch refuses: two values per channel train.
+    assert main(["run", QUICKSTART, "--set", "model.split_layer=14", "--set",
+                 "data.train_samples=8", "--set", "data.test_samples=8", "--set",
+                 "schedule.phases=[{epochs: 1, budget: 4}]", "--engine", "local", "--out",
+                 str(tmp_path), "--quiet"]) == 0

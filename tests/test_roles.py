@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from splitray.compression import prune_loss
 from splitray.config import config_from_dict, load_config
 from splitray.data import load_dataset
-from splitray.roles import ClientRole, ServerRole, client_generator
+from splitray.roles import ClientRole, ServerRole, client_generator, client_seed
 
 
 def _cfg(**overrides):
@@ -164,8 +164,14 @@ def test_config_names_algorithms_without_importing_them():
 
 
 def test_no_two_clients_of_any_two_seeds_share_a_generator():
-    # seed * 1000 + id gave seed 0's client 1000 the generator of seed 1's client 0.
-    starts = [client_generator(config_from_dict({"seed": seed}), client_id).initial_seed()
-              for seed in range(3) for client_id in range(2500)]
-    assert len(set(starts)) == len(starts)
+    # seed * 1000 + id gave seed 0's client 1000 the generator of seed 1's client 0; torch keeps
+    # only a seed's low 32 bits, so distinct 64-bit seeds are not enough.
+    seeds = [client_generator(config_from_dict({"seed": seed}), client_id).initial_seed() % 2**32
+             for seed in range(3) for client_id in range(2500)]
+    assert len(set(seeds)) == len(seeds)
+    one_run = {client_seed(1023, client_id) % 2**32 for client_id in range(200_000)}
+    assert len(one_run) == 200_000
     assert client_generator(config_from_dict({"seed": 7}), 999).initial_seed() == 7999  # as recorded
+    same = torch.Generator().manual_seed(5 + 2**32)
+    assert torch.equal(torch.randperm(8, generator=torch.Generator().manual_seed(5)),
+                       torch.randperm(8, generator=same))  # why only the low 32 bits count

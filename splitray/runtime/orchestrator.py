@@ -53,7 +53,12 @@ from splitray.network import (
     TraceLink,
     build_link,
 )
-from splitray.planning import device_profiles, planned_config, split_channels
+from splitray.planning import (
+    check_batch_norm_batches,
+    device_profiles,
+    planned_config,
+    split_channels,
+)
 from splitray.roles import ClientRole, ServerRole
 from splitray.runtime.context import (
     CHECKPOINT_FILE,
@@ -157,6 +162,7 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
             f"first {shared} positions of every batch, and client {smallest}'s batch holds only "
             f"its {len(parts[smallest])} samples (raise data.train_samples or lower train.phi, "
             "train.batch_size or the partition's skew)")
+    check_batch_norm_batches(cfg, [len(p) for p in parts])
     if n > len(test):
         raise ConfigError(f"data.test_samples: {len(test)} test samples are not allowed for "
                           f"{n} clients; every client evaluates on its own slice, give >= {n}")
