@@ -163,7 +163,8 @@ class TrainConfig:
     phi: float = field(default=0.0, metadata=_range(0, 1))
     # EPSL with phi > 0 (any other run shuffles, whatever this says): what a batch position holds.
     # by_class: position j of every client's batch holds class j mod C while its shard has one
-    # left, so the server averages like with like; shuffled: the shuffled shard, as parallel SL's
+    # left (turning with the epoch when a batch is smaller than C), so the server averages like
+    # with like; shuffled: the shuffled shard, as parallel SL's
     phi_positions: str = field(default="by_class", metadata=_choices("by_class", "shuffled"))
 
     def shared_positions(self) -> int:

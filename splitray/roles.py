@@ -349,7 +349,7 @@ class ClientRole(_Role):
         t = self.cfg.train
         if t.algorithm == "epsl" and t.phi > 0 and t.phi_positions == "by_class":
             order = class_cycle_order(order, self.shard.labels.numpy(), self.shard.num_classes,
-                                      t.batch_size)
+                                      t.batch_size, epoch)
         self._order = order
         if self.optimizer is not None:
             for group in self.optimizer.param_groups:

@@ -192,6 +192,24 @@ def test_class_cycle_order_takes_the_class_with_most_left_when_one_runs_out() ->
     assert list(labels[out]) == [0, 1, 2, 1, 1, 2, 2]
 
 
+def test_class_cycle_order_turns_the_classes_of_a_batch_smaller_than_the_class_count() -> None:
+    # 10 classes, batches of 4: each epoch's positions hold 4 classes, turning with the epoch, so
+    # the first two batches of five epochs (a steps_per_epoch cap) see every class; a fixed
+    # choice showed only classes 0-3.
+    labels = np.repeat(np.arange(10), 6)
+    order = np.random.default_rng(0).permutation(60)
+    seen = set()
+    for epoch in range(5):
+        out = class_cycle_order(order, labels, num_classes=10, batch_size=4, epoch=epoch)
+        assert sorted(out) == list(range(60))
+        assert (labels[out[:8]] == (epoch * 4 + np.arange(8) % 4) % 10).all()
+        seen |= set(labels[out[:8]].tolist())
+    assert seen == set(range(10))
+    three = labels % 3  # batches at least the class count: the same order every epoch
+    same = class_cycle_order(order, three, num_classes=3, batch_size=6, epoch=3)
+    assert (same == class_cycle_order(order, three, num_classes=3, batch_size=6)).all()
+
+
 def test_array_dataset_rejects_bad_inputs() -> None:
     images = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)
     labels = torch.zeros(4, dtype=torch.int64)

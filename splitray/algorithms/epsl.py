@@ -20,7 +20,8 @@ never from the aggregated pass, whose averaged input has about 1/K of a real bat
 
 Averaging position by position only makes sense if a position holds alike samples on every client,
 so with phi > 0 each client orders its shard so that position j of each batch holds class j mod C
-while its shard has one left (`train.phi_positions: by_class`, `splitray.data.class_cycle_order`;
+while its shard has one left, turning with the epoch when a batch is smaller than C
+(`train.phi_positions: by_class`, `splitray.data.class_cycle_order`;
 the rule does not depend on the step, so clients drawn by `clients.per_round` at different steps of
 their epochs still agree): the server averages activations and gradients of one class, and the
 gradient it broadcasts is a class's, not noise. Measured (synthetic data, 3 epochs, seeds 0-2,

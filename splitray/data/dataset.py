@@ -72,18 +72,22 @@ class ArrayDataset:
 
 
 def class_cycle_order(order: np.ndarray, labels: np.ndarray, num_classes: int,
-                      batch_size: int) -> np.ndarray:
+                      batch_size: int, epoch: int = 0) -> np.ndarray:
     """`order` rearranged so that position j of every batch holds class j mod `num_classes` while
     the shard has samples of that class left (else one of the class with the most left); within a
     class, `order`'s sequence is kept. Clients that all use it put the same class at the same
     position of their batches whichever step each is at, as EPSL's positional averaging needs
-    (see algorithms/epsl.py)."""
+    (see algorithms/epsl.py). A batch smaller than the class count holds only some classes at
+    their positions; those turn with the epoch (position j holds class j + epoch * batch_size),
+    so that every class gets positions, where a fixed choice left the rest to the epoch's end
+    (or, with train.steps_per_epoch, untrained)."""
+    first = epoch * batch_size % num_classes if batch_size < num_classes else 0
     by_class = [order[labels[order] == c].tolist() for c in range(num_classes)]
     taken = [0] * num_classes
     left = [len(q) for q in by_class]
     out = np.empty_like(order)
     for k in range(len(order)):
-        c = k % batch_size % num_classes
+        c = (first + k % batch_size) % num_classes
         if not left[c]:
             c = max(range(num_classes), key=left.__getitem__)
         out[k] = by_class[c][taken[c]]
