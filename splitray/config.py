@@ -469,6 +469,9 @@ def _check_semantics(cfg: ExperimentConfig) -> None:
                 raise ConfigError(f"schedule.phases[{i}].budget: {cfg.schedule.phases[i].budget!r} "
                                   "is not allowed for prune; each phase's budget must be smaller "
                                   "than the one before (null: all channels, the largest)")
+    if cfg.data.name == "imagefolder" and cfg.data.download:
+        raise ConfigError("data.download: true is not allowed with data.name imagefolder; an "
+                          "image folder is read from data.root, never downloaded")
     if cfg.train.phi > 0 and cfg.train.algorithm != "epsl":
         raise ConfigError(f"train.phi: {cfg.train.phi!r} is not allowed with train.algorithm "
                           f"{cfg.train.algorithm}; it is EPSL's (train.algorithm: epsl)")

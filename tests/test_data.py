@@ -11,14 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
+from splitray.config import ConfigError, load_config
 from splitray.data import (
     ArrayDataset,
     DataFileError,
+    DownloadError,
     class_cycle_order,
     load_dataset,
     partition,
     resolve_data_root,
 )
+from splitray.runtime import prepare
 
 
 def _shared_cifar10() -> Path | None:
@@ -370,6 +373,27 @@ def test_cifar_download_uses_torchvision(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
     ds = load_dataset("cifar10", "test", root=tmp_path, download=True)
     assert calls == [(str(tmp_path), False, True)] and len(ds) == 3
+
+
+def test_a_failed_download_is_a_one_line_config_error(tmp_path: Path, monkeypatch) -> None:
+    # urllib's error used to escape as an 87-line traceback.
+    import urllib.error
+
+    import torchvision
+
+    def offline(root: str, train: bool, download: bool) -> None:
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DownloadError, match="downloading cifar10 into .* failed: <urlopen error"):
+        load_dataset("cifar10", "test", root=tmp_path, download=True)
+    cfg = load_config(overrides=["data.name=cifar10", "data.download=true",
+                                 f"data.root={tmp_path}"])
+    with pytest.raises(ConfigError, match="data.download: downloading cifar10 into"):
+        prepare(cfg)
+    with pytest.raises(ConfigError, match="data.download: true is not allowed with data.name "
+                                          "imagefolder"):
+        load_config(overrides=["data.name=imagefolder", "data.download=true"])
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from .dataset import ArrayDataset, ClientShards, class_cycle_order
 from .loaders import (
     DATASET_NAMES,
     DataFileError,
+    DownloadError,
     SampleCountError,
     load_dataset,
     resolve_data_root,
@@ -17,6 +18,7 @@ __all__ = [
     "ClientShards",
     "class_cycle_order",
     "DataFileError",
+    "DownloadError",
     "SampleCountError",
     "load_dataset",
     "partition",

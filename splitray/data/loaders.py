@@ -29,6 +29,10 @@ class DataFileError(ValueError):
     """A dataset file exists but cannot be read (truncated, corrupt, another format)."""
 
 
+class DownloadError(OSError):
+    """Fetching a dataset failed (no network, a refused connection, a bad archive)."""
+
+
 class SampleCountError(ValueError):
     """More samples asked for than the dataset split has; `available` says how many it has."""
 
@@ -137,7 +141,10 @@ def _locate(name: str, base: Path | None, download: bool, fetch) -> Path:
     if found is not None:
         return found
     if download and base is not None:
-        fetch(str(base))
+        try:
+            fetch(str(base))
+        except OSError as e:  # urllib's URLError and HTTPError among them
+            raise DownloadError(f"downloading {name} into {base} failed: {e}") from None
         found = find_data_dir(name, base)
         if found is not None:
             return found

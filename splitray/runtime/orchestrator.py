@@ -23,6 +23,7 @@ from splitray.data import (
     ArrayDataset,
     ClientShards,
     DataFileError,
+    DownloadError,
     SampleCountError,
     load_dataset,
     partition,
@@ -130,6 +131,9 @@ def _load(cfg: ExperimentConfig, split: str) -> ArrayDataset:
     except SampleCountError as e:
         raise ConfigError(f"data.{field_name}: {getattr(d, field_name)} is not allowed; the "
                           f"{d.name} {split} split has {e.available} samples") from None
+    except DownloadError as e:
+        raise ConfigError(f"data.download: {e} (copy the files into data.root by hand where "
+                          "this machine has no network)") from None
     except (FileNotFoundError, DataFileError) as e:
         raise ConfigError(f"data.root: {d.root!r} is not allowed; {e}") from None
 
