@@ -594,6 +594,20 @@ class ServerRole(_Role):
         # Async SL's state C trains on what a client sent earlier: keep every payload.
         self.cache: dict[tuple[int, int], Payload] | None = (
             {} if cfg.train.algorithm == "async_sl" else None)
+        self.torch_rng = torch.Generator().manual_seed(cfg.seed + 3).get_state()
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Training forwards draw (dropout on the CPU) from the server's own stream: in the local
+        engine the clients share the process's global generator, on Ray they do not, and what
+        the clients' construction left in it once made the engines' losses differ."""
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.torch_rng)
+        try:
+            yield
+        finally:
+            self.torch_rng = torch.get_rng_state()
+            torch.set_rng_state(outer)
 
     def _build_part(self, split_layer: int, input_shape: tuple[int, int, int],
                     num_classes: int) -> ServerPart:
@@ -622,13 +636,15 @@ class ServerRole(_Role):
     def checkpoint(self) -> dict:
         cache = None if self.cache is None else [
             [client, step, payload.to_state()] for (client, step), payload in self.cache.items()]
-        state = {**super().checkpoint(), "cache": cache}
+        state = {**super().checkpoint(), "cache": cache, "torch_rng": self.torch_rng.clone()}
         if self.device.type == "cuda":  # dropout on the GPU draws from the GPU's generator
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def restore(self, state: dict) -> None:
         super().restore(state)
+        self.torch_rng = state["torch_rng"].clone()
+        self._held = []  # EPSL positions of a round the rollback undoes
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if state["cache"] is not None:
@@ -749,7 +765,7 @@ class ServerRole(_Role):
         # statistics learn from each client batch once: from these positions when they are
         # the whole batch (phi 1), else from the own positions' forward below.
         kept = _statistics_kept(part.server_part) if m < n else contextlib.nullcontext()
-        with torch.no_grad(), kept:
+        with torch.no_grad(), kept, self._own_rng():
             logits_shared = part.server_part(x[:m])
             # d(mean cross-entropy over all n positions) / d(logits) of these m positions
             g_shared = (logits_shared.softmax(1) - F.one_hot(labels[:m], logits_shared.shape[1])) / n
@@ -759,7 +775,8 @@ class ServerRole(_Role):
         own = x[m:].clone().requires_grad_(part.client_learns)
         if m < n:
             part.optimizer.zero_grad(set_to_none=True)
-            logits_own = part.server_part(own)
+            with self._own_rng():
+                logits_own = part.server_part(own)
             loss_own = F.cross_entropy(logits_own, labels[m:], reduction="sum") / n
             loss_own.backward()
             part.optimizer.step()
@@ -783,8 +800,9 @@ class ServerRole(_Role):
         self.set_training(True)
         part.optimizer.zero_grad(set_to_none=True)
         # The mean input's variance is about 1/K of a real batch's: not for the running statistics.
-        with _statistics_kept(part.server_part):
-            part.server_part(x_mean).backward(g_mean)
+        with _statistics_kept(part.server_part), self._own_rng():
+            logits = part.server_part(x_mean)
+        logits.backward(g_mean)
         part.optimizer.step()
         grad = self._gradient(part, x_mean.grad)
         m = x_mean.shape[0]
@@ -802,8 +820,9 @@ class ServerRole(_Role):
         labels = payload.labels_tensor().to(self.device)
         self.set_training(True)
         part.optimizer.zero_grad(set_to_none=True)
-        received, h = self._decode(part, payload)
-        logits = part.server_part(h)
+        with self._own_rng():
+            received, h = self._decode(part, payload)
+            logits = part.server_part(h)
         loss = F.cross_entropy(logits, labels)
         loss.backward()
         part.optimizer.step()

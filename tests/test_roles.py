@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -175,3 +176,43 @@ def test_no_two_clients_of_any_two_seeds_share_a_generator():
     same = torch.Generator().manual_seed(5 + 2**32)
     assert torch.equal(torch.randperm(8, generator=torch.Generator().manual_seed(5)),
                        torch.randperm(8, generator=same))  # why only the low 32 bits count
+
+
+def _server_step_after(cfg, data, disturb: int):
+    """A fresh server's first training step on one client's payload, after the process's global
+    generator was set to `disturb` (what building other roles in the same process leaves)."""
+    client = ClientRole(0, cfg, data, data, data.num_classes)
+    server = ServerRole(cfg, tuple(data.images.shape[1:]), data.num_classes)
+    client.begin_epoch(0, cfg.train.lr, None)
+    payload, _ = client.forward(0)
+    torch.manual_seed(disturb)
+    grad, info = server.step(payload, 0, 0)
+    return grad.to_tensor(), info.loss
+
+
+def test_server_dropout_draws_from_its_own_stream_whatever_else_the_process_draws():
+    # The local engine builds every role in one process, Ray each in its own: the server's
+    # dropout masks must not depend on the global generator they leave behind.
+    cfg = _cfg(**{"model.name": "mobilenet_v2", "model.head": "imagenet", "model.split_layer": 2,
+                  "compression.enabled": "false", "schedule.phases": "[{epochs: 1}]"})
+    data = load_dataset("synthetic", num_samples=16, image_size=32, seed=0)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in
+               ServerRole(cfg, (3, 32, 32), data.num_classes).parts[0].server_part.modules())
+    grad_a, loss_a = _server_step_after(cfg, data, disturb=1)
+    grad_b, loss_b = _server_step_after(cfg, data, disturb=2)
+    assert loss_a == loss_b and torch.equal(grad_a, grad_b)
+
+
+def test_a_restored_epsl_server_forgets_the_positions_of_the_undone_round():
+    cfg = _cfg(**{"train.algorithm": "epsl", "train.phi": 0.5, "compression.enabled": "false",
+                  "schedule.phases": "[{epochs: 1}]"})
+    data = load_dataset("synthetic", num_samples=32, image_size=16, seed=0)
+    client = ClientRole(0, cfg, data, data, data.num_classes)
+    server = ServerRole(cfg, tuple(data.images.shape[1:]), data.num_classes)
+    saved = server.checkpoint()
+    client.begin_epoch(0, cfg.train.lr, None)
+    payload, _ = client.forward(0)
+    server.step_epsl(payload, 0, 0, cfg.train.shared_positions())
+    server.restore(saved)  # a client died mid-round: the round replays from here
+    with pytest.raises(RuntimeError, match="without held positions"):
+        server.step_aggregated()
