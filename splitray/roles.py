@@ -474,8 +474,9 @@ class ClientRole(_Role):
         total_bytes, flops = 0, 0.0
         for n in self._batch_sizes():
             total_bytes += self._up_nbytes(n)
-            total_bytes += payload_nbytes(n, channels, height, width,
-                                          self.cfg.compression.codec_down, False, False)
+            if self.optimizer is not None:  # a client with nothing to train gets no gradient
+                total_bytes += payload_nbytes(n, channels, height, width,
+                                              self.cfg.compression.codec_down, False, False)
             flops += (self.fwd_flops_per_sample + self.bwd_flops_per_sample) * n
         return total_bytes, flops
 
@@ -801,8 +802,7 @@ class ServerRole(_Role):
         part.optimizer.zero_grad(set_to_none=True)
         # The mean input's variance is about 1/K of a real batch's: not for the running statistics.
         with _statistics_kept(part.server_part), self._own_rng():
-            logits = part.server_part(x_mean)
-        logits.backward(g_mean)
+            part.server_part(x_mean).backward(g_mean)
         part.optimizer.step()
         grad = self._gradient(part, x_mean.grad)
         m = x_mean.shape[0]

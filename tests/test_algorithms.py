@@ -194,6 +194,19 @@ def test_async_states_cost_what_they_send(monkeypatch):
     assert summary["client_compute_reduction"] > 1 and summary["server_cache_bytes"] > 0
 
 
+def test_async_savings_of_a_client_with_nothing_to_train_count_no_gradient():
+    # At split 0 without compression the client trains nothing and no gradient comes back; the
+    # all-A cost counted one anyway, so a run that never left A claimed 2x less communication.
+    result = _result("async_sl", **{"model.split_layer": 0, "compression.enabled": "false",
+                                    "schedule.phases": "[{epochs: 2}]",
+                                    "async_sl.loss_threshold": 0})
+    s, summary = result.steps, result.summary
+    assert (s["client_state"] == "A").all() and (s["bytes_down"] == 0).all()
+    assert summary["payload_bytes_all_A"] == summary["payload_bytes"] == s["bytes_up"].sum()
+    assert summary["communication_reduction"] == 1.0
+    assert summary["client_flops_all_A"] == 0 and summary["client_compute_reduction"] == 1.0
+
+
 def test_async_state_machine_switches_on_the_loss_change():
     from splitray.algorithms.async_sl import ClientState, next_state
     from splitray.config import AsyncConfig

@@ -103,8 +103,14 @@ def run(ctx: RunContext) -> None:
 
     ctx.summary.update({
         "payload_bytes": s.bytes_sent, "payload_bytes_all_A": s.bytes_all_a,
-        "communication_reduction": s.bytes_all_a / max(s.bytes_sent, 1),
+        "communication_reduction": _reduction(s.bytes_all_a, s.bytes_sent),
         "client_flops": s.flops_spent, "client_flops_all_A": s.flops_all_a,
-        "client_compute_reduction": s.flops_all_a / max(s.flops_spent, 1.0),
+        "client_compute_reduction": _reduction(s.flops_all_a, s.flops_spent),
         "server_cache_bytes": get(server.call(ServerRole.cache_nbytes)),
     })
+
+
+def _reduction(all_a: float, spent: float) -> float:
+    """How many times less than all-A the run spent: 1 where all-A costs nothing (a client with
+    nothing to train computes no FLOPs in any state)."""
+    return all_a / max(spent, 1) if all_a else 1.0
