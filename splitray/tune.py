@@ -392,8 +392,12 @@ def run_trial(config: dict, base: dict, trials_dir: str, metric: str, cwd: str) 
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(trials_dir) / trial_id
 
+    reported = []
+    last: list[tuple[dict, str | None]] = []
+
     def report(row: dict, checkpoint: str | None) -> None:
         metrics = _report_row(row, metric)
+        reported.append(row["epoch"])
         if checkpoint is None:
             tune.report(metrics)
             return
@@ -401,22 +405,38 @@ def run_trial(config: dict, base: dict, trials_dir: str, metric: str, cwd: str) 
             (Path(d) / TRIAL_MARKER).write_text(json.dumps({"epochs_done": row["epoch"] + 1}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
+    def on_epoch(row: dict, checkpoint: str | None) -> None:
+        # A scheduler may end the trial at any report (ASHA at its last rung): the last epoch's
+        # goes to Tune once the run has finished writing its manifest and summary.
+        if row["epoch"] + 1 == cfg.total_epochs:
+            last.append((row, checkpoint))
+        else:
+            report(row, checkpoint)
+
+    def report_the_rest() -> None:
+        for row, checkpoint in last:
+            report(row, checkpoint)
+        if not reported:  # Tune fails a trial whose last result lacks the metric (two swept keys)
+            tune.report({metric: math.nan})
+
     if _trial_status(Path(trials_dir), trial_id) in ("finished", "diverged"):
         # It ended before Tune saved that it had (a resumed sweep): tell Tune what it reported.
         evals = _trial_table(Path(trials_dir), trial_id, "evals.parquet")
         for row in ([] if evals is None else evals.sort_values("epoch").to_dict("records")):
             report(row, None)
+        report_the_rest()
         return
     try:
         if (run_dir / CHECKPOINT_FILE).is_file() and (run_dir / "manifest.json").is_file():
-            resume_experiment(str(run_dir), engine="ray", progress=False, on_epoch=report)
+            resume_experiment(str(run_dir), engine="ray", progress=False, on_epoch=on_epoch)
         else:
             if run_dir.exists():  # an earlier attempt's rows, with no checkpoint to continue
                 shutil.rmtree(run_dir)
             run_experiment(cfg, out_dir=None, engine="ray", progress=False, run_dir=str(run_dir),
-                           on_epoch=report)
+                           on_epoch=on_epoch)
     except RunDiverged:
         pass  # the trial's manifest says diverged; the sweep goes on
+    report_the_rest()
 
 
 def _mark_stopped(run_dir: Path) -> None:

@@ -506,6 +506,30 @@ def test_analyze_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert err[1].startswith("splitray: error: --target-accuracy: 40.0 is not allowed")
 
 
+def test_a_trial_ended_at_its_last_report_has_finished_its_run(ray_cluster, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    # ASHA's last rung is the last epoch: Tune ends the trial (SystemExit) at that report, so the
+    # run must have written its manifest and summary before it; they said "failed", empty.
+    base = {**TINY_BASE, "schedule": {"phases": [{"budget": 4, "epochs": 2}]}}
+    reported: list[dict] = []
+
+    class Context:
+        def get_trial_id(self) -> str:
+            return "t0"
+
+    def report(metrics: dict, checkpoint: object = None) -> None:
+        reported.append(metrics)
+        if metrics["epoch"] == 1:
+            raise SystemExit(0)
+
+    monkeypatch.setattr(tune, "get_context", Context)
+    monkeypatch.setattr(tune, "report", report)
+    with pytest.raises(SystemExit):
+        sweep.run_trial({}, base, str(tmp_path / "trials"), "test_accuracy", cwd=str(tmp_path))
+    manifest = json.loads((tmp_path / "trials" / "t0" / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and [r["epoch"] for r in reported] == [0, 1]
+
+
 def test_asha_stops_the_worse_trial_and_keeps_its_rows(ray_cluster, tmp_path: Path) -> None:
     # One trial at a time, metric cum_bytes_up (min): at rung 1 the second, 4x bigger budget loses.
     path = write_space(tmp_path, {"schedule.phases[0].budget": {"grid": [4, 16]}},
@@ -529,7 +553,9 @@ def test_asha_stops_the_worse_trial_and_keeps_its_rows(ray_cluster, tmp_path: Pa
 
 def test_a_diverging_trial_is_recorded_as_diverged_and_the_sweep_goes_on(
         ray_cluster, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    path = write_space(tmp_path, {"train.lr": {"grid": [0.05, 1e9]}})
+    # Two swept keys: Tune then requires the metric in a trial's last result, and a trial that
+    # diverged before its first evaluation had reported none (the sweep crashed).
+    path = write_space(tmp_path, {"train.lr": {"grid": [0.05, 1e9]}, "seed": {"grid": [0]}})
     out = tmp_path / "sweep"
     assert main(["tune", str(path), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
