@@ -25,7 +25,7 @@ from splitray.analysis import (
     summary_table,
 )
 from splitray.analysis.plots import client_accuracy_figure, run_label
-from splitray.analysis.results import ADDED_COLUMNS
+from splitray.analysis.results import ADDED_COLUMNS, Results
 from splitray.cli import EXIT_CONFIG_ERROR, main
 from splitray.metrics import CLIENT_EVAL_COLUMNS, EVAL_COLUMNS, STEP_COLUMNS, write_table
 
@@ -391,6 +391,19 @@ def test_client_accuracy_figure_draws_each_client_coloured_by_split_point(
     assert labels == ["split 5: 2 client(s), jetson_nano, raspberry_pi_4",
                       "split 8: 1 client(s), phone", "all clients (pooled)"]
     assert [ln.get_label() for ln in panels["b"].get_lines()] == ["all clients (pooled)"]
+
+
+def test_a_one_epoch_run_gets_whole_epoch_ticks() -> None:
+    # With one epoch, MaxNLocator(integer=True) alone fell back to ticks at -0.45 ... 0.45.
+    evals = pd.DataFrame(eval_rows("solo", RUNS["a"][:1]))
+    client_evals = pd.DataFrame([{"run_id": "solo", "algorithm": "deprune", "epoch": 0,
+                                  "client_id": 0, "device": "phone", "split_layer": 5,
+                                  "test_samples": 10, "test_accuracy": 0.5, "test_loss": 1.0}])
+    results = Results(steps=pd.DataFrame(), evals=evals, key="run_id", client_evals=client_evals)
+    fig = client_accuracy_figure(results)
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_xticks()
+    assert len(ticks) and all(float(t).is_integer() for t in ticks)
 
 
 def test_run_labels_name_the_algorithm_when_runs_differ_in_it(runs_dir: Path) -> None:
