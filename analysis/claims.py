@@ -890,6 +890,10 @@ def main(argv: list[str] | None = None) -> int:
     written = figures(claims, out)
     path = write_report(out, rows, claims, written, time.perf_counter() - t0)
     print(f"\nwrote {path}" + "".join(f", {p}" for p in written), flush=True)
+    if suite.failed:  # a run that failed is an error, not a row that falls short
+        print(f"{len(suite.failed)} run(s) failed: {', '.join(sorted(suite.failed))}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

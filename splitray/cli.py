@@ -15,6 +15,7 @@ EXIT_FAILED = 1        # the run failed (e.g. more actor deaths than faults.max_
 EXIT_DIVERGED = 3      # the loss became NaN or infinite; the rows up to it are kept
 EXIT_INTERRUPTED = 130  # Ctrl-C (the shell's code for SIGINT); the run stays resumable
 EXIT_TERMINATED = 143  # SIGTERM (`timeout`, `ray job stop`): as Ctrl-C
+EXIT_BROKEN_PIPE = 141  # stdout closed by its reader (`| head`): the shell's code for SIGPIPE
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -69,10 +70,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if isinstance(value, list):  # e.g. prune's model set: one line each
             print(f"  {key}:")
             for item in value:
-                print(f"    {item}")
+                print("    " + ("  ".join(f"{k} {_number(v)}" for k, v in item.items())
+                                if isinstance(item, dict) else _number(item)))
         else:
-            print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+            print(f"  {key}: {_number(value)}")
     return 0
+
+
+def _number(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _cmd_split_points(args: argparse.Namespace) -> int:
@@ -497,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("splitray: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader left (`splitray split-points ... | head`): stop quietly, and keep Python
+        # from failing again as it flushes stdout on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -85,3 +85,13 @@ def test_tune_leaves_options_not_given_to_run_sweeps_defaults(monkeypatch, capsy
     assert main(["tune", "space.yaml", "--out", "sweep", "--scheduler", "asha", "--max-failures",
                  "2", "--quiet"]) == 0
     assert seen["scheduler"] == "asha" and seen["max_failures"] == 2 and seen["verbose"] == 0
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    # `splitray split-points ... | head`: the pipe closes before the output is written; this
+    # was a BrokenPipeError traceback.
+    proc = subprocess.Popen([sys.executable, "-m", "splitray.cli", "split-points", "mobilenet_v2",
+                             "--format", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and stderr == ""

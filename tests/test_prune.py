@@ -142,3 +142,16 @@ def test_prune_budgets_must_decrease_and_infer_needs_a_model_set(tmp_path):
     plain = run_experiment(cfg, out_dir=str(tmp_path), engine="local", progress=False)
     with pytest.raises(ConfigError, match="wrote no model set"):
         load_model_set(plain.run_dir)
+
+
+def test_run_prints_the_model_set_one_readable_line_a_budget(tmp_path, capsys):
+    # The summary's list of models printed as Python dicts before.
+    config = tmp_path / "prune.yaml"
+    config.write_text(load_config(overrides=[f"{k}={v}" for k, v in SETTINGS.items()]).to_yaml())
+    assert main(["run", str(config), "--engine", "local", "--quiet", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    models = lines[lines.index("  models:") + 1:]
+    assert [line.split("  test_accuracy")[0] for line in models] == [
+        "    budget 16  path models/budget-16.pt  epoch 1",
+        "    budget 8  path models/budget-8.pt  epoch 2",
+        "    budget 2  path models/budget-2.pt  epoch 3"]
