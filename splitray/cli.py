@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import select
 import sys
 
 from splitray.config import ConfigError, dump_yaml
@@ -504,10 +505,22 @@ def main(argv: list[str] | None = None) -> int:
         print("splitray: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
+        if not _reader_left():
+            raise  # another pipe (a socket, a subprocess): not the reader's doing
         # The reader left (`splitray split-points ... | head`): stop quietly, and keep Python
         # from failing again as it flushes stdout on the way out.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+def _reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or no real stdout
+        return False
 
 
 if __name__ == "__main__":

@@ -369,8 +369,10 @@ def check_batch_norm_batches(cfg: ExperimentConfig, shard_samples: list[int]) ->
             continue
         if t.batch_size == 1:
             why, fix = f"train.batch_size: {t.batch_size} is not allowed", "raise it"
-        elif n == 1:
-            why = f"data.partition: client {client_id}'s shard of one sample is not allowed"
+        elif n < t.batch_size:
+            why = (f"data.partition: client {client_id}'s shard of {samples} sample(s) is not "
+                   f"allowed" + (f" with train.phi {t.phi}; EPSL's server trains on parts of {m} "
+                                 f"and {n - m} positions" if n > 1 else ""))
             fix = "raise data.train_samples or lower the partition's skew"
         else:
             why = (f"train.phi: {t.phi} is not allowed with train.batch_size {t.batch_size}; EPSL's "

@@ -219,15 +219,19 @@ def fedavg(weights: list[dict[str, np.ndarray]], counts: list[int]) -> dict[str,
 
 
 def client_seed(seed: int, client_id: int) -> int:
-    """The torch seed of client `client_id` in a run seeded `seed`. torch's CPU generator keeps a
-    seed's low 32 bits, so these are what must differ. Clients below 1,000 keep seed * 1000 + id
-    (every recorded result depends on it; below 2**31 for seeds below 2,147,483); the rest count
-    up from 2**31 in a block of 2**21 per seed. So no two clients of one run share a generator,
-    nor two runs' clients for seeds below 1,024 and up to 2,098,152 clients (seed s's client
-    1000 was once seed s+1's client 0)."""
+    """The torch seed of client `client_id` in a run seeded `seed`, unique in the low 32 bits that
+    torch's generator keeps, within a run and across seeds below 1,024 with up to 2,098,152
+    clients (for seeds below 2,147,483 in all). Clients below 1,000 keep seed * 1000 + id, which
+    every recorded result depends on; the rest count up from 2**31, a block of 2**21 a seed."""
     if client_id < 1000:
         return seed * 1000 + client_id
     return 2**31 + (seed * 2**21 + client_id - 1000) % 2**31
+
+
+def server_seed(seed: int) -> int:
+    """The seed of the server's own stream (dropout): below 2**31, apart from every client's
+    seed in its run (`client_seed`) for seeds below 2,145,000."""
+    return (2**31 - 1 - seed) % 2**31
 
 
 def client_generator(cfg: ExperimentConfig, client_id: int) -> torch.Generator:
@@ -595,7 +599,7 @@ class ServerRole(_Role):
         # Async SL's state C trains on what a client sent earlier: keep every payload.
         self.cache: dict[tuple[int, int], Payload] | None = (
             {} if cfg.train.algorithm == "async_sl" else None)
-        self.torch_rng = torch.Generator().manual_seed(cfg.seed + 3).get_state()
+        self.server_rng = torch.Generator().manual_seed(server_seed(cfg.seed)).get_state()
 
     @contextlib.contextmanager
     def _own_rng(self) -> Iterator[None]:
@@ -603,11 +607,11 @@ class ServerRole(_Role):
         engine the clients share the process's global generator, on Ray they do not, and what
         the clients' construction left in it once made the engines' losses differ."""
         outer = torch.get_rng_state()
-        torch.set_rng_state(self.torch_rng)
+        torch.set_rng_state(self.server_rng)
         try:
             yield
         finally:
-            self.torch_rng = torch.get_rng_state()
+            self.server_rng = torch.get_rng_state()
             torch.set_rng_state(outer)
 
     def _build_part(self, split_layer: int, input_shape: tuple[int, int, int],
@@ -637,14 +641,15 @@ class ServerRole(_Role):
     def checkpoint(self) -> dict:
         cache = None if self.cache is None else [
             [client, step, payload.to_state()] for (client, step), payload in self.cache.items()]
-        state = {**super().checkpoint(), "cache": cache, "torch_rng": self.torch_rng.clone()}
+        state = {**super().checkpoint(), "cache": cache, "server_rng": self.server_rng.clone()}
         if self.device.type == "cuda":  # dropout on the GPU draws from the GPU's generator
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
 
     def restore(self, state: dict) -> None:
         super().restore(state)
-        self.torch_rng = state["torch_rng"].clone()
+        # A checkpoint from before the server had a stream of its own: any valid state serves.
+        self.server_rng = state.get("server_rng", state["torch_rng"]).clone()
         self._held = []  # EPSL positions of a round the rollback undoes
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)

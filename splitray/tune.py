@@ -392,8 +392,8 @@ def run_trial(config: dict, base: dict, trials_dir: str, metric: str, cwd: str) 
     trial_id = tune.get_context().get_trial_id()
     run_dir = Path(trials_dir) / trial_id
 
-    reported = []
-    last: list[tuple[dict, str | None]] = []
+    reported: list[int] = []  # the epochs this attempt reported
+    last: list[tuple[dict, str | None]] = []  # the last epoch's report, held back
 
     def report(row: dict, checkpoint: str | None) -> None:
         metrics = _report_row(row, metric)
@@ -416,7 +416,16 @@ def run_trial(config: dict, base: dict, trials_dir: str, metric: str, cwd: str) 
     def report_the_rest() -> None:
         for row, checkpoint in last:
             report(row, checkpoint)
-        if not reported:  # Tune fails a trial whose last result lacks the metric (two swept keys)
+        if reported:
+            return
+        # Nothing this attempt: a retry that resumed with no epoch left (it stopped between
+        # its last checkpoint and its manifest) reports the run's last row; a trial that
+        # diverged before its first evaluation reports NaN, since Tune fails a trial whose
+        # last result lacks the metric (with two swept keys).
+        evals = _trial_table(Path(trials_dir), trial_id, "evals.parquet")
+        if evals is not None and len(evals):
+            report(evals.sort_values("epoch").to_dict("records")[-1], None)
+        else:
             tune.report({metric: math.nan})
 
     if _trial_status(Path(trials_dir), trial_id) in ("finished", "diverged"):

@@ -137,8 +137,15 @@ CASES = [
     # BatchNorm cannot train on one value per channel: torch raised mid-run before.
     ("one-sample shard at a 1x1 BatchNorm", ["run", QUICKSTART, "--set", "model.split_layer=14",
                                              "--set", "data.train_samples=4"],
-     "data.partition: client 0's shard of one sample is not allowed: a one-sample training batch "
-     "reaches the BatchNorm of the compressor (client side) on a 1 x 1 map"),
+     "data.partition: client 0's shard of 1 sample(s) is not allowed: a one-sample training "
+     "batch reaches the BatchNorm of the compressor (client side) on a 1 x 1 map"),
+    ("EPSL part of one from a small shard",
+     ["run", QUICKSTART, "--set", "model.name=resnet18_imagenet", "--set", "model.split_layer=9",
+      "--set", "compression.enabled=false", "--set", "schedule.phases=[{epochs: 1}]", "--set",
+      "train.algorithm=epsl", "--set", "train.phi=0.5", "--set", "train.batch_size=8", "--set",
+      "data.train_samples=20", "--set", "clients.count=4"],
+     "data.partition: client 0's shard of 5 sample(s) is not allowed with train.phi 0.5; EPSL's "
+     "server trains on parts of 4 and 1 positions"),
     ("batch of one at a 1x1 BatchNorm", ["run", QUICKSTART, "--set", "model.split_layer=14",
                                          "--set", "train.batch_size=1"],
      "train.batch_size: 1 is not allowed: a one-sample training batch reaches the BatchNorm of "

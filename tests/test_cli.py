@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from splitray.cli import main
 
 
@@ -95,3 +97,14 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly():
     proc.stdout.close()
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and stderr == ""
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
+    import splitray.cli as cli
+
+    def dead_socket(args):
+        raise BrokenPipeError("a socket, not the reader")
+
+    monkeypatch.setattr(cli, "_cmd_profiles", dead_socket)
+    with pytest.raises(BrokenPipeError, match="a socket"):
+        main(["profiles"])

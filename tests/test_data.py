@@ -396,6 +396,17 @@ def test_a_failed_download_is_a_one_line_config_error(tmp_path: Path, monkeypatc
         load_config(overrides=["data.name=imagefolder", "data.download=true"])
 
 
+def test_a_broken_download_archive_is_a_download_error(tmp_path: Path, monkeypatch) -> None:
+    import torchvision
+
+    def corrupt(root: str, train: bool, download: bool) -> None:
+        raise RuntimeError("File not found or corrupted.")  # torchvision's checksum mismatch
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", corrupt)
+    with pytest.raises(DownloadError, match="File not found or corrupted"):
+        load_dataset("cifar10", "test", root=tmp_path, download=True)
+
+
 @pytest.fixture(scope="module")
 def shared_cifar10() -> Path:
     path = _shared_cifar10()

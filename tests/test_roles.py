@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from splitray.compression import prune_loss
 from splitray.config import config_from_dict, load_config
 from splitray.data import load_dataset
-from splitray.roles import ClientRole, ServerRole, client_generator, client_seed
+from splitray.roles import (
+    ClientRole,
+    ServerRole,
+    client_generator,
+    client_seed,
+    server_seed,
+)
 
 
 def _cfg(**overrides):
@@ -171,7 +177,8 @@ def test_no_two_clients_of_any_two_seeds_share_a_generator():
              for seed in range(3) for client_id in range(2500)]
     assert len(set(seeds)) == len(seeds)
     one_run = {client_seed(1023, client_id) % 2**32 for client_id in range(200_000)}
-    assert len(one_run) == 200_000
+    assert len(one_run) == 200_000 and server_seed(1023) % 2**32 not in one_run
+    assert server_seed(0) not in {client_seed(0, client_id) for client_id in range(5000)}
     assert client_generator(config_from_dict({"seed": 7}), 999).initial_seed() == 7999  # as recorded
     same = torch.Generator().manual_seed(5 + 2**32)
     assert torch.equal(torch.randperm(8, generator=torch.Generator().manual_seed(5)),

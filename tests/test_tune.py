@@ -530,6 +530,34 @@ def test_a_trial_ended_at_its_last_report_has_finished_its_run(ray_cluster, tmp_
     assert manifest["status"] == "finished" and [r["epoch"] for r in reported] == [0, 1]
 
 
+def test_a_retried_trial_with_no_epoch_left_reports_its_last_row(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    # Stopped between its last checkpoint and its manifest, a trial resumes with no epoch to
+    # run: it reports the run's last row, not NaN.
+    from splitray import runtime
+    from splitray.config import config_from_dict
+    from splitray.runtime import run_experiment
+
+    base = {**TINY_BASE, "checkpoint": {"every_epochs": 1}}
+    trials = tmp_path / "trials"
+    run_experiment(config_from_dict(base), out_dir=None, engine="local", progress=False,
+                   run_dir=str(trials / "t0"))
+    manifest = trials / "t0" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "status": "running"}))
+    reported: list[dict] = []
+
+    class Context:
+        def get_trial_id(self) -> str:
+            return "t0"
+
+    monkeypatch.setattr(tune, "get_context", Context)
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
+    monkeypatch.setattr(runtime, "resume_experiment", lambda *args, **kwargs: None)
+    sweep.run_trial({}, base, str(trials), "test_accuracy", cwd=str(tmp_path))
+    last = pd.read_parquet(trials / "t0" / "evals.parquet").sort_values("epoch").iloc[-1]
+    assert [r["test_accuracy"] for r in reported] == [last["test_accuracy"]]
+
+
 def test_asha_stops_the_worse_trial_and_keeps_its_rows(ray_cluster, tmp_path: Path) -> None:
     # One trial at a time, metric cum_bytes_up (min): at rung 1 the second, 4x bigger budget loses.
     path = write_space(tmp_path, {"schedule.phases[0].budget": {"grid": [4, 16]}},

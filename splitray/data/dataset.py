@@ -77,10 +77,8 @@ def class_cycle_order(order: np.ndarray, labels: np.ndarray, num_classes: int,
     the shard has samples of that class left (else one of the class with the most left); within a
     class, `order`'s sequence is kept. Clients that all use it put the same class at the same
     position of their batches whichever step each is at, as EPSL's positional averaging needs
-    (see algorithms/epsl.py). A batch smaller than the class count holds only some classes at
-    their positions; those turn with the epoch (position j holds class j + epoch * batch_size),
-    so that every class gets positions, where a fixed choice left the rest to the epoch's end
-    (or, with train.steps_per_epoch, untrained)."""
+    (see algorithms/epsl.py). A batch smaller than the class count turns its classes with the
+    epoch (position j holds class (j + epoch * batch_size) mod `num_classes`), so all train."""
     first = epoch * batch_size % num_classes if batch_size < num_classes else 0
     by_class = [order[labels[order] == c].tolist() for c in range(num_classes)]
     taken = [0] * num_classes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -143,7 +144,9 @@ def _locate(name: str, base: Path | None, download: bool, fetch) -> Path:
     if download and base is not None:
         try:
             fetch(str(base))
-        except OSError as e:  # urllib's URLError and HTTPError among them
+        # urllib's URLError and HTTPError are OSErrors; torchvision raises RuntimeError on a
+        # checksum mismatch, tarfile its own errors on a broken archive
+        except (OSError, RuntimeError, tarfile.TarError, EOFError) as e:
             raise DownloadError(f"downloading {name} into {base} failed: {e}") from None
         found = find_data_dir(name, base)
         if found is not None:

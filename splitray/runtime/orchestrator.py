@@ -132,8 +132,8 @@ def _load(cfg: ExperimentConfig, split: str) -> ArrayDataset:
         raise ConfigError(f"data.{field_name}: {getattr(d, field_name)} is not allowed; the "
                           f"{d.name} {split} split has {e.available} samples") from None
     except DownloadError as e:
-        raise ConfigError(f"data.download: {e} (copy the files into data.root by hand where "
-                          "this machine has no network)") from None
+        raise ConfigError(f"data.download: {e} (check the network and data.root, or copy the "
+                          "files into data.root by hand)") from None
     except (FileNotFoundError, DataFileError) as e:
         raise ConfigError(f"data.root: {d.root!r} is not allowed; {e}") from None
 
