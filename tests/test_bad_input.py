@@ -25,6 +25,10 @@ TINY = ["--set", "model.name=tiny_cnn", "--set", "model.split_layer=3", "--set",
         "data.image_size=16", "--set", "data.train_samples=64", "--set", "data.test_samples=16",
         "--set", "schedule.phases=[{budget: 4, epochs: 1}]"]
 OWN_LINKS = ["run", QUICKSTART, *TINY, "--set", "network.shared=null", "--set"]
+# EPSL whose server part (ResNet18's layer4 at 32 px) holds a BatchNorm on a 1 x 1 map.
+EPSL_AT_1X1 = ["run", QUICKSTART, "--set", "model.name=resnet18_imagenet", "--set",
+               "model.split_layer=9", "--set", "compression.enabled=false", "--set",
+               "schedule.phases=[{epochs: 1}]", "--set", "train.algorithm=epsl", "--set"]
 
 
 def _cifar_batch(path: Path, n: int) -> None:
@@ -140,9 +144,7 @@ CASES = [
      "data.partition: client 0's shard of 1 sample(s) is not allowed: a one-sample training "
      "batch reaches the BatchNorm of the compressor (client side) on a 1 x 1 map"),
     ("EPSL part of one from a small shard",
-     ["run", QUICKSTART, "--set", "model.name=resnet18_imagenet", "--set", "model.split_layer=9",
-      "--set", "compression.enabled=false", "--set", "schedule.phases=[{epochs: 1}]", "--set",
-      "train.algorithm=epsl", "--set", "train.phi=0.5", "--set", "train.batch_size=8", "--set",
+     [*EPSL_AT_1X1, "train.phi=0.5", "--set", "train.batch_size=8", "--set",
       "data.train_samples=20", "--set", "clients.count=4"],
      "data.partition: client 0's shard of 5 sample(s) is not allowed with train.phi 0.5; EPSL's "
      "server trains on parts of 4 and 1 positions"),
@@ -151,9 +153,7 @@ CASES = [
      "train.batch_size: 1 is not allowed: a one-sample training batch reaches the BatchNorm of "
      "the compressor (client side)"),
     ("EPSL part of one at a 1x1 BatchNorm",
-     ["run", QUICKSTART, "--set", "model.name=resnet18_imagenet", "--set", "model.split_layer=9",
-      "--set", "compression.enabled=false", "--set", "schedule.phases=[{epochs: 1}]", "--set",
-      "train.algorithm=epsl", "--set", "train.phi=0.75", "--set", "train.batch_size=4"],
+     [*EPSL_AT_1X1, "train.phi=0.75", "--set", "train.batch_size=4"],
      "train.phi: 0.75 is not allowed with train.batch_size 4; EPSL's server trains on parts of 3 "
      "and 1 positions: a one-sample training batch reaches the BatchNorm of layer4_block1 (server "
      "side)"),

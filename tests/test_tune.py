@@ -345,6 +345,25 @@ def test_a_pool_trial_too_big_for_the_cluster_counts_its_pool_workers(tmp_path: 
            "but the Ray cluster has 2;" in str(err.value)
 
 
+def _as_tune_trial(monkeypatch, trial_id: str, on_report=None) -> list[dict]:
+    """Make run_trial believe Tune runs it as `trial_id`; returns the list its reports go to
+    (`on_report(metrics)` is called on each, after it is kept)."""
+    reported: list[dict] = []
+
+    class Context:
+        def get_trial_id(self) -> str:
+            return trial_id
+
+    def report(metrics: dict, checkpoint: object = None) -> None:
+        reported.append(metrics)
+        if on_report is not None:
+            on_report(metrics)
+
+    monkeypatch.setattr(tune, "get_context", Context)
+    monkeypatch.setattr(tune, "report", report)
+    return reported
+
+
 def test_a_trial_that_finished_before_tune_saved_it_is_reported_again_not_rerun(
         tmp_path: Path, monkeypatch) -> None:
     # A resumed sweep hands Tune's unfinished trials back to run_trial; one whose run directory
@@ -357,14 +376,7 @@ def test_a_trial_that_finished_before_tune_saved_it_is_reported_again_not_rerun(
                    run_dir=str(trials / "t0"))
     manifest = json.loads((trials / "t0" / "manifest.json").read_text())
     assert manifest["status"] == "finished"
-    reported: list[dict] = []
-
-    class Context:
-        def get_trial_id(self) -> str:
-            return "t0"
-
-    monkeypatch.setattr(tune, "get_context", Context)
-    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
+    reported = _as_tune_trial(monkeypatch, "t0")
     monkeypatch.chdir(tmp_path / "trials")  # Tune's trial directory, say
     sweep.run_trial({}, TINY_BASE, str(trials), "test_accuracy", cwd=str(tmp_path))
     assert Path.cwd() == tmp_path
@@ -511,19 +523,12 @@ def test_a_trial_ended_at_its_last_report_has_finished_its_run(ray_cluster, tmp_
     # ASHA's last rung is the last epoch: Tune ends the trial (SystemExit) at that report, so the
     # run must have written its manifest and summary before it; they said "failed", empty.
     base = {**TINY_BASE, "schedule": {"phases": [{"budget": 4, "epochs": 2}]}}
-    reported: list[dict] = []
 
-    class Context:
-        def get_trial_id(self) -> str:
-            return "t0"
-
-    def report(metrics: dict, checkpoint: object = None) -> None:
-        reported.append(metrics)
+    def end_at_the_last_epoch(metrics: dict) -> None:
         if metrics["epoch"] == 1:
             raise SystemExit(0)
 
-    monkeypatch.setattr(tune, "get_context", Context)
-    monkeypatch.setattr(tune, "report", report)
+    reported = _as_tune_trial(monkeypatch, "t0", end_at_the_last_epoch)
     with pytest.raises(SystemExit):
         sweep.run_trial({}, base, str(tmp_path / "trials"), "test_accuracy", cwd=str(tmp_path))
     manifest = json.loads((tmp_path / "trials" / "t0" / "manifest.json").read_text())
@@ -544,14 +549,7 @@ def test_a_retried_trial_with_no_epoch_left_reports_its_last_row(tmp_path: Path,
                    run_dir=str(trials / "t0"))
     manifest = trials / "t0" / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "status": "running"}))
-    reported: list[dict] = []
-
-    class Context:
-        def get_trial_id(self) -> str:
-            return "t0"
-
-    monkeypatch.setattr(tune, "get_context", Context)
-    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
+    reported = _as_tune_trial(monkeypatch, "t0")
     monkeypatch.setattr(runtime, "resume_experiment", lambda *args, **kwargs: None)
     sweep.run_trial({}, base, str(trials), "test_accuracy", cwd=str(tmp_path))
     last = pd.read_parquet(trials / "t0" / "evals.parquet").sort_values("epoch").iloc[-1]
