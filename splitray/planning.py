@@ -44,7 +44,7 @@ from splitray.network import (
     compute_time_s,
     get_device_profile,
 )
-from splitray.roles import build_compressor, build_decompressor
+from splitray.roles import batch_samples, build_compressor, build_decompressor
 from splitray.schedules import scaled_budget
 
 OBJECTIVES = ("edgesplit", "epsl")
@@ -339,11 +339,11 @@ def _one_value_batch_norms(cfg: ExperimentConfig, split_layer: int) -> tuple[str
         server = next((model.unit_names[k] for k in range(split_layer, len(at)) if at[k]), None)
         comp, decomp = _codec_modules(cfg, shape)
         if comp is not None:
+            encoded = []  # what the compressor sends, for the decompressor's probe
             x = torch.empty((1, *shape), device="meta")
-            sent, indices = comp(x, 1)
-            if client is None and _normalises_one_value(comp, lambda: comp(x, 1)):
+            if _normalises_one_value(comp, lambda: encoded.append(comp(x, 1))) and client is None:
                 client = "the compressor"
-            if _normalises_one_value(decomp, lambda: decomp(sent, indices)):
+            if _normalises_one_value(decomp, lambda: decomp(*encoded[0])):
                 server = "the decompressor"
         return client, server
 
@@ -358,7 +358,7 @@ def check_batch_norm_batches(cfg: ExperimentConfig, shard_samples: list[int]) ->
     t = cfg.train
     m = t.shared_positions()
     for client_id, samples in enumerate(shard_samples):
-        n = min(samples, t.batch_size)  # roles.batch_samples
+        n = batch_samples(samples, t.batch_size)
         server_batches = {n} if m == 0 else {x for x in (m, n - m) if x > 0}
         if n > 1 and 1 not in server_batches:
             continue
